@@ -1,0 +1,274 @@
+"""The batch consumer loop shared by tally and notify.
+
+Contract (see STYLE.md, "Consumers"): no auto-commit; a batch is bounded by size and
+time; the applier stores the effect *and* each partition's next offset in one
+transaction, so the database, not Kafka, says where to resume.  On every assignment
+the loop seeks to the offsets the applier stored (the beginning where it stored none).
+After the effect is committed the offsets are also committed to Kafka, best effort,
+so standard lag tools work.  A record that cannot be decoded goes to ``<topic>.dlq``
+and the partition keeps flowing.  A failing apply (database restarting, broker gone)
+is retried with backoff and nothing is committed until it succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from clameur.kafka import send_to_dlq
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Consumed(Generic[T]):
+    """One decoded record and where it came from."""
+
+    event: T
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+@dataclass(frozen=True)
+class Batch(Generic[T]):
+    """Decoded events in offset order per partition, and the offset to resume from.
+
+    ``next_offsets`` covers every partition the batch read, including partitions whose
+    records all went to the DLQ, so the applier stores progress past poison too.
+    """
+
+    topic: str
+    events: list[Consumed[T]]
+    next_offsets: dict[int, int]
+    poisoned: int = 0
+
+
+class BatchApplier(Protocol[T]):
+    """Where a consumer's effect lives (tally's counters, notify's supporter list)."""
+
+    async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
+        """The next offset to read per partition, as last committed with an effect."""
+        ...
+
+    async def apply(self, batch: Batch[T]) -> None:
+        """Apply the batch and store ``batch.next_offsets`` in one transaction.
+
+        Must be idempotent: after a crash the same records come again.  Raising means
+        nothing was applied; the loop retries the same batch.
+        """
+        ...
+
+
+class ConsumerMetrics:
+    def __init__(self, registry: CollectorRegistry, service: str) -> None:
+        self.service = service
+        self.records = Counter(
+            "clameur_consumer_records", "Records read.", ["service", "topic"], registry=registry
+        )
+        self.dlq = Counter(
+            "clameur_dlq_records", "Records set aside to the DLQ.", ["service", "topic"], registry=registry
+        )
+
+
+@dataclass
+class BatchLimits:
+    max_records: int = 500
+    max_wait_s: float = 0.25
+    idle_poll_s: float = 1.0
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 10.0
+
+
+class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, loop: BatchConsumer[object]) -> None:
+        self._loop = loop
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        # Let the batch in flight finish (and store its offsets) before giving it up.
+        async with self._loop.batch_lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        await self._loop.seek_to_stored(assigned)
+
+
+@dataclass
+class BatchConsumer(Generic[T]):
+    """Reads ``topic`` in a consumer group and hands decoded batches to ``applier``.
+
+    ``decode`` turns the raw value into an event and raises on poison.  ``lag`` (a gauge
+    labelled by ``partition``) is set after each batch to high-water mark minus the
+    stored offset.
+    """
+
+    bootstrap: str
+    topic: str
+    group_id: str
+    decode: Callable[[bytes], T]
+    applier: BatchApplier[T]
+    dlq_producer: AIOKafkaProducer
+    metrics: ConsumerMetrics
+    limits: BatchLimits = field(default_factory=BatchLimits)
+    lag: Gauge | None = None
+    client_id: str = "clameur"
+    batch_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _consumer: AIOKafkaConsumer | None = None
+    _started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def seek_to_stored(self, assigned: Collection[TopicPartition]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        mine = [tp for tp in assigned if tp.topic == self.topic]
+        if not mine:
+            return
+        stored = await self._retrying(
+            "read stored offsets",
+            lambda: self.applier.stored_offsets(self.topic, [tp.partition for tp in mine]),
+        )
+        for tp in mine:
+            if tp.partition in stored:
+                consumer.seek(tp, stored[tp.partition])
+            else:
+                await consumer.seek_to_beginning(tp)
+        logger.info(
+            "partitions assigned",
+            extra={"topic": self.topic, "partitions": sorted(tp.partition for tp in mine), "stored": stored},
+        )
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, commit, and leave the group."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            client_id=self.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=16 * 1024 * 1024,
+        )
+        self._consumer = consumer
+        consumer.subscribe([self.topic], listener=_SeekToStoredOffsets(self))  # type: ignore[arg-type]
+        await consumer.start()
+        self._started.set()
+        try:
+            while not self._stopping.is_set():
+                records = await self._fetch_batch(consumer)
+                if not records:
+                    continue
+                async with self.batch_lock:
+                    batch = await self._decode(records)
+                    await self._retrying("apply batch", functools.partial(self.applier.apply, batch))
+                await self._commit_to_kafka(consumer, batch)
+                self._observe_lag(consumer, batch)
+        finally:
+            await consumer.stop()
+
+    async def _fetch_batch(self, consumer: AIOKafkaConsumer) -> list[ConsumerRecord[bytes, bytes]]:
+        limits = self.limits
+        fetched = await consumer.getmany(
+            timeout_ms=int(limits.idle_poll_s * 1000), max_records=limits.max_records
+        )
+        records = [record for partition_records in fetched.values() for record in partition_records]
+        deadline = time.monotonic() + limits.max_wait_s
+        while records and len(records) < limits.max_records and not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            more = await consumer.getmany(
+                timeout_ms=max(1, int(remaining * 1000)), max_records=limits.max_records - len(records)
+            )
+            records.extend(record for partition_records in more.values() for record in partition_records)
+        return records
+
+    async def _decode(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> Batch[T]:
+        events: list[Consumed[T]] = []
+        next_offsets: dict[int, int] = {}
+        poisoned = 0
+        for record in records:
+            next_offsets[record.partition] = max(next_offsets.get(record.partition, 0), record.offset + 1)
+            try:
+                if record.value is None:
+                    raise ValueError("record has no value")
+                event = self.decode(record.value)
+            except Exception as error:  # noqa: BLE001 - any decoding failure is poison, set aside
+                poisoned += 1
+                await self._retrying(
+                    "send to DLQ", functools.partial(send_to_dlq, self.dlq_producer, record, error)
+                )
+                self.metrics.dlq.labels(self.metrics.service, self.topic).inc()
+                logger.warning(
+                    "record set aside to the DLQ",
+                    extra={
+                        "topic": record.topic,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                        "error": type(error).__name__,
+                    },
+                )
+                continue
+            events.append(Consumed(event, record.partition, record.offset, record.timestamp))
+        self.metrics.records.labels(self.metrics.service, self.topic).inc(len(records))
+        return Batch(self.topic, events, next_offsets, poisoned)
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[R]]) -> R:
+        delay = self.limits.retry_initial_s
+        while True:
+            try:
+                return await attempt()
+            except Exception as error:
+                if self._stopping.is_set():
+                    raise
+                logger.warning(
+                    "%s failed; retrying in %.1f s",
+                    what,
+                    delay,
+                    extra={"error": f"{type(error).__name__}: {error}"},
+                )
+                await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
+                delay = min(delay * 2, self.limits.retry_max_s)
+
+    async def _commit_to_kafka(self, consumer: AIOKafkaConsumer, batch: Batch[T]) -> None:
+        assigned = consumer.assignment()
+        offsets = {
+            tp: offset
+            for partition, offset in batch.next_offsets.items()
+            if (tp := TopicPartition(self.topic, partition)) in assigned
+        }
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as error:
+            # Postgres holds the truth; this commit only feeds lag tools.
+            logger.info("Kafka offset commit skipped", extra={"error": type(error).__name__})
+
+    def _observe_lag(self, consumer: AIOKafkaConsumer, batch: Batch[T]) -> None:
+        if self.lag is None:
+            return
+        for partition, offset in batch.next_offsets.items():
+            highwater = consumer.highwater(TopicPartition(self.topic, partition))
+            if highwater is not None:
+                self.lag.labels(str(partition)).set(max(0, highwater - offset))

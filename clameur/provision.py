@@ -1,0 +1,42 @@
+"""One-shot provisioning: create the topics, migrate the schemas.
+
+    python -m clameur.provision topics    # the design's topics, with their settings
+    python -m clameur.provision migrate   # tally's and notify's schemas, to the newest
+    python -m clameur.provision all
+
+Idempotent: safe to run on every deploy (the Kubernetes Jobs and `make up` do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from clameur.database import migrate
+from clameur.settings import ClameurSettings
+from clameur.topics import ensure_topics
+
+SERVICES_WITH_SCHEMA = ("tally", "notify")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clameur.provision", description=__doc__.split("\n")[0])
+    parser.add_argument("what", choices=["topics", "migrate", "all"])
+    parser.add_argument("--partitions", type=int, default=6, help="partitions of signatures.v1")
+    args = parser.parse_args(argv)
+    settings = ClameurSettings()
+    if args.what in ("topics", "all"):
+        created = asyncio.run(
+            ensure_topics(settings.kafka, settings.topics, signature_partitions=args.partitions)
+        )
+        print(f"topics: created {', '.join(created) if created else 'none (all present)'}")
+    if args.what in ("migrate", "all"):
+        for service in SERVICES_WITH_SCHEMA:
+            migrate(service, settings.database_url)
+            print(f"schema {service}: at the newest migration")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Settings read once at start from ``CLAMEUR_*`` environment variables.
+
+Each service has one settings class built from these pieces, so one environment file
+configures the whole stack.  Build settings in ``main()`` and pass them down.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from clameur.topics import Topics
+
+DEV_SECRET = "dev-secret-not-for-production"  # noqa: S105 - refused outside dev
+DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 - refused outside dev
+
+
+class ClameurSettings(BaseSettings):
+    """What every service needs: where Kafka and Postgres are, and the shared secrets."""
+
+    model_config = SettingsConfigDict(env_prefix="CLAMEUR_", extra="ignore", frozen=True)
+
+    env: Literal["dev", "test", "production"] = "dev"
+    kafka: str = "127.0.0.1:9092"
+    database_url: str = "postgresql://clameur@127.0.0.1:5433/clameur"
+    topic_prefix: str = Field(
+        default="", description="prepended to every topic name (tests isolate themselves with it)"
+    )
+    secret: SecretStr = SecretStr(DEV_SECRET)
+    admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
+    host: str = "127.0.0.1"
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @model_validator(mode="after")
+    def _refuse_dev_secrets_outside_dev(self) -> Self:
+        if self.env != "dev":
+            if self.secret.get_secret_value() == DEV_SECRET:
+                raise ValueError(
+                    "CLAMEUR_SECRET is the development secret; set a long random value "
+                    "(for example `openssl rand -hex 32`) outside CLAMEUR_ENV=dev"
+                )
+            if self.admin_token.get_secret_value() == DEV_ADMIN_TOKEN:
+                raise ValueError(
+                    "CLAMEUR_ADMIN_TOKEN is the development token; set a long random value "
+                    "outside CLAMEUR_ENV=dev"
+                )
+        return self
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(prefix=self.topic_prefix)

@@ -1,0 +1,238 @@
+"""HTTP pieces every service shares: RFC 9457 problems, health, readiness, metrics.
+
+Every error leaves as ``application/problem+json`` with a ``detail`` a person can read
+and, for validation errors, the offending fields.  Nothing is left to answer a bare 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+PROBLEM_JSON = "application/problem+json"
+
+logger = logging.getLogger(__name__)
+
+_TITLES = {
+    400: "Bad request",
+    401: "Authentication required",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    410: "Gone",
+    413: "Request body too large",
+    415: "Unsupported media type",
+    422: "Invalid fields",
+    429: "Too many requests",
+    500: "Internal error",
+    503: "Service unavailable",
+}
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_JSON
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    type_: str = "about:blank",
+    errors: Sequence[Mapping[str, Any]] | None = None,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> ProblemResponse:
+    """An RFC 9457 problem response; ``extra`` members are added to the body."""
+    body: dict[str, Any] = {
+        "type": type_,
+        "title": title or _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
+    if errors is not None:
+        body["errors"] = list(errors)
+    body.update(extra)
+    return ProblemResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+class Problem(Exception):
+    """Raise from a route to answer with a problem; see :func:`problem` for the fields."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        title: str | None = None,
+        errors: Sequence[Mapping[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.title = title
+        self.errors = errors
+        self.headers = headers
+        self.extra = extra
+
+    def response(self) -> ProblemResponse:
+        return problem(
+            self.status,
+            self.detail,
+            title=self.title,
+            errors=self.errors,
+            headers=self.headers,
+            **self.extra,
+        )
+
+
+def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
+    """Pydantic errors as ``{"field": "consent.updates", "message": "..."}``, no input echoed."""
+    result = []
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
+        result.append({"field": ".".join(location) or "body", "message": str(error.get("msg", ""))})
+    return result
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Make every error of ``app`` a problem+json answer."""
+
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Problem)
+        return exc.response()
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = field_errors(exc.errors())
+        fields = ", ".join(sorted({error["field"] for error in errors}))
+        return problem(422, f"Some fields are missing or invalid: {fields}.", errors=errors)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "Error")
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"There is nothing at {request.url.path}."
+        return problem(exc.status_code, detail, headers=exc.headers)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(500, "Something went wrong on our side; please try again later.")
+
+    app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+"""Raises when a dependency (broker, database) cannot be reached."""
+
+
+def operations_router(registry: CollectorRegistry, checks: Mapping[str, ReadinessCheck]) -> APIRouter:
+    """``/healthz`` (alive), ``/readyz`` (every dependency answers), ``/metrics``."""
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz() -> Response:
+        failing: dict[str, str] = {}
+        for name, check in checks.items():
+            try:
+                await check()
+            except Exception as exc:  # noqa: BLE001 - any failure means "not ready", said in the body
+                failing[name] = f"{type(exc).__name__}: {exc}"[:300]
+        if failing:
+            return problem(
+                503,
+                "Not ready: " + ", ".join(sorted(failing)) + " cannot be reached.",
+                checks=failing,
+                headers={"Retry-After": "5"},
+            )
+        return JSONResponse({"status": "ready", "checks": sorted(checks)})
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+class HttpMetrics:
+    """Request count and duration by route template, method and status (bounded labels)."""
+
+    def __init__(self, registry: CollectorRegistry, service: str) -> None:
+        self.service = service
+        self.requests = Counter(
+            "clameur_http_requests",
+            "HTTP requests answered.",
+            ["service", "route", "method", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "clameur_http_request_duration_seconds",
+            "Time to answer an HTTP request.",
+            ["service", "route", "method"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+
+
+class HttpMetricsMiddleware:
+    """Pure ASGI middleware (cheap on the hot path) feeding :class:`HttpMetrics`."""
+
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    def _route(self, scope: Scope) -> str:
+        router = scope.get("router") or getattr(scope.get("app"), "router", None)
+        if router is None:
+            return "other"
+        for route in router.routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return str(getattr(route, "path", "other"))
+        return "other"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = self._route(scope)
+            method = str(scope.get("method", "GET"))
+            labels = (self.metrics.service, route, method)
+            self.metrics.duration.labels(*labels).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(*labels, str(status)).inc()
