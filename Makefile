@@ -1,0 +1,67 @@
+# One entry point for people and CI.  Everything installs itself into .cache/ (git-ignored).
+PY := .venv/bin/python
+STAMP := .cache/bootstrap.stamp
+
+.PHONY: up down reset status mail test test-fast check fmt bench bench-intake bench-tally bench-notify demo reconcile bootstrap
+
+$(STAMP): pyproject.toml uv.lock scripts/bootstrap
+	@bash scripts/bootstrap
+	@mkdir -p .cache && touch $(STAMP)
+
+bootstrap: $(STAMP)
+
+## up: start Kafka, Postgres, the mail sink, Prometheus and the three services; wait for /readyz
+up: $(STAMP)
+	@$(PY) -m devstack up
+
+## down: stop everything `make up` started (data kept)
+down: $(STAMP)
+	@$(PY) -m devstack down
+
+## reset: stop everything and delete the local data
+reset: $(STAMP)
+	@$(PY) -m devstack reset
+
+status: $(STAMP)
+	@$(PY) -m devstack status
+
+## mail: the latest messages in the local mail sink
+mail: $(STAMP)
+	@$(PY) -m devstack mail
+
+## test: the whole suite against a real Kafka and Postgres (see tests/conftest.py for where they come from)
+test: $(STAMP)
+	@status=0; $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
+	if [ -z "$$CLAMEUR_TEST_KEEP_STACK" ]; then $(PY) -m devstack down --profile test >/dev/null || true; fi; \
+	exit $$status
+
+## check: lint, format and types
+check: $(STAMP)
+	@.venv/bin/ruff check .
+	@.venv/bin/ruff format --check .
+	@.venv/bin/mypy .
+
+fmt: $(STAMP)
+	@.venv/bin/ruff format .
+	@.venv/bin/ruff check --fix .
+
+## reconcile: recompute every counter from the stored signatures (FIX=1 repairs drift)
+reconcile: $(STAMP)
+	@$(PY) -m tally.reconcile $(if $(FIX),--fix,)
+
+## demo: real cases, a surge, milestones, a victory, emails (on a running `make up`)
+demo: $(STAMP)
+	@$(PY) -m bench.demo
+
+## bench: the whole pipeline under load, results in docs/benchmarks.md
+bench: $(STAMP)
+	@$(PY) -m bench.pipeline
+
+bench-intake: $(STAMP)
+	@$(PY) -m bench.intake
+
+bench-tally: $(STAMP)
+	@$(PY) -m bench.tally
+
+bench-notify: $(STAMP)
+	@$(PY) -m bench.notify

@@ -1,0 +1,79 @@
+"""Where the local stack keeps its things, and on which ports, per profile.
+
+``dev`` is what ``make up`` runs; ``test`` is what ``make test`` starts when no
+existing Kafka/Postgres is given and no Docker engine answers: other ports, other
+data, so a test run never touches the dev stack.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("CLAMEUR_CACHE", ROOT / ".cache"))
+KAFKA_LIBS = CACHE / "kafka" / "libs"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    kafka_port: int
+    controller_port: int
+    postgres_port: int
+    smtp_port: int
+    prometheus_port: int
+    intake_port: int = 8001
+    tally_port: int = 8002
+    notify_port: int = 8003
+
+    @property
+    def home(self) -> Path:
+        return CACHE / self.name
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def kafka_data(self) -> Path:
+        return self.home / "kafka"
+
+    @property
+    def postgres_data(self) -> Path:
+        return self.home / "postgres"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.home / "mail"
+
+    @property
+    def prometheus_data(self) -> Path:
+        return self.home / "prometheus"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def database_url(self) -> str:
+        return f"postgresql://clameur@127.0.0.1:{self.postgres_port}/clameur"
+
+
+DEV = Profile(
+    "dev", kafka_port=9092, controller_port=9093, postgres_port=5433, smtp_port=1025, prometheus_port=9090
+)
+TEST = Profile(
+    "test",
+    kafka_port=19092,
+    controller_port=19093,
+    postgres_port=15433,
+    smtp_port=11025,
+    prometheus_port=19090,
+)
+PROFILES = {profile.name: profile for profile in (DEV, TEST)}

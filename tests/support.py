@@ -1,0 +1,128 @@
+"""Helpers for tests that run real services: free ports, waiting, service processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1, what: str = ""
+) -> None:
+    """Poll ``predicate`` until it is true; fail the test with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+
+
+async def eventually(
+    predicate: Callable[[], Awaitable[bool]], within: float = 30.0, interval: float = 0.1, what: str = ""
+) -> None:
+    """Async :func:`wait_until`: poll ``predicate`` until true, fail after ``within`` s."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {within} s waiting for {what or predicate}")
+
+
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback test URL
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+class ServiceProcess:
+    """``python -m <service>`` as a child process on a free port, its output in a log file."""
+
+    def __init__(self, service: str, env: Mapping[str, str], log_dir: Path, port: int | None = None) -> None:
+        self.service = service
+        self.port = port or free_port()
+        self.env = {**env, f"CLAMEUR_{service.upper()}_PORT": str(self.port)}
+        self.log = log_dir / f"{service}-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, wait_ready: bool = True, timeout: float = 60.0) -> ServiceProcess:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", self.service],
+                env=dict(self.env),
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"{self.service} exited with {self.process.returncode}:\n{self.tail()}")
+            if http_status(f"{self.url}/readyz") == 200:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{self.service} not ready after {timeout} s:\n{self.tail()}")
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self, sig: signal.Signals = signal.SIGKILL, timeout: float = 40.0) -> int | None:
+        """Send ``sig`` and wait for the exit; returns the exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(timeout=10)
+
+    def stop(self) -> int | None:
+        return self.kill(signal.SIGTERM)
+
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def tail(self, lines: int = 40) -> str:
+        if not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def base_env() -> dict[str, str]:
+    """The parent's environment less any CLAMEUR_* settings (tests set their own)."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("CLAMEUR_")}
