@@ -81,9 +81,11 @@ def _from_local_stack() -> tuple[str, str]:
     from devstack.stack import Stack
 
     stack = Stack(TEST, {})
+    # A broker or server already answering on the test ports (another checkout's test
+    # stack, a session still running) is shared: every test isolates its own data.
     if not port_open("127.0.0.1", TEST.kafka_port):
         stack.kafka.start()
-    if not stack.postgres.running():
+    if not port_open("127.0.0.1", TEST.postgres_port):
         stack.postgres.start()
     return TEST.kafka_bootstrap, stack.postgres.dsn
 

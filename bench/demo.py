@@ -1,0 +1,413 @@
+"""A day of campaigning in a few minutes, on the running stack (`make up`, then `make demo`).
+
+Creates the real cases of the seed pages (Amnesty's Write for Rights and All Out),
+simulates widgets from 30 countries with a surge, crosses milestones, declares one
+victory, then prints what happened: counts per case and per country, emails sent,
+rejected requests by reason, and where to look in Prometheus.  Each run uses case ids
+of its own, so it can be run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import httpx
+
+from devstack.layout import DEV
+
+COUNTRIES = [
+    "FR",
+    "FR",
+    "FR",
+    "FR",
+    "FR",
+    "FR",
+    "BE",
+    "BE",
+    "CH",
+    "CA",
+    "CA",
+    "MA",
+    "MA",
+    "SN",
+    "CI",
+    "CM",
+    "DE",
+    "GB",
+    "GB",
+    "US",
+    "US",
+    "ES",
+    "IT",
+    "NL",
+    "PT",
+    "IE",
+    "SE",
+    "NO",
+    "DK",
+    "PL",
+    "BR",
+    "AR",
+    "MX",
+    "TW",
+    "JP",
+    "AU",
+    "KE",
+    "BI",
+    "SS",
+    "IR",
+]
+FIRST_NAMES = [
+    "Camille",
+    "Nadia",
+    "Yanis",
+    "Léa",
+    "Omar",
+    "Inès",
+    "Hugo",
+    "Fatou",
+    "Lucas",
+    "Amina",
+    "Chloé",
+    "Mehdi",
+    "Zoé",
+    "Karim",
+    "Jeanne",
+    "Samir",
+]
+LAST_NAMES = [
+    "Martin",
+    "Benali",
+    "Dubois",
+    "Diallo",
+    "Leroy",
+    "Haddad",
+    "Moreau",
+    "Traoré",
+    "Fournier",
+    "Cherki",
+    "Girard",
+    "Mendy",
+]
+
+
+@dataclass(frozen=True)
+class SeedCase:
+    slug: str
+    title: dict[str, str]
+    target: str
+    goal: int
+    milestones: tuple[int, ...]
+    share: float
+    """The part of the day's supporters who act for this case."""
+
+
+CASES = (
+    SeedCase(
+        "nawal-benaissa",
+        {"fr": "Nawal Benaissa : stop au harcèlement", "en": "Nawal Benaissa: stop the harassment"},
+        "Ministère de l'Intérieur du Maroc",
+        20_000,
+        (1_000, 2_500, 5_000),
+        0.40,
+    ),
+    SeedCase(
+        "sengwer",
+        {
+            "fr": "Les Sengwers : protégez leurs terres ancestrales",
+            "en": "The Sengwer: protect their ancestral land",
+        },
+        "President of Kenya",
+        10_000,
+        (1_000, 2_000),
+        0.20,
+    ),
+    SeedCase(
+        "atena-daemi",
+        {"fr": "Atena Daemi doit être libérée", "en": "Free Atena Daemi"},
+        "Head of the Judiciary, Iran",
+        10_000,
+        (1_000,),
+        0.15,
+    ),
+    SeedCase(
+        "germain-rukuki",
+        {"fr": "Libérez Germain Rukuki", "en": "Free Germain Rukuki"},
+        "Président de la République du Burundi",
+        10_000,
+        (500, 1_000),
+        0.13,
+    ),
+    SeedCase(
+        "magai-matiop-ngong",
+        {
+            "fr": "Magai Matiop Ngong : annulez sa condamnation à mort",
+            "en": "Magai Matiop Ngong: quash his death sentence",
+        },
+        "President Salva Kiir",
+        5_000,
+        (500, 1_000),
+        0.12,
+    ),
+)
+VICTORY_CASE = "magai-matiop-ngong"
+VICTORY = {
+    "headline": {"fr": "Magai est libre !", "en": "Magai is free!"},
+    "message": {
+        "fr": "Sa condamnation à mort a été annulée et il a été libéré. Merci de lui avoir sauvé la vie.",
+        "en": "His death sentence was quashed and he has been released. Thank you for saving his life.",
+    },
+}
+
+
+@dataclass
+class Outcome:
+    statuses: Counter[int]
+    counted: dict[str, set[tuple[str, str]]]
+    """Per case, the distinct (email, action) pairs intake accepted: what tally must count."""
+
+
+def _supporter(rng: random.Random, n: int, run: str) -> dict[str, object]:
+    return {
+        "first_name": rng.choice(FIRST_NAMES),
+        "last_name": rng.choice(LAST_NAMES),
+        "email": f"supporter{n}.{run}@example.org",
+        "country": rng.choice(COUNTRIES),
+        "locale": "fr" if rng.random() < 0.6 else "en",
+        "consent": {"updates": rng.random() < 0.25},
+        "source": {"widget": "demo", "page_url": "https://www.amnesty.fr/ecrire-pour-les-droits"},
+    }
+
+
+async def _sign(client: httpx.AsyncClient, case_id: str, body: dict[str, object], outcome: Outcome) -> None:
+    for attempt in range(5):
+        response = await client.post(f"/v1/cases/{case_id}/signatures", json=body)
+        if response.status_code in (429, 503) and attempt < 4:
+            await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+            continue
+        outcome.statuses[response.status_code] += 1
+        if response.status_code == 202:
+            key = (str(body["email"]).strip().lower(), str(body.get("action", "signature")))
+            outcome.counted.setdefault(case_id, set()).add(key)
+        return
+
+
+async def _campaign(intake: str, cases: dict[str, str], supporters: int, run: str, seed: int) -> Outcome:
+    """Supporters arrive slowly, then a surge (a TV mention), then it calms down."""
+    rng = random.Random(seed)
+    outcome = Outcome(Counter(), {})
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    headers = {"X-Forwarded-For": "203.0.113.7"}
+    async with httpx.AsyncClient(base_url=intake, limits=limits, timeout=15, headers=headers) as client:
+        semaphore = asyncio.Semaphore(64)
+        phases = ((0.15, 300.0, "morning"), (0.70, 2000.0, "surge"), (0.15, 400.0, "evening"))
+        seeds = list(CASES)
+        weights = [case.share for case in seeds]
+        n = 0
+        pending: set[asyncio.Task[None]] = set()
+        for part, rate, name in phases:
+            count = int(supporters * part)
+            started = time.monotonic()
+            print(f"  {name}: {count} supporters at up to {rate:.0f}/s", flush=True)
+            for i in range(count):
+                n += 1
+                case = rng.choices(seeds, weights)[0]
+                body = _supporter(rng, n, run)
+                actions = ["signature"]
+                roll = rng.random()
+                if roll < 0.04:
+                    actions.append("letter")
+                elif roll < 0.06:
+                    actions.append("postcard")
+                if rng.random() < 0.10:  # the same supporter presses "Sign" again
+                    actions.append("signature")
+                for action in actions:
+                    await semaphore.acquire()
+                    task = asyncio.create_task(
+                        _sign(client, cases[case.slug], {**body, "action": action}, outcome)
+                    )
+                    task.add_done_callback(lambda _t: semaphore.release())
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                ahead = (i + 1) / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await asyncio.gather(*pending)
+        # What a widget sees when things go wrong, so the rejection counters have something to show.
+        bad: list[tuple[dict[str, object], str]] = [
+            (
+                {"first_name": "Bot", "last_name": "X", "email": "not-an-email", "country": "FR"},
+                cases["nawal-benaissa"],
+            ),
+            (
+                {"first_name": "A\nB", "last_name": "X", "email": "a@example.org", "country": "FR"},
+                cases["sengwer"],
+            ),
+            (
+                {"first_name": "A", "last_name": "X", "email": "a@example.org", "country": "XX"},
+                cases["sengwer"],
+            ),
+            (
+                {"first_name": "A", "last_name": "X", "email": "a@example.org", "country": "FR"},
+                f"no-such-case-{run}",
+            ),
+        ]
+        for body, case_id in bad:
+            await _sign(client, case_id, body, outcome)
+    return outcome
+
+
+def _metric_sum(text: str, name: str, label: str | None = None) -> dict[str, float]:
+    """Sum a Prometheus counter's samples, grouped by one label's value."""
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        match = re.match(rf"{re.escape(name)}(?:\{{(.*)\}})? ([0-9.eE+-]+)$", line)
+        if not match:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
+        key = labels.get(label, "") if label else ""
+        sums[key] = sums.get(key, 0.0) + float(match.group(2))
+    return sums
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--supporters", type=int, default=12_000, help="supporters in the day (default 12,000)"
+    )
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    token = os.environ.get("CLAMEUR_ADMIN_TOKEN", "dev-admin-token")
+    intake, tally_url, notify = (
+        f"http://127.0.0.1:{port}" for port in (DEV.intake_port, DEV.tally_port, DEV.notify_port)
+    )
+    admin = {"Authorization": f"Bearer {token}"}
+    run = uuid.uuid4().hex[:4]
+    for url in (intake, tally_url, notify):
+        try:
+            httpx.get(f"{url}/readyz", timeout=3).raise_for_status()
+        except httpx.HTTPError:
+            print(f"{url} is not ready: start the stack with `make up` first.", file=sys.stderr)
+            return 1
+
+    scale = args.supporters / 12_000
+    print(f"Demo run {run}: creating the cases")
+    cases: dict[str, str] = {}
+    for case in CASES:
+        case_id = f"{case.slug}-{run}"
+        body = {
+            "id": case_id,
+            "title": case.title,
+            "goal": max(1, int(case.goal * scale)),
+            "milestones": sorted({max(1, int(m * scale)) for m in case.milestones}),
+            "actions": ["signature", "letter", "postcard"],
+            "default_locale": "fr",
+            "target": case.target,
+        }
+        response = httpx.post(f"{tally_url}/v1/admin/cases", json=body, headers=admin, timeout=10)
+        if response.status_code != 201:
+            print(f"could not create {case_id}: {response.status_code} {response.text}", file=sys.stderr)
+            return 1
+        cases[case.slug] = case_id
+        print(f"  {case_id}: {case.title['en']} (milestones {body['milestones']})")
+
+    def intake_knows_all() -> bool:
+        probes = [httpx.get(f"{tally_url}/v1/cases/{case_id}", timeout=5) for case_id in cases.values()]
+        return all(p.status_code == 200 for p in probes)
+
+    deadline = time.monotonic() + 15
+    while not intake_knows_all() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)  # intake follows cases.v1; give it a moment to hear of the new cases
+
+    metrics_before = httpx.get(f"{notify}/metrics", timeout=5).text
+    print(f"\nThe campaign day: {args.supporters} supporters")
+    started = time.monotonic()
+    result = asyncio.run(
+        _campaign(intake, cases, args.supporters, run, args.seed or random.randrange(1 << 30))
+    )
+    elapsed = time.monotonic() - started
+    print(
+        f"  {sum(result.statuses.values())} requests in {elapsed:.1f} s; "
+        f"answers by status: {dict(sorted(result.statuses.items()))}"
+    )
+
+    print(f"\nVictory for {cases[VICTORY_CASE]}")
+    response = httpx.post(
+        f"{tally_url}/v1/admin/cases/{cases[VICTORY_CASE]}/victory", json=VICTORY, headers=admin, timeout=10
+    )
+    print(f"  declared: {response.status_code}")
+    time.sleep(3)
+    after = httpx.post(
+        f"{intake}/v1/cases/{cases[VICTORY_CASE]}/signatures",
+        json={
+            "first_name": "Late",
+            "last_name": "Supporter",
+            "email": f"late.{run}@example.org",
+            "country": "FR",
+        },
+        timeout=10,
+    )
+    print(f"  a late signature gets {after.status_code}: {after.json().get('detail', '')}")
+
+    # Wait until tally has counted every distinct action intake accepted, exactly.
+    print("\nCounting")
+    expected = {slug: len(result.counted.get(case_id, ())) for slug, case_id in cases.items()}
+    deadline = time.monotonic() + 120
+    totals: dict[str, dict[str, object]] = {}
+    while time.monotonic() < deadline:
+        totals = {
+            slug: httpx.get(f"{tally_url}/v1/cases/{case_id}", timeout=5).json()
+            for slug, case_id in cases.items()
+        }
+        if all(int(str(totals[slug]["total"])) == expected[slug] for slug in cases):
+            break
+        time.sleep(1)
+    for slug, view in totals.items():
+        by_country: dict[str, int] = dict(view["by_country"])  # type: ignore[call-overload]
+        top = sorted(by_country.items(), key=lambda kv: -kv[1])[:5]
+        countries = ", ".join(f"{code} {count:,}" for code, count in top)
+        total = int(str(view["total"]))
+        print(f"  {cases[slug]:<28} {view['status']:<6} total {total:>7,}   by action {view['by_action']}")
+        print(f"  {'':<28} top countries: {countries}")
+
+    time.sleep(5)  # let notify send the last emails
+    metrics_after = httpx.get(f"{notify}/metrics", timeout=5).text
+    sent_before = _metric_sum(metrics_before, "clameur_notify_emails_sent_total", "kind")
+    sent_after = _metric_sum(metrics_after, "clameur_notify_emails_sent_total", "kind")
+    sent = {kind: int(sent_after[kind] - sent_before.get(kind, 0.0)) for kind in sent_after}
+    rejections = _metric_sum(
+        httpx.get(f"{intake}/metrics", timeout=5).text, "clameur_intake_rejections_total", "reason"
+    )
+    print(f"\nEmails sent in this run, by kind: {sent or 'none yet'}")
+    print(f"  read them: make mail   (files in {DEV.mail_dir})")
+    print(
+        "Requests rejected by intake since it started, by reason: "
+        f"{ {reason: int(count) for reason, count in rejections.items()} }"
+    )
+    print(
+        "\nIn Prometheus (http://127.0.0.1:9090/graph):\n"
+        "  sum by (action) (rate(clameur_intake_signatures_accepted_total[1m]))\n"
+        "  sum by (reason) (rate(clameur_intake_rejections_total[5m]))\n"
+        "  histogram_quantile(0.99, sum by (le) (rate(clameur_tally_accept_to_counted_seconds_bucket[1m])))\n"
+        "  clameur_tally_consumer_lag_records\n"
+        "  clameur_notify_deliveries_pending"
+    )
+    exact = all(int(str(totals[slug]["total"])) == expected[slug] for slug in cases)
+    print(f"\nEvery accepted action counted exactly once: {'yes' if exact else 'NO'} (expected {expected})")
+    return 0 if exact else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
