@@ -1,0 +1,308 @@
+"""From a widget's (or a partner's) JSON body to a :class:`SignatureAccepted` event.
+
+Pure and synchronous: no I/O, no clock of its own (the time of receipt is passed in),
+so every rule here is unit-tested without a broker.
+
+The rules, and why:
+
+- names are 1 to 100 characters once trimmed, hold no control character (also not
+  percent- or entity-encoded, the way header-injection payloads arrive), no bidi
+  override and no URL: a name is printed in letters to authorities and in emails;
+- the email is checked by email-validator (syntax only: no DNS at surge rates), then
+  trimmed and lowercased, so ``Nawal@X.org `` and ``nawal@x.org`` are one supporter;
+- the country is a real ISO 3166-1 alpha-2 code (pycountry), given in any case;
+- locale and action must be among the case's (checked against the case's state);
+- unknown fields are refused, so a typo in a widget shows up at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import html
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import unquote
+
+import pycountry
+from email_validator import EmailNotValidError, ValidatedEmail, validate_email
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from clameur.events import Action, CaseState, Consent, SignatureAccepted, SignatureSource
+
+NAME_MAX = 100
+
+COUNTRY_CODES = frozenset(country.alpha_2 for country in pycountry.countries)
+"""Every ISO 3166-1 alpha-2 code pycountry knows (a constant, read once)."""
+
+# C0 and C1 controls (newlines, NUL, DEL...), plus bidi controls and line/paragraph
+# separators: not Cc, but they rewrite or break what a name looks like when printed.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_URL = re.compile(
+    r"[a-z][a-z0-9+.\-]*://|\bwww\.|"
+    r"\b[a-z0-9\-]+\.(?:com|net|org|info|biz|io|co|ru|cn|xyz|top|online|site|click|link|ly|me|app|shop)\b",
+    re.IGNORECASE,
+)
+
+
+class InvalidSignature(Exception):
+    """The body cannot become a signature; ``errors`` are ``{"field", "message"}`` pairs."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(f"{error['field']}: {error['message']}" for error in errors))
+        self.errors = errors
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether ``text`` holds a control character, raw or percent/entity-encoded."""
+    if _has_raw_control(text):
+        return True
+    # Decode only when there is something to decode: the common name costs nothing.
+    if "%" in text and _has_raw_control(unquote(text)):
+        return True
+    return "&" in text and _has_raw_control(html.unescape(text))
+
+
+def _has_raw_control(text: str) -> bool:
+    return _CONTROL.search(text) is not None
+
+
+def _person_name(value: str) -> str:
+    name = value.strip()
+    if not name:
+        raise ValueError("must not be empty")
+    if len(name) > NAME_MAX:
+        raise ValueError(f"must be at most {NAME_MAX} characters")
+    if has_control_characters(name):
+        raise ValueError("must not contain control characters or line breaks")
+    if _URL.search(name):
+        raise ValueError("must not contain a web address")
+    if unicodedata.category(name[0]) in ("Cf", "Cs", "Co", "Cn"):
+        raise ValueError("must start with a visible character")
+    return name
+
+
+def _plain_text(value: str) -> str:
+    if has_control_characters(value):
+        raise ValueError("must not contain control characters or line breaks")
+    return value.strip()
+
+
+PersonName = Annotated[str, Field(min_length=1, max_length=NAME_MAX * 2), AfterValidator(_person_name)]
+PlainText = Annotated[str, AfterValidator(_plain_text)]
+
+
+class ConsentForm(BaseModel):
+    """What the supporter agreed to; ``updates``: emails about this case."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    updates: bool = False
+
+
+class SourceForm(BaseModel):
+    """Where the widget was shown; free text the campaign uses for its own statistics."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    widget: Annotated[PlainText, Field(max_length=100)] | None = None
+    page_url: Annotated[PlainText, Field(max_length=2048)] | None = None
+    referrer: Annotated[PlainText, Field(max_length=2048)] | None = None
+
+
+class SignatureFields(BaseModel):
+    """The fields of one supporter's action, shared by the widget and the bulk import."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=4096)
+
+    first_name: PersonName
+    last_name: PersonName
+    email: Annotated[str, Field(min_length=3, max_length=320)]
+    country: Annotated[str, Field(min_length=2, max_length=2, examples=["FR"])]
+    postal_code: Annotated[PlainText, Field(max_length=20)] | None = None
+    locale: (
+        Annotated[str, Field(min_length=2, max_length=35, pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")]
+        | None
+    ) = None
+    action: Action = Action.SIGNATURE
+    consent: ConsentForm = ConsentForm()
+    source: SourceForm | None = None
+
+    @field_validator("country")
+    @classmethod
+    def _real_country(cls, value: str) -> str:
+        code = value.upper()
+        if code not in COUNTRY_CODES:
+            raise ValueError("must be an ISO 3166-1 alpha-2 country code, such as FR or GB")
+        return code
+
+    @field_validator("email")
+    @classmethod
+    def _valid_email(cls, value: str) -> str:
+        return normalise_email(value)
+
+
+class SignatureForm(SignatureFields):
+    """A widget's body: the action plus the bot trap and the optional human-check token.
+
+    ``website`` is a honeypot: the widget hides it from people, so only bots fill it.
+    """
+
+    website: Annotated[str, Field(max_length=2048)] | None = None
+    turnstile_token: Annotated[str, Field(max_length=2048)] | None = None
+
+    @property
+    def is_bot(self) -> bool:
+        return bool(self.website)
+
+
+class SignatureBatch(BaseModel):
+    """A partner's bulk import: up to ``batch_max_items`` signatures, each judged alone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    signatures: list[Any] = Field(min_length=1)
+
+
+def normalise_email(value: str) -> str:
+    """The address trimmed, checked (syntax only) and lowercased: one supporter, one form.
+
+    Raises ``ValueError`` with a readable reason (pydantic turns it into a field error).
+
+    Speed: email-validator spends most of its ~100 µs per address on the domain (IDNA
+    and special-use checks), yet a surge's addresses share a few thousand domains.  So
+    a plain ASCII local part (RFC 5322 dot-atom, which email-validator accepts as is) is
+    checked here and the domain's verdict is remembered; anything else, and every domain
+    seen first, goes through email-validator whole.  Both paths give the same answer
+    (tests/intake/test_validation.py holds them side by side).
+    """
+    address = value.strip()
+    local, at, domain = address.rpartition("@")
+    if at and len(address) <= _MAX_ADDRESS and len(local) <= _MAX_LOCAL and _DOT_ATOM.match(local):
+        return f"{local}@{_checked_domain(domain.lower())}".lower()
+    return _checked(address).normalized.lower()
+
+
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
+_MAX_ADDRESS = 254
+_MAX_LOCAL = 64
+
+
+def _checked(address: str) -> ValidatedEmail:
+    try:
+        return validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"is not a valid email address ({exc})") from None
+
+
+@functools.lru_cache(maxsize=8192)
+def _checked_domain(domain: str) -> str:
+    # A pure function's memo (bounded); an invalid domain raises and is not remembered.
+    return _checked(f"a@{domain}").domain
+
+
+def email_domain(email: str) -> str:
+    """The domain of an already normalised address."""
+    return email.rpartition("@")[2]
+
+
+class SupporterKeys:
+    """``supporter_key`` = hex HMAC-SHA256(secret, normalised email): the dedupe key."""
+
+    def __init__(self, secret: bytes) -> None:
+        # Keying the HMAC once and copying it per email saves the key schedule per request.
+        self._keyed = hmac.new(secret, digestmod=hashlib.sha256)
+
+    def of(self, normalised_email: str) -> str:
+        mac = self._keyed.copy()
+        mac.update(normalised_email.encode())
+        return mac.hexdigest()
+
+
+def parse_form(body: bytes) -> SignatureForm:
+    """Parse and check a widget body.  Raises :class:`InvalidSignature`."""
+    try:
+        return SignatureForm.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidSignature(field_errors(exc)) from None
+
+
+def parse_fields(raw: Any) -> SignatureFields:
+    """Check one bulk item (already decoded JSON).  Raises :class:`InvalidSignature`."""
+    try:
+        return SignatureFields.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidSignature(field_errors(exc)) from None
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """Pydantic errors as ``{"field": "consent.updates", "message": ...}``, input never echoed."""
+    errors = []
+    for error in exc.errors(include_url=False, include_input=False):
+        field = ".".join(str(part) for part in error["loc"]) or "body"
+        message = error["msg"]
+        if message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        if error["type"] == "json_invalid":
+            message = "the body is not valid JSON"
+        elif error["type"] == "extra_forbidden":
+            message = "is not a field of a signature"
+        errors.append({"field": field, "message": message})
+    return errors
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What the request adds to the fields: where and when it was received."""
+
+    case: CaseState
+    received_at: datetime
+    partner: str | None = None
+
+
+def signature_event(fields: SignatureFields, receipt: Receipt, keys: SupporterKeys) -> SignatureAccepted:
+    """The event for ``fields`` on ``receipt.case``.  Raises :class:`InvalidSignature`.
+
+    The email travels only with consent to updates; ``supporter_key`` always does.
+    """
+    case = receipt.case
+    errors = []
+    locale = fields.locale or case.default_locale
+    if locale not in case.locales:
+        errors.append(
+            {"field": "locale", "message": f"this case speaks {', '.join(case.locales)}, not {locale}"}
+        )
+    if fields.action not in case.actions:
+        errors.append(
+            {
+                "field": "action",
+                "message": f"this case takes {', '.join(case.actions)}, not {fields.action.value}",
+            }
+        )
+    if errors:
+        raise InvalidSignature(errors)
+    source = fields.source
+    return SignatureAccepted(
+        case_id=case.case_id,
+        action=fields.action,
+        first_name=fields.first_name,
+        last_name=fields.last_name,
+        country=fields.country,
+        postal_code=fields.postal_code or None,
+        locale=locale,
+        supporter_key=keys.of(fields.email),
+        email=fields.email if fields.consent.updates else None,
+        consent=Consent(updates=fields.consent.updates),
+        source=SignatureSource(
+            widget=source.widget if source else None,
+            page_url=source.page_url if source else None,
+            referrer=source.referrer if source else None,
+            partner=receipt.partner,
+        ),
+        received_at=receipt.received_at,
+        occurred_at=receipt.received_at,
+    )

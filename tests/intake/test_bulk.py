@@ -1,0 +1,93 @@
+"""Partners' bulk import: a partner key, a result per item, 202 once every accepted is acked."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from clameur.events import decode_signature
+from clameur.topics import Topics
+from tests.conftest import Infra
+from tests.intake.conftest import SIGNER, Intake, case_state, metric, publish_cases, read_topic, won_state
+
+PARTNER = {"Authorization": "Bearer partner-key-amnesty-paper-0123456789"}
+
+
+@pytest.fixture
+async def nawal(infra: Infra, topics: Topics, new_id: Callable[[str], str]) -> str:
+    case_id = new_id("nawal")
+    await publish_cases(infra.kafka, topics, case_state(case_id))
+    return case_id
+
+
+def partners() -> dict[str, str]:
+    return {"partner-key-amnesty-paper-0123456789": "amnesty-paper"}
+
+
+async def test_a_batch_answers_per_item_and_publishes_the_accepted(
+    intake: Intake, infra: Infra, topics: Topics, nawal: str
+) -> None:
+    items: list[object] = [
+        {**SIGNER, "email": f"paper{n}@example.org", "consent": {"updates": n % 2 == 0}} for n in range(300)
+    ]
+    items[7] = {**SIGNER, "country": "XX"}
+    items[42] = {**SIGNER, "first_name": "Evil\r\nHeader"}
+    items[99] = "not a signature"
+    async with intake(partner_keys=partners()) as (_, client):
+        answer = await client.post(
+            f"/v1/cases/{nawal}/signatures/batch", json={"signatures": items}, headers=PARTNER
+        )
+        assert answer.status_code == 202, answer.text
+        metrics = (await client.get("/metrics")).text
+    receipt = answer.json()
+    assert (receipt["accepted"], receipt["rejected"]) == (297, 3)
+    results = receipt["results"]
+    assert [result["index"] for result in results] == list(range(300))
+    assert results[7]["status"] == "rejected"
+    assert results[7]["errors"][0]["field"] == "country"
+    assert results[42]["errors"][0]["field"] == "first_name"
+    assert results[99]["status"] == "rejected"
+    assert results[0]["status"] == "accepted"
+
+    records = await read_topic(infra.kafka, topics.signatures, at_least=297, within=20)
+    assert len(records) == 297
+    events = [decode_signature(record.value) for record in records]
+    assert {record.key for record in records} == {nawal.encode()}
+    assert {event.source.partner for event in events} == {"amnesty-paper"}
+    assert {str(event.signature_id) for event in events} == {
+        result["signature_id"] for result in results if result["status"] == "accepted"
+    }
+    assert sum(event.email is not None for event in events) == sum(
+        1 for n in range(300) if n % 2 == 0 and n not in (42,)
+    )
+    assert metric(metrics, "clameur_intake_signatures_accepted_total", action="signature") == 297
+    assert metric(metrics, "clameur_intake_rejections_total", reason="validation") == 3
+
+
+async def test_a_batch_needs_a_partner_key_and_an_open_case(
+    intake: Intake, infra: Infra, topics: Topics, nawal: str, new_id: Callable[[str], str]
+) -> None:
+    won = new_id("won")
+    await publish_cases(infra.kafka, topics, case_state(won), won_state(won))
+    body = {"signatures": [SIGNER]}
+    async with intake(partner_keys=partners(), batch_max_items=5) as (_, client):
+        url = f"/v1/cases/{nawal}/signatures/batch"
+        anonymous = await client.post(url, json=body)
+        assert anonymous.status_code == 401
+        assert anonymous.headers["www-authenticate"] == "Bearer"
+        wrong = await client.post(url, json=body, headers={"Authorization": "Bearer guess"})
+        assert wrong.status_code == 401
+        assert (
+            await client.post(f"/v1/cases/{won}/signatures/batch", json=body, headers=PARTNER)
+        ).status_code == 410
+        assert (
+            await client.post("/v1/cases/nobody/signatures/batch", json=body, headers=PARTNER)
+        ).status_code == 404
+        too_many = await client.post(url, json={"signatures": [SIGNER] * 6}, headers=PARTNER)
+        assert too_many.status_code == 422
+        empty = await client.post(url, json={"signatures": []}, headers=PARTNER)
+        assert empty.status_code == 422
+        metrics = (await client.get("/metrics")).text
+    assert metric(metrics, "clameur_intake_rejections_total", reason="partner_key") == 2
+    assert await read_topic(infra.kafka, topics.signatures) == []
