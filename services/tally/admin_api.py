@@ -1,0 +1,96 @@
+"""The operators' API: create, edit, declare victory, close.  Bearer token, constant-time.
+
+401 without a bearer token, 403 with a wrong one, 404 unknown case, 409 duplicate id
+or a change the case's status forbids, 422 invalid fields: all problem+json.
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import SecretStr
+from starlette.responses import JSONResponse
+
+from clameur.events import is_case_id
+from clameur.web import Problem
+from tally import cases
+from tally.case_store import CaseStore, Change, DuplicateCase, UnknownCase
+from tally.cases import CaseConflict, CaseCreate, CasePatch, InvalidCase, VictoryRequest
+
+
+def bearer_guard(token: SecretStr) -> Any:
+    """A dependency that lets a request through only with ``Authorization: Bearer <token>``."""
+    expected = token.get_secret_value().encode()
+
+    async def require_admin(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise Problem(
+                401,
+                "This is the operators' API: send the admin token as `Authorization: Bearer <token>`.",
+                headers={"WWW-Authenticate": 'Bearer realm="clameur-admin"'},
+            )
+        if not hmac.compare_digest(presented.strip().encode(), expected):
+            raise Problem(403, "The admin token is not the right one; check CLAMEUR_ADMIN_TOKEN.")
+
+    return require_admin
+
+
+def admin_router(store: CaseStore, token: SecretStr) -> APIRouter:
+    router = APIRouter(prefix="/v1/admin/cases", dependencies=[Depends(bearer_guard(token))])
+
+    async def change(case_id: str, change: Change) -> JSONResponse:
+        if not is_case_id(case_id):
+            raise Problem(404, f"There is no case {case_id!r}.")
+        try:
+            state = await store.change(case_id, change)
+        except UnknownCase:
+            raise Problem(404, f"There is no case {case_id!r}.") from None
+        except CaseConflict as conflict:
+            raise Problem(409, str(conflict)) from None
+        except InvalidCase as invalid:
+            raise _invalid(invalid) from None
+        return JSONResponse(cases.case_document(state))
+
+    @router.post("", status_code=201)
+    async def create(request: CaseCreate) -> JSONResponse:
+        try:
+            state = cases.new_case(request, datetime.now(UTC))
+            await store.create(state)
+        except InvalidCase as invalid:
+            raise _invalid(invalid) from None
+        except DuplicateCase:
+            raise Problem(
+                409, f"A case with the id {request.id!r} exists already; pick another id."
+            ) from None
+        return JSONResponse(
+            cases.case_document(state), status_code=201, headers={"Location": f"/v1/cases/{state.case_id}"}
+        )
+
+    @router.patch("/{case_id}")
+    async def edit(case_id: str, patch: CasePatch) -> JSONResponse:
+        return await change(case_id, lambda state, _total, now: cases.patched(state, patch, now))
+
+    @router.post("/{case_id}/victory")
+    async def victory(case_id: str, request: VictoryRequest) -> JSONResponse:
+        return await change(
+            case_id, lambda state, total, now: cases.declared_victory(state, request, total, now)
+        )
+
+    @router.post("/{case_id}/close")
+    async def close(case_id: str) -> JSONResponse:
+        return await change(case_id, lambda state, _total, now: cases.closed(state, now))
+
+    return router
+
+
+def _invalid(invalid: InvalidCase) -> Problem:
+    return Problem(
+        422,
+        f"Some fields are missing or invalid: {invalid.field}.",
+        errors=[{"field": invalid.field, "message": invalid.message}],
+    )

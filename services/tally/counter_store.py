@@ -1,0 +1,229 @@
+"""The Postgres side of counting: one transaction per batch, set-based SQL.
+
+Per batch, whatever its size: one INSERT of the distinct signatures (``ON CONFLICT DO
+NOTHING RETURNING`` says which are new), one upsert of every counter they move (each
+counter row once, returning the new totals), one upsert of the partitions' next offsets
+(never backwards: ``GREATEST``), and, only when a threshold was crossed, one INSERT of
+milestone outbox rows.  Rows are written in key order so two instances briefly sharing
+a case (a rebalance) take row locks in the same order and do not deadlock.
+
+A case's ``total`` counter row is locked by the upsert until the commit, so concurrent
+batches see disjoint ``(before, after]`` intervals of the total: each threshold is
+crossed by exactly one of them.  The outbox's unique ``dedupe_key`` backs this up.
+
+Signatures of a case tally does not know (intake refuses unknown cases, so this is a
+record from another environment or a case created elsewhere) are kept and counted like
+any other: a 202 was given for them.  They fire no milestones and are logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Collection
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from clameur.consumer import Batch
+from clameur.events import CaseStatus, Event, MilestoneReached, SignatureAccepted
+from tally.counting import (
+    TOTAL,
+    CounterKey,
+    SupporterAction,
+    counter_deltas,
+    first_of_each,
+    milestones_crossed,
+)
+from tally.metrics import TallyMetrics
+from tally.outbox import Connection, stage_many
+from tally.settings import CrashPoint
+
+logger = logging.getLogger(__name__)
+
+_INSERT_SIGNATURES = """
+INSERT INTO tally.signatures (case_id, supporter_key, action, signature_id, country, locale, received_at)
+SELECT case_id, supporter_key, action, signature_id, country, locale, received_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::timestamptz[])
+    WITH ORDINALITY AS s(case_id, supporter_key, action, signature_id, country, locale, received_at, n)
+ORDER BY n
+ON CONFLICT (case_id, supporter_key, action) DO NOTHING
+RETURNING case_id, supporter_key, action
+"""
+
+# The new totals come back with the case's milestones, so crossings need no other query.
+_UPSERT_COUNTERS = """
+WITH upserted AS (
+    INSERT INTO tally.counters AS c (case_id, dimension, key, count)
+    SELECT case_id, dimension, key, delta
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+        WITH ORDINALITY AS d(case_id, dimension, key, delta, n)
+    ORDER BY n
+    ON CONFLICT (case_id, dimension, key)
+        DO UPDATE SET count = c.count + EXCLUDED.count, updated_at = now()
+    RETURNING c.case_id, c.dimension, c.count
+)
+SELECT u.case_id, u.count AS total, k.id IS NOT NULL AS known, k.milestones, k.status, k.title,
+       k.default_locale
+FROM upserted u LEFT JOIN tally.cases k ON k.id = u.case_id
+WHERE u.dimension = 'total'
+"""
+
+_STORE_OFFSETS = """
+INSERT INTO tally.offsets AS o (topic, partition, next_offset)
+SELECT $1, partition, next_offset
+FROM unnest($2::int[], $3::bigint[]) WITH ORDINALITY AS p(partition, next_offset, n)
+ORDER BY n
+ON CONFLICT (topic, partition)
+    DO UPDATE SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), updated_at = now()
+"""
+
+
+class PostgresCounterStore:
+    """The :class:`clameur.consumer.BatchApplier` of tally: counts and offsets in Postgres.
+
+    ``milestone_topic`` is where ``MilestoneReached`` rows go (case-events.v1 of these
+    settings).  ``crash_at`` (tests only) kills the process with SIGKILL in the first
+    batch that holds signatures, just before or just after the commit.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        metrics: TallyMetrics,
+        milestone_topic: str,
+        *,
+        crash_at: CrashPoint | None = None,
+        on_outbox_written: Callable[[], None] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._metrics = metrics
+        self._milestone_topic = milestone_topic
+        self._crash_at = crash_at
+        self._on_outbox_written = on_outbox_written
+        self._warned: set[str] = set()
+
+    async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
+        rows = await self._pool.fetch(
+            "SELECT partition, next_offset FROM tally.offsets "
+            "WHERE topic = $1 AND partition = ANY($2::int[])",
+            topic,
+            list(partitions),
+        )
+        return {row["partition"]: row["next_offset"] for row in rows}
+
+    async def apply(self, batch: Batch[SignatureAccepted]) -> None:
+        """Count the batch's new signatures and store its offsets, in one transaction.
+
+        Idempotent: replaying a batch inserts no signature, so it adds nothing.
+        """
+        self._metrics.batches.inc()
+        started = time.perf_counter()
+        candidates = first_of_each(consumed.event for consumed in batch.events)
+        ordered = sorted(candidates.items())
+        try:
+            async with self._pool.acquire() as connection, connection.transaction():
+                new: list[SignatureAccepted] = []
+                if ordered:
+                    signatures = [signature for _, signature in ordered]
+                    inserted = await connection.fetch(
+                        _INSERT_SIGNATURES,
+                        [s.case_id for s in signatures],
+                        [s.supporter_key for s in signatures],
+                        [s.action.value for s in signatures],
+                        [s.signature_id for s in signatures],
+                        [s.country for s in signatures],
+                        [s.locale for s in signatures],
+                        [s.received_at for s in signatures],
+                    )
+                    inserted_keys = {supporter_action_of(row) for row in inserted}
+                    new = [signature for key, signature in ordered if key in inserted_keys]
+                milestones = 0
+                if new:
+                    milestones = await self._count(connection, new)
+                if batch.next_offsets:
+                    partitions = sorted(batch.next_offsets)
+                    await connection.execute(
+                        _STORE_OFFSETS,
+                        batch.topic,
+                        partitions,
+                        [batch.next_offsets[partition] for partition in partitions],
+                    )
+                if ordered:
+                    self._maybe_crash("before_db_commit")
+        except Exception:
+            self._metrics.batch_failures.inc()
+            raise
+        if ordered:
+            self._maybe_crash("after_db_commit")
+        committed = datetime.now(UTC)
+        self._metrics.batch_apply_duration.observe(time.perf_counter() - started)
+        self._metrics.batch_size.observe(len(batch.events) + batch.poisoned)
+        self._metrics.records_consumed.inc(len(batch.events) + batch.poisoned)
+        self._metrics.duplicates.inc(len(batch.events) - len(new))
+        for action, count in Counter(signature.action for signature in new).items():
+            self._metrics.signatures_counted.labels(action.value).inc(count)
+        observe = self._metrics.accept_to_counted.observe
+        for signature in new:
+            observe(max(0.0, (committed - signature.received_at).total_seconds()))
+        if milestones:
+            self._metrics.milestones_emitted.inc(milestones)
+            if self._on_outbox_written is not None:
+                self._on_outbox_written()
+
+    async def _count(self, connection: Connection, new: list[SignatureAccepted]) -> int:
+        """Add ``new`` to the counters and stage the milestones crossed; returns how many."""
+        deltas = counter_deltas(new)
+        keys = sorted(deltas)
+        totals = await connection.fetch(
+            _UPSERT_COUNTERS,
+            [key.case_id for key in keys],
+            [key.dimension for key in keys],
+            [key.key for key in keys],
+            [deltas[key] for key in keys],
+        )
+        crossings: list[tuple[str, Event, str | None]] = []
+        for row in totals:
+            case_id = row["case_id"]
+            if not row["known"]:
+                self._warn_unknown(case_id)
+                continue
+            if row["status"] != CaseStatus.OPEN.value:
+                continue  # late signatures of a won or closed case count, but announce nothing
+            after = int(row["total"])
+            before = after - deltas[CounterKey(case_id, TOTAL, "")]
+            for threshold in milestones_crossed(before, after, row["milestones"]):
+                event = MilestoneReached(
+                    case_id=case_id,
+                    threshold=threshold,
+                    total=after,
+                    case_title=row["title"],
+                    default_locale=row["default_locale"],
+                )
+                crossings.append((case_id, event, milestone_dedupe_key(case_id, threshold)))
+                logger.info("milestone reached", extra={"case_id": case_id, "threshold": threshold})
+        return await stage_many(connection, self._milestone_topic, crossings)
+
+    def _warn_unknown(self, case_id: str) -> None:
+        # Once per case and process: a surge on an unknown case must not flood the logs.
+        if case_id not in self._warned and len(self._warned) < 10_000:
+            self._warned.add(case_id)
+            logger.warning("signatures counted for a case tally does not know", extra={"case_id": case_id})
+
+    def _maybe_crash(self, point: CrashPoint) -> None:
+        if self._crash_at == point:
+            logger.warning("test crash point reached: SIGKILL", extra={"crash_at": point})
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def milestone_dedupe_key(case_id: str, threshold: int) -> str:
+    """The outbox's unique key for one milestone: it fires once per case and threshold."""
+    return f"milestone:{case_id}:{threshold}"
+
+
+def supporter_action_of(row: asyncpg.Record) -> SupporterAction:
+    return SupporterAction(row["case_id"], row["supporter_key"], row["action"])

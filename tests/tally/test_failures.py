@@ -1,0 +1,156 @@
+"""Exact counts whatever crashed: kill -9 around the commit, rebalances, Postgres restarting.
+
+The crash points are made reachable on purpose with ``CLAMEUR_TALLY_CRASH_AT``
+(honoured only with ``CLAMEUR_ENV=test``): the process sends itself SIGKILL in the
+first batch holding signatures, just before or just after the database commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from tally.reconcile import check_counters
+
+from clameur.database import create_pool
+from clameur.topics import Topics
+from tests.support import ServiceProcess, eventually
+from tests.tally.conftest import settings_from
+from tests.tally.helpers import counters, many, produce, signature, total
+
+pytestmark = pytest.mark.slow
+
+
+async def _no_drift(database_url: str, cases: list[str]) -> None:
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        assert await check_counters(pool, cases=cases) == []
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("crash_at", ["before_db_commit", "after_db_commit"])
+async def test_kill_9_around_the_commit_then_restart_counts_exactly(
+    crash_at: str, tally_env: dict[str, str], topics: Topics, infra: Any, new_id: Any, tmp_path: Path
+) -> None:
+    case_id = new_id("nawal")
+    distinct = many(case_id, 300, countries=("FR", "MA", "BE", "SN"))
+    doomed = ServiceProcess("tally", {**tally_env, "CLAMEUR_TALLY_CRASH_AT": crash_at}, tmp_path).start()
+    try:
+        await produce(infra.kafka, topics.signatures, distinct + distinct[:50])
+        exit_code = await asyncio.to_thread(doomed.wait_exit, 60)
+    finally:
+        doomed.kill()
+    assert exit_code == -signal.SIGKILL, doomed.tail()
+    counted_at_crash = await total(infra.database_url, case_id)
+    if crash_at == "before_db_commit":
+        assert counted_at_crash == 0
+    else:
+        assert 0 < counted_at_crash <= 300
+
+    survivor = ServiceProcess("tally", tally_env, tmp_path).start()
+    try:
+        await eventually(lambda: _total_is(infra, case_id, 300), within=30, what="300 counted after restart")
+        await produce(infra.kafka, topics.signatures, distinct[:100])  # and replays still count nothing
+        await asyncio.sleep(1.5)
+    finally:
+        survivor.stop()
+    found = await counters(infra.database_url, case_id)
+    assert found[("total", "")] == 300
+    assert found[("action", "signature")] == 300
+    assert sum(count for (dimension, _), count in found.items() if dimension == "country") == 300
+    await _no_drift(infra.database_url, [case_id])
+
+
+async def test_two_instances_with_rebalances_under_load_count_exactly(
+    tally_env: dict[str, str], topics: Topics, infra: Any, new_id: Any, tmp_path: Path
+) -> None:
+    cases = [new_id("case") for _ in range(6)]  # keyed by case: spread over the 3 partitions
+    waves = [[s for case_id in cases for s in many(case_id, 250, tag=f"w{wave}")] for wave in range(3)]
+    env = {**tally_env, "CLAMEUR_TALLY_BATCH_MAX_RECORDS": "100"}
+    first = ServiceProcess("tally", env, tmp_path).start()
+    second = ServiceProcess("tally", env, tmp_path)
+    third = ServiceProcess("tally", env, tmp_path)
+    try:
+        loading = asyncio.create_task(_produce_waves(infra.kafka, topics.signatures, waves))
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(second.start)  # joins: the partitions are shared mid-stream
+        await asyncio.sleep(1.0)
+        first.kill(signal.SIGKILL)  # dies mid-batch: the second takes everything over
+        await loading
+        await produce(infra.kafka, topics.signatures, waves[0][:300])  # replays of counted ones
+        await eventually(lambda: _all_total(infra, cases, 750), within=60, what="750 for every case")
+        await asyncio.to_thread(third.start)  # and one more rebalance, by SIGTERM
+        _stopped_cleanly(second)  # SIGTERM: finish the batch, commit, leave the group
+        await asyncio.sleep(2)
+        _stopped_cleanly(third)
+    finally:
+        for process in (first, second, third):
+            process.kill()
+    for case_id in cases:
+        assert await total(infra.database_url, case_id) == 750
+    await _no_drift(infra.database_url, cases)
+
+
+def _stopped_cleanly(process: ServiceProcess) -> None:
+    # uvicorn re-raises SIGTERM once its graceful shutdown is complete.
+    assert process.stop() in (0, -signal.SIGTERM), process.tail()
+    assert "Application shutdown complete" in process.tail(), process.tail()
+
+
+async def _produce_waves(bootstrap: str, topic: str, waves: list[list[Any]]) -> None:
+    for wave in waves:
+        for start in range(0, len(wave), 250):
+            await produce(bootstrap, topic, wave[start : start + 250])
+            await asyncio.sleep(0.1)
+
+
+async def test_postgres_restarted_mid_stream_loses_nothing_and_tally_recovers_alone(
+    tally: Any, tally_env: dict[str, str], topics: Topics, infra: Any, new_id: Any, spare_postgres: Any
+) -> None:
+    settings = settings_from(tally_env, database_url=spare_postgres.dsn)
+    case_id = new_id("nawal")
+    before, during, after = (
+        many(case_id, 100, tag="a"),
+        many(case_id, 200, tag="b"),
+        many(case_id, 50, tag="c"),
+    )
+    async with tally(settings) as (_, client):
+        await produce(infra.kafka, topics.signatures, before)
+        await eventually(
+            lambda: _total_is_at(spare_postgres.dsn, case_id, 100), within=20, what="100 counted"
+        )
+        spare_postgres.stop()
+        await produce(
+            infra.kafka, topics.signatures, [*during, signature(case_id, "supporterb1@example.org")]
+        )
+        await asyncio.sleep(2)
+        assert (await client.get("/readyz")).status_code == 503
+        spare_postgres.start()
+        await produce(infra.kafka, topics.signatures, after)
+        await eventually(
+            lambda: _total_is_at(spare_postgres.dsn, case_id, 350), within=60, what="350 counted"
+        )
+        assert (await client.get("/readyz")).status_code == 200
+        metrics = (await client.get("/metrics")).text
+    assert "clameur_tally_batch_failures_total 0.0" not in metrics
+    await _no_drift(spare_postgres.dsn, [case_id])
+
+
+async def _all_total(infra: Any, cases: list[str], expected: int) -> bool:
+    return all([await total(infra.database_url, case_id) == expected for case_id in cases])
+
+
+async def _total_is(infra: Any, case_id: str, expected: int) -> bool:
+    return await total(infra.database_url, case_id) == expected
+
+
+async def _total_is_at(dsn: str, case_id: str, expected: int) -> bool:
+    try:
+        return await total(dsn, case_id) == expected
+    except (OSError, asyncpg.PostgresError):
+        return False

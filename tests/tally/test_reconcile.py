@@ -1,0 +1,81 @@
+"""Trust, but verify: recount from the signatures, and rebuild from signatures.v1."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from typing import Any
+
+import asyncpg
+from tally.counting import CounterKey
+from tally.reconcile import check_counters, expected_counters, rebuild_counters
+from tally.settings import TallySettings
+
+from clameur.topics import Topics
+from tests.support import ROOT, eventually
+from tests.tally.helpers import many, produce, signature, total
+
+
+def test_expected_counters_fold_the_groups() -> None:
+    assert expected_counters(
+        [("a", "FR", "signature", 2), ("a", "MA", "signature", 1), ("a", "FR", "letter", 4)]
+    ) == {
+        CounterKey("a", "total", ""): 7,
+        CounterKey("a", "country", "FR"): 6,
+        CounterKey("a", "country", "MA"): 1,
+        CounterKey("a", "action", "signature"): 3,
+        CounterKey("a", "action", "letter"): 4,
+    }
+
+
+async def test_drift_is_reported_then_fixed_and_a_rebuild_agrees(
+    tally: Any,
+    tally_settings: TallySettings,
+    tally_env: dict[str, str],
+    topics: Topics,
+    infra: Any,
+    pool: asyncpg.Pool[Any],
+    new_id: Any,
+) -> None:
+    case_id = new_id("nawal")
+    events = many(case_id, 60) + many(case_id, 10)  # 10 replays
+    async with tally(tally_settings):
+        await produce(infra.kafka, topics.signatures, [*events, b"poison"])
+        await eventually(lambda: _total_is(infra, case_id, 60), within=20, what="60 counted")
+        await produce(infra.kafka, topics.signatures, [signature(case_id, "late@example.org")])
+        await eventually(lambda: _total_is(infra, case_id, 61), within=20, what="61 counted")
+
+    assert await check_counters(pool, cases=[case_id]) == []
+    rebuilt = await rebuild_counters(pool, infra.kafka, topics.signatures, cases=[case_id])
+    assert (rebuilt.drifts, rebuilt.records, rebuilt.poisoned, rebuilt.counted) == ([], 72, 1, 61)
+
+    await pool.execute(
+        "UPDATE tally.counters SET count = count + 5 "
+        "WHERE case_id = $1 AND dimension = 'country' AND key = 'FR'",
+        case_id,
+    )
+    drifted = await check_counters(pool, cases=[case_id])
+    assert [(d.counter.key, d.stored - d.expected) for d in drifted] == [("FR", 5)]
+    assert (await rebuild_counters(pool, infra.kafka, topics.signatures, cases=[case_id])).drifts == drifted
+
+    command = [sys.executable, "-m", "tally.reconcile", "--case", case_id]
+    report = await _run(command, tally_env)
+    assert report.returncode == 1, report.stderr
+    assert f"drift: case {case_id} country=FR: stored" in report.stdout
+    fixed = await _run([*command, "--fix"], tally_env)
+    assert fixed.returncode == 0, fixed.stderr
+    assert await check_counters(pool, cases=[case_id]) == []
+    rebuild = await _run([*command, "--rebuild"], tally_env)
+    assert rebuild.returncode == 0, rebuild.stdout + rebuild.stderr
+    assert "61 distinct signatures, 0 counters drift" in rebuild.stdout
+
+
+async def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run, command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+async def _total_is(infra: Any, case_id: str, expected: int) -> bool:
+    return await total(infra.database_url, case_id) == expected
