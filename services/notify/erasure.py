@@ -1,0 +1,74 @@
+"""Erasure on request: forget a supporter's personal data in notify, by email.
+
+``POST /v1/admin/supporters/erase`` with ``Authorization: Bearer <CLAMEUR_ADMIN_TOKEN>``
+and ``{"email": "..."}``.  The key is computed exactly as intake computes it, the
+supporter's row, subscriptions, deliveries and unsubscriptions are deleted, and a
+tombstone (the key and the time) keeps a replay of ``signatures.v1`` from bringing
+them back.  Their signatures stay counted in tally: counts hold no personal data.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from clameur.web import Problem
+from notify.ledger import Preferences
+from notify.supporters import supporter_key
+
+logger = logging.getLogger(__name__)
+
+
+class ErasureRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: str = Field(min_length=3, max_length=320)
+
+
+class ErasureResult(BaseModel):
+    status: str
+    had_data: bool
+
+
+@dataclass(frozen=True)
+class ErasureDesk:
+    secret: str
+    admin_token: str
+    preferences: Preferences
+
+
+def require_admin(http: Request, admin_token: str) -> None:
+    """Raise 401 unless the request carries the admin bearer token (constant-time compare)."""
+    scheme, _, given = http.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), admin_token.encode()):
+        raise Problem(
+            401,
+            "This endpoint needs the admin token: send `Authorization: Bearer <CLAMEUR_ADMIN_TOKEN>`.",
+            headers={"WWW-Authenticate": 'Bearer realm="clameur-admin"'},
+        )
+
+
+def erasure_router(desk: ErasureDesk) -> APIRouter:
+    router = APIRouter()
+
+    def admin(http: Request) -> None:
+        require_admin(http, desk.admin_token)
+
+    # A dependency runs before the body is validated: no validation answers to strangers.
+    @router.post("/v1/admin/supporters/erase", dependencies=[Depends(admin)])
+    async def erase(body: ErasureRequest) -> ErasureResult:
+        if "@" not in body.email:
+            raise Problem(
+                422,
+                "The email must be an address (with an @).",
+                errors=[{"field": "email", "message": "not an email address"}],
+            )
+        had_data = await desk.preferences.erase(supporter_key(desk.secret, body.email))
+        logger.info("supporter erased on request", extra={"had_data": had_data})
+        return ErasureResult(status="erased", had_data=had_data)
+
+    return router

@@ -1,0 +1,380 @@
+"""Render a milestone or a victory into an email for one supporter.  Pure: no I/O.
+
+How a message is built, and why:
+
+- Everything shared by the supporters of one event in one language (From, Subject,
+  the MIME structure and the part headers) is built once with the standard library's
+  ``EmailMessage`` API and serialised by its generator: a case title with CR/LF or an
+  RFC 2047 encoded newline cannot add a header there, because titles are cleaned first
+  and the stdlib folds what it is given.
+- What varies per supporter is only To (``email.utils.formataddr`` over a cleaned
+  name), Date, Message-ID and List-Unsubscribe (built from our own ASCII: a UUID, hex,
+  a base64url token, the public URL checked at start), and the two bodies, which are
+  quoted-printable encoded (so no body line can start a header or match the MIME
+  boundary, whose ``=`` signs QP always escapes).  Every per-supporter header line is
+  checked again before use: printable ASCII, folded lines only.
+- Building a whole ``EmailMessage`` per supporter costs about 3 ms of CPU (header
+  parsing and refolding); this way costs a small fraction of that, which is what lets
+  one process send hundreds of emails a second.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import re
+import unicodedata
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import policy
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr
+from pathlib import Path
+from typing import Any, Literal
+from uuid import UUID
+
+from babel import Locale, UnknownLocaleError
+from babel.numbers import format_decimal
+from cachetools import LRUCache
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from clameur.events import LocalizedText, MilestoneReached, VictoryDeclared
+from notify.tokens import TokenSigner, UnsubscribeRequest
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+EMAIL_TEMPLATES = (
+    "milestone.subject.txt",
+    "milestone.txt",
+    "milestone.html",
+    "victory.subject.txt",
+    "victory.txt",
+    "victory.html",
+)
+PAGE_TEMPLATES = ("unsubscribe.html", "unsubscribed.html", "invalid_link.html")
+FALLBACK_LOCALE = "en"
+MAX_NAME_LENGTH = 80
+MAX_SUBJECT_LENGTH = 200
+
+CaseNews = MilestoneReached | VictoryDeclared
+Kind = Literal["milestone", "victory"]
+
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_BLANKS = re.compile(r"[ \t]+")
+_SAFE_ASCII_VALUE = re.compile(r"^[\x20-\x7e]*$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+
+class UnsendableEmail(ValueError):
+    """This message cannot be built safely (a malformed address): a permanent failure."""
+
+
+def kind_of(event: CaseNews) -> Kind:
+    return "milestone" if isinstance(event, MilestoneReached) else "victory"
+
+
+def clean_display_text(value: str, max_length: int = MAX_NAME_LENGTH) -> str:
+    """Text safe to show in a header: one line, no control characters, no encoded words.
+
+    RFC 2047 encoded words are decoded first (the stdlib would decode them when the
+    header is set, turning ``=?utf-8?q?=0D=0A?=`` into a real line break), then every
+    control, surrogate, unassigned or bidi-override character and every line or
+    paragraph separator becomes a space, whitespace runs collapse, and any ``=?`` left is
+    broken so nothing downstream decodes it again.
+    """
+    text = value
+    for _ in range(3):  # nested encodings unwrap in a few rounds; more is an attack
+        if "=?" not in text:
+            break
+        try:
+            text = str(make_header(decode_header(text)))
+        except (HeaderParseError, ValueError, LookupError, UnicodeError):
+            break
+    kept = []
+    for char in text:
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cs", "Co", "Cn", "Zl", "Zp") or char in _BIDI_CONTROLS:
+            kept.append(" ")
+        else:
+            kept.append(char)
+    # Collapse ASCII blanks only: no-break spaces are meant (French "100\u202f000 !").
+    cleaned = _BLANKS.sub(" ", "".join(kept)).strip().replace("=?", "= ?")
+    return cleaned[:max_length].strip()
+
+
+def normalise_locale(locale: str) -> str:
+    """``fr_BE`` / ``FR-be`` -> ``fr-be``: the form locales are compared in."""
+    return locale.strip().replace("_", "-").lower()
+
+
+def negotiate_locale(wanted: str, available: Collection[str]) -> str | None:
+    """The available locale for ``wanted``: exact match, else its language, else ``None``."""
+    by_form = {normalise_locale(locale): locale for locale in available}
+    form = normalise_locale(wanted)
+    if form in by_form:
+        return by_form[form]
+    language = form.split("-", 1)[0]
+    return by_form.get(language)
+
+
+def choose_locale(supporter_locale: str, default_locale: str, available: Collection[str]) -> str:
+    """The template language: the supporter's, else the case's default, else English."""
+    for wanted in (supporter_locale, default_locale, FALLBACK_LOCALE):
+        found = negotiate_locale(wanted, available)
+        if found is not None:
+            return found
+    return sorted(available)[0]
+
+
+def localized_text(text: LocalizedText, locale: str, default_locale: str) -> str:
+    """``text`` in the supporter's locale (exact, then language), else the case's default."""
+    found = negotiate_locale(locale, text.keys())
+    if found is None:
+        found = negotiate_locale(default_locale, text.keys())
+    if found is not None:
+        return text[found]
+    return next(iter(text.values()), "")
+
+
+def format_count(value: int, locale: str, fallback: str = FALLBACK_LOCALE) -> str:
+    """``100000`` as people of ``locale`` write it: ``100\u202f000`` in French, ``100,000`` in English."""
+    for candidate in (locale, fallback):
+        try:
+            return format_decimal(value, locale=Locale.parse(candidate.replace("-", "_")))
+        except (UnknownLocaleError, ValueError):
+            continue
+    return str(value)
+
+
+def message_id(event_id: UUID, supporter_key: str, domain: str) -> str:
+    """Stable per (event, supporter): a resend after a crash carries the same Message-ID."""
+    digest = hashlib.sha256(supporter_key.encode()).hexdigest()[:16]
+    return f"<{event_id}.{digest}@{domain}>"
+
+
+class Templates:
+    """The Jinja2 templates, one folder per locale; adding a locale is adding a folder.
+
+    A folder counts as a locale when it holds every email and page template.  HTML is
+    autoescaped; text and subjects are not (they are not HTML).
+    """
+
+    def __init__(self, directory: Path = TEMPLATES_DIR) -> None:
+        self._environment = Environment(
+            loader=FileSystemLoader(str(directory)),
+            autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+            undefined=StrictUndefined,
+            keep_trailing_newline=True,
+            auto_reload=False,
+        )
+        self.locales = frozenset(
+            folder.name
+            for folder in directory.iterdir()
+            if folder.is_dir()
+            and not folder.name.startswith("_")
+            and all((folder / name).is_file() for name in (*EMAIL_TEMPLATES, *PAGE_TEMPLATES))
+        )
+        if FALLBACK_LOCALE not in self.locales:
+            raise ValueError(f"templates in {directory} lack the fallback locale {FALLBACK_LOCALE!r}")
+
+    def render(self, locale: str, name: str, context: Mapping[str, Any]) -> str:
+        return self._environment.get_template(f"{locale}/{name}").render(context)
+
+
+@dataclass(frozen=True)
+class SenderIdentity:
+    """Who the emails come from and where their links point."""
+
+    address: str
+    name: str
+    public_url: str
+
+    @property
+    def domain(self) -> str:
+        host = self.public_url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+        return host.split(":", 1)[0]
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """A supporter as sending needs them."""
+
+    supporter_key: str
+    email: str
+    first_name: str
+    locale: str
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    """A message ready for SMTP: envelope and the bytes of the message (CRLF lines)."""
+
+    envelope_from: str
+    envelope_to: str
+    message_id: str
+    kind: Kind
+    data: bytes
+
+
+@dataclass(frozen=True)
+class _Skeleton:
+    """What one event's message shares across the supporters of one locale."""
+
+    template_locale: str
+    head: bytes  # shared headers through the text part's headers, ending in a blank line
+    middle: bytes  # end of text part, boundary, html part headers, blank line
+    tail: bytes  # end of html part, closing boundary
+    context: dict[str, Any]
+
+
+_TEXT_MARK = "CLAMEURTEXTBODYMARK"
+_HTML_MARK = "CLAMEURHTMLBODYMARK"
+
+
+class MessageRenderer:
+    """Turns (case news, supporter) into an :class:`OutgoingEmail`.
+
+    Pure apart from a small cache of per-(event, locale) skeletons.  Raises
+    :class:`UnsendableEmail` when the supporter's address cannot be written safely.
+    """
+
+    def __init__(self, templates: Templates, sender: SenderIdentity, signer: TokenSigner) -> None:
+        if not _HOSTNAME.match(sender.domain):
+            raise ValueError(f"the public URL's host {sender.domain!r} is not a usable domain")
+        if not _SAFE_ASCII_VALUE.match(sender.public_url) or any(c in sender.public_url for c in " <>\"'"):
+            raise ValueError("the public URL must be printable ASCII without spaces, quotes or <>")
+        Address(addr_spec=sender.address)  # raises on a malformed sender address
+        self.templates = templates
+        self.sender = sender
+        self.signer = signer
+        self._skeletons: LRUCache[tuple[UUID, str], _Skeleton] = LRUCache(maxsize=256)
+
+    def unsubscribe_url(self, request: UnsubscribeRequest) -> str:
+        return f"{self.sender.public_url}/v1/unsubscribe/{self.signer.sign(request)}"
+
+    def render(self, event: CaseNews, recipient: Recipient, now: datetime) -> OutgoingEmail:
+        skeleton = self._skeleton(event, recipient.locale)
+        envelope_to = _ascii_address(recipient.email)
+        all_cases = UnsubscribeRequest(recipient.supporter_key, None, skeleton.template_locale)
+        this_case = UnsubscribeRequest(recipient.supporter_key, event.case_id, skeleton.template_locale)
+        one_click = self.unsubscribe_url(all_cases)
+        context = {
+            **skeleton.context,
+            "first_name": clean_display_text(recipient.first_name),
+            "unsubscribe_all_url": one_click,
+            "unsubscribe_case_url": self.unsubscribe_url(this_case),
+        }
+        kind = kind_of(event)
+        text = self.templates.render(skeleton.template_locale, f"{kind}.txt", context)
+        html = self.templates.render(skeleton.template_locale, f"{kind}.html", context)
+        identifier = message_id(event.event_id, recipient.supporter_key, self.sender.domain)
+        to_value = formataddr((clean_display_text(recipient.first_name), envelope_to))
+        headers = b"".join(
+            _header_line(name, value)
+            for name, value in (
+                ("To", to_value),
+                ("Date", format_datetime(now.astimezone(UTC), usegmt=True)),
+                ("Message-ID", identifier),
+                ("List-Unsubscribe", f"<{one_click}>"),
+            )
+        )
+        data = b"".join((headers, skeleton.head, _qp(text), skeleton.middle, _qp(html), skeleton.tail))
+        return OutgoingEmail(self.sender.address, envelope_to, identifier, kind, data)
+
+    def _skeleton(self, event: CaseNews, supporter_locale: str) -> _Skeleton:
+        cache_key = (event.event_id, normalise_locale(supporter_locale))
+        found = self._skeletons.get(cache_key)
+        if found is None:
+            found = self._build_skeleton(event, supporter_locale)
+            self._skeletons[cache_key] = found
+        return found
+
+    def _build_skeleton(self, event: CaseNews, supporter_locale: str) -> _Skeleton:
+        locale = choose_locale(supporter_locale, event.default_locale, self.templates.locales)
+        # Numbers follow the supporter's own locale when Babel knows it (fr-CH differs
+        # from fr), else the template's.
+        number_locale = supporter_locale if _babel_knows(supporter_locale) else locale
+        context: dict[str, Any] = {
+            "locale": locale,
+            "case_id": event.case_id,
+            "case_title": clean_display_text(
+                localized_text(event.case_title, supporter_locale, event.default_locale), MAX_SUBJECT_LENGTH
+            ),
+            "total": format_count(event.total, number_locale),
+            "public_url": self.sender.public_url,
+        }
+        if isinstance(event, MilestoneReached):
+            context["threshold"] = format_count(event.threshold, number_locale)
+        else:
+            context["headline"] = localized_text(event.headline, supporter_locale, event.default_locale)
+            context["message"] = localized_text(event.message, supporter_locale, event.default_locale)
+        kind = kind_of(event)
+        subject = clean_display_text(
+            self.templates.render(locale, f"{kind}.subject.txt", context), MAX_SUBJECT_LENGTH
+        )
+        message = EmailMessage(policy=policy.SMTP)
+        message["From"] = Address(
+            display_name=clean_display_text(self.sender.name), addr_spec=self.sender.address
+        )
+        message["Subject"] = subject
+        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        # RFC 3834: automatic mail; keeps vacation responders quiet.
+        message["Auto-Submitted"] = "auto-generated"
+        message.set_content(_TEXT_MARK, cte="quoted-printable")
+        message.add_alternative(_HTML_MARK, subtype="html", cte="quoted-printable")
+        # After the parts exist: set_content clears every Content-* header it finds.
+        message["Content-Language"] = locale
+        serialised = message.as_bytes(policy=policy.SMTP)
+        head, rest = serialised.split(_TEXT_MARK.encode() + b"\r\n", 1)
+        middle, tail = rest.split(_HTML_MARK.encode() + b"\r\n", 1)
+        return _Skeleton(locale, head, middle, tail, context)
+
+
+def _babel_knows(locale: str) -> bool:
+    try:
+        Locale.parse(locale.replace("-", "_"))
+    except (UnknownLocaleError, ValueError):
+        return False
+    return True
+
+
+def _ascii_address(address: str) -> str:
+    """The address as SMTP will carry it (IDN domain as punycode), or :class:`UnsendableEmail`."""
+    address = address.strip()
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise UnsendableEmail("the supporter's address has no domain")
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError as error:
+        raise UnsendableEmail("the supporter's address has a malformed domain") from error
+    candidate = f"{local}@{ascii_domain}"
+    if not _SAFE_ASCII_VALUE.match(candidate) or any(c in candidate for c in ' <>,;"\\()[]'):
+        # A non-ASCII local part needs SMTPUTF8, which this sender does not speak.
+        raise UnsendableEmail("the supporter's address cannot be sent to without SMTPUTF8")
+    try:
+        Address(addr_spec=candidate)
+    except (ValueError, IndexError, HeaderParseError) as error:
+        raise UnsendableEmail("the supporter's address is malformed") from error
+    return candidate
+
+
+def _header_line(name: str, value: str) -> bytes:
+    """``Name: value`` CRLF, refusing anything but printable ASCII and folded lines."""
+    lines = value.split("\n")
+    for index, line in enumerate(lines):
+        if not _SAFE_ASCII_VALUE.match(line) or (index > 0 and not line.startswith((" ", "\t"))):
+            raise UnsendableEmail(f"the {name} header would not be a single safe header")
+    return (f"{name}: " + "\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+def _qp(body: str) -> bytes:
+    """A body as quoted-printable with CRLF line ends, ending with a line break."""
+    normalised = body.replace("\r\n", "\n").replace("\r", "\n")
+    if not normalised.endswith("\n"):
+        normalised += "\n"
+    encoded = binascii.b2a_qp(normalised.encode("utf-8"), istext=True)
+    return encoded.replace(b"\n", b"\r\n")

@@ -1,0 +1,3 @@
+from clameur.migrations_env import run
+
+run()

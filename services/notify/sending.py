@@ -1,0 +1,337 @@
+"""From recorded case news to emails: the fan-out loop and the sender loop.
+
+The sender claims due deliveries in batches (a lease each), checks the unsubscription
+again (in the claim itself), renders, paces sends to the rate cap, sends over a pool
+of SMTP connections with bounded concurrency, and records outcomes in batches.
+
+At most once, and where it can break: a delivery is marked ``sent`` only after the
+SMTP server accepted it.  If the process dies between the server's acceptance and the
+recording of the outcome, the row is still ``sending``; when its lease ends it is due
+again and that one email goes out a second time (same Message-ID, so many mail
+clients fold the two).  The window is the outcome flush interval (50 ms by default):
+only emails accepted in that window can repeat.  A graceful stop (SIGTERM) finishes
+the sends in flight, records every outcome and hands unsent claims back, so a normal
+restart sends nothing again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import UUID
+
+import asyncpg
+from cachetools import LRUCache
+
+from clameur.events import utc_now
+from notify.ledger import ClaimedDelivery, DeliveryLedger, Outcomes, Reschedule
+from notify.messages import CaseNews, MessageRenderer, UnsendableEmail
+from notify.metrics import NotifyMetrics
+from notify.retries import RateLimiter, RetryPolicy
+from notify.smtp import MailTransport, SendFailure
+
+logger = logging.getLogger(__name__)
+
+_DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class SendingOptions:
+    concurrency: int = 16
+    claim_batch: int = 200
+    lease_s: float = 300.0
+    idle_poll_s: float = 0.5
+    flush_interval_s: float = 0.05
+    flush_size: int = 200
+    crash_after_smtp: bool = False
+    """Test only: SIGKILL this process right after the first accepted email."""
+
+
+@dataclass(frozen=True)
+class _Job:
+    delivery: ClaimedDelivery
+    news: CaseNews
+
+
+@dataclass
+class _PendingOutcomes:
+    sent: list[int] = field(default_factory=list)
+    retry: list[Reschedule] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    cancelled: list[tuple[int, str]] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.sent) + len(self.retry) + len(self.failed) + len(self.cancelled) + len(self.released)
+
+    def take(self) -> Outcomes:
+        taken = Outcomes(self.sent, self.retry, self.failed, self.cancelled, self.released)
+        self.sent, self.retry, self.failed, self.cancelled, self.released = [], [], [], [], []
+        return taken
+
+    def put_back(self, outcomes: Outcomes) -> None:
+        self.sent.extend(outcomes.sent)
+        self.retry.extend(outcomes.retry)
+        self.failed.extend(outcomes.failed)
+        self.cancelled.extend(outcomes.cancelled)
+        self.released.extend(outcomes.released)
+
+
+class Sender:
+    """Claims, renders, sends and records deliveries until :meth:`stop`."""
+
+    def __init__(
+        self,
+        ledger: DeliveryLedger,
+        renderer: MessageRenderer,
+        transport: MailTransport,
+        metrics: NotifyMetrics,
+        retry: RetryPolicy,
+        limiter: RateLimiter,
+        options: SendingOptions,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        random_value: Callable[[], float] = random.random,
+    ) -> None:
+        self.ledger = ledger
+        self.renderer = renderer
+        self.transport = transport
+        self.metrics = metrics
+        self.retry = retry
+        self.limiter = limiter
+        self.options = options
+        self._clock = clock
+        self._random = random_value
+        self._stopping = asyncio.Event()
+        self._outcomes = _PendingOutcomes()
+        self._flush_now = asyncio.Event()
+        self._room = asyncio.Event()
+        self._news: LRUCache[UUID, CaseNews] = LRUCache(maxsize=1024)
+
+    def stop(self) -> None:
+        """Stop claiming; :meth:`run` returns once sends in flight are recorded."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        workers = [asyncio.create_task(self._work(queue)) for _ in range(self.options.concurrency)]
+        recorder = asyncio.create_task(self._record_continuously())
+        try:
+            await self._claim_continuously(queue)
+        finally:
+            # Drain: claims not started go back at once; sends in flight finish.
+            while not queue.empty():
+                job = queue.get_nowait()
+                if job is not None:
+                    self._outcomes.released.append(job.delivery.id)
+            for _ in workers:
+                queue.put_nowait(None)
+            await asyncio.gather(*workers, return_exceptions=True)
+            recorder.cancel()
+            await asyncio.gather(recorder, return_exceptions=True)
+            await self._flush_until_recorded()
+
+    async def _claim_continuously(self, queue: asyncio.Queue[_Job | None]) -> None:
+        batch = self.options.claim_batch
+        while not self._stopping.is_set():
+            if queue.qsize() >= batch:
+                # Workers set this as they take jobs: no busy polling while the queue is full.
+                self._room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), timeout=self.options.idle_poll_s)
+                continue
+            try:
+                claimed = await self.ledger.claim(batch, self.options.lease_s)
+                jobs = await self._triage(claimed)
+            except _DATABASE_ERRORS as error:
+                logger.warning("claiming deliveries failed; retrying", extra={"error": type(error).__name__})
+                await self._pause(min(5.0, self.options.idle_poll_s * 4))
+                continue
+            for job in jobs:
+                queue.put_nowait(job)
+            if not claimed:
+                await self._pause(self.options.idle_poll_s)
+
+    async def _triage(self, claimed: list[ClaimedDelivery]) -> list[_Job]:
+        missing = {d.event_id for d in claimed if d.event_id not in self._news}
+        if missing:
+            self._news.update(await self.ledger.case_news(missing))
+        jobs = []
+        for delivery in claimed:
+            if delivery.recipient is None:
+                self._outcomes.cancelled.append((delivery.id, "supporter erased"))
+            elif delivery.unsubscribed:
+                self._outcomes.cancelled.append((delivery.id, "unsubscribed"))
+            elif delivery.attempts > self.retry.max_attempts:
+                # Only a lease that ran out (a crash) gets here: give up like any last attempt.
+                self.metrics.failed.labels(delivery.kind, "permanent").inc()
+                self._outcomes.failed.append((delivery.id, "attempts exhausted"))
+            else:
+                jobs.append(_Job(delivery, self._news[delivery.event_id]))
+        if len(self._outcomes) >= self.options.flush_size:
+            self._flush_now.set()
+        return jobs
+
+    async def _work(self, queue: asyncio.Queue[_Job | None]) -> None:
+        while (job := await queue.get()) is not None:
+            if queue.qsize() < self.options.claim_batch:
+                self._room.set()
+            await self._send(job)
+
+    async def _send(self, job: _Job) -> None:
+        delay = self.limiter.reserve()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        delivery = job.delivery
+        assert delivery.recipient is not None  # triage keeps only deliveries with a supporter
+        kind = delivery.kind
+        log_fields = {
+            "event_id": str(delivery.event_id),
+            "case_id": job.news.case_id,
+            "delivery": delivery.id,
+        }
+        self.metrics.attempts.labels(kind).inc()
+        try:
+            email = self.renderer.render(job.news, delivery.recipient, self._clock())
+        except UnsendableEmail as error:
+            self.metrics.failed.labels(kind, "permanent").inc()
+            self._outcomes.failed.append((delivery.id, str(error)))
+            logger.warning("email cannot be built; given up", extra={**log_fields, "error": str(error)})
+            return
+        started = time.perf_counter()
+        try:
+            await self.transport.send(email)
+        except SendFailure as failure:
+            self.metrics.send_duration.observe(time.perf_counter() - started)
+            self._record_failure(delivery, failure, log_fields)
+        else:
+            self.metrics.send_duration.observe(time.perf_counter() - started)
+            if self.options.crash_after_smtp:
+                # Test hook (CLAMEUR_ENV=test only): die between acceptance and the ledger.
+                os.kill(os.getpid(), signal.SIGKILL)
+            self.metrics.sent.labels(kind).inc()
+            self._outcomes.sent.append(delivery.id)
+        if len(self._outcomes) >= self.options.flush_size:
+            self._flush_now.set()
+
+    def _record_failure(
+        self, delivery: ClaimedDelivery, failure: SendFailure, log_fields: dict[str, object]
+    ) -> None:
+        kind = delivery.kind
+        if failure.kind == "temporary" and not self.retry.gives_up_after(delivery.attempts):
+            delay = self.retry.delay_after(delivery.attempts, self._random())
+            self.metrics.failed.labels(kind, "temporary").inc()
+            self._outcomes.retry.append(Reschedule(delivery.id, delay, failure.reason))
+            logger.info(
+                "temporary SMTP failure; retrying later",
+                extra={
+                    **log_fields,
+                    "reason": failure.reason,
+                    "attempts": delivery.attempts,
+                    "delay_s": delay,
+                },
+            )
+        else:
+            self.metrics.failed.labels(kind, "permanent").inc()
+            self._outcomes.failed.append((delivery.id, failure.reason))
+            logger.warning(
+                "SMTP failure; given up",
+                extra={**log_fields, "reason": failure.reason, "attempts": delivery.attempts},
+            )
+
+    async def _record_continuously(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), timeout=self.options.flush_interval_s)
+            self._flush_now.clear()
+            await self._flush_once()
+
+    async def _flush_once(self) -> bool:
+        outcomes = self._outcomes.take()
+        if not len(outcomes):
+            return True
+        try:
+            await self.ledger.record(outcomes)
+        except _DATABASE_ERRORS as error:
+            # Keep them: recorded on the next flush.  Until then a lease may run out and a
+            # sent email be sent again; the lease is minutes, a database blip is seconds.
+            self._outcomes.put_back(outcomes)
+            logger.warning("recording outcomes failed; will retry", extra={"error": type(error).__name__})
+            await asyncio.sleep(0.5)
+            return False
+        return True
+
+    async def _flush_until_recorded(self, attempts: int = 20) -> None:
+        for _ in range(attempts):
+            if await self._flush_once():
+                return
+        logger.error("outcomes could not be recorded before stopping; their leases will expire")
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+
+class FanOut:
+    """Turns each recorded event into delivery rows once the supporter list has caught up.
+
+    The supporter list and the case events come from two topics read by two consumers.
+    A milestone must reach everyone who signed before it, so an event is fanned out
+    only when the supporter list has read ``signatures.v1`` up to where it ended after
+    the event was recorded: every signature tally counted before emitting the event is
+    below that point.  ``grace_s`` also waits for signatures received just before the
+    event but still on their way to the broker.
+    """
+
+    def __init__(
+        self,
+        ledger: DeliveryLedger,
+        supporters_caught_up: Callable[[], Awaitable[bool]],
+        *,
+        grace_s: float,
+        idle_poll_s: float,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.ledger = ledger
+        self.supporters_caught_up = supporters_caught_up
+        self.grace = timedelta(seconds=grace_s)
+        self.idle_poll_s = idle_poll_s
+        self._clock = clock
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                progressed = await self.fan_out_ready()
+            except Exception as error:  # noqa: BLE001 - database or broker away: retry, never stop
+                logger.warning("fan-out failed (%s: %s); retrying", type(error).__name__, error)
+                progressed = False
+            if not progressed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=self.idle_poll_s)
+
+    async def fan_out_ready(self) -> bool:
+        """Fan out the events that are ready; returns whether it wrote any."""
+        events = await self.ledger.events_to_fan_out()
+        now = self._clock()
+        ready = [event for event in events if event.occurred_at + self.grace <= now]
+        if not ready or not await self.supporters_caught_up():
+            return False
+        for event in ready:
+            inserted = await self.ledger.fan_out(event.event_id)
+            logger.info(
+                "case news fanned out",
+                extra={"event_id": str(event.event_id), "case_id": event.case_id, "deliveries": inserted},
+            )
+        return True

@@ -1,0 +1,129 @@
+"""Notify's settings: where to send mail from and how fast, on top of the shared pieces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Self
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from clameur.settings import ClameurSettings
+
+
+@dataclass(frozen=True)
+class SmtpEndpoint:
+    """Where and how to reach the SMTP server, parsed from ``CLAMEUR_SMTP_URL``.
+
+    ``start_tls`` is ``None`` for "upgrade if the server offers it" (aiosmtplib's auto).
+    """
+
+    hostname: str
+    port: int
+    use_tls: bool
+    start_tls: bool | None
+    username: str | None
+    password: str | None
+
+
+def parse_smtp_url(url: str) -> SmtpEndpoint:
+    """``smtp://host:port``, ``smtps://user:pass@host:port``, ``smtp://host:587?starttls=true``.
+
+    ``starttls`` accepts ``true``, ``false`` or ``auto``; plain ``smtp://`` defaults to no
+    STARTTLS (a local sink), ``smtps://`` is TLS from the first byte.  Raises ``ValueError``
+    with a readable message on anything else.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ValueError(f"CLAMEUR_SMTP_URL must start with smtp:// or smtps://, not {parts.scheme!r}")
+    if not parts.hostname:
+        raise ValueError("CLAMEUR_SMTP_URL has no host")
+    use_tls = parts.scheme == "smtps"
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    start_tls: bool | None = False
+    flag = query.get("starttls", "false").lower()
+    if flag in ("true", "1", "yes"):
+        start_tls = True
+    elif flag == "auto":
+        start_tls = None
+    elif flag not in ("false", "0", "no"):
+        raise ValueError("CLAMEUR_SMTP_URL's starttls flag must be true, false or auto")
+    if use_tls and start_tls:
+        raise ValueError("CLAMEUR_SMTP_URL: smtps:// is already TLS; drop ?starttls")
+    if use_tls:
+        start_tls = False
+    port = parts.port or (465 if use_tls else 587 if start_tls else 25)
+    return SmtpEndpoint(
+        hostname=parts.hostname,
+        port=port,
+        use_tls=use_tls,
+        start_tls=start_tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+class NotifySettings(ClameurSettings):
+    """Everything notify reads from ``CLAMEUR_*`` at start."""
+
+    notify_port: int = 8003
+    smtp_url: SecretStr = Field(
+        default=SecretStr("smtp://127.0.0.1:1025"),
+        description="smtp://host:port or smtps://user:pass@host:port (a secret: it may hold a password)",
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8003", description="base of the unsubscribe links in emails"
+    )
+    notify_sender_address: str = "news@clameur.localhost"
+    notify_sender_name: str = "Clameur"
+    notify_rate_per_s: float = Field(default=200.0, gt=0, description="emails per second, at most")
+    notify_concurrency: int = Field(default=16, ge=1, description="emails being built or sent at once")
+    notify_smtp_pool_size: int = Field(default=8, ge=1, description="SMTP connections kept open")
+    notify_messages_per_connection: int = Field(
+        default=500, ge=1, description="a connection is renewed after this many messages"
+    )
+    notify_smtp_timeout_s: float = 30.0
+    notify_max_attempts: int = Field(default=8, ge=1, description="SMTP attempts before giving up")
+    notify_retry_initial_s: float = Field(default=30.0, gt=0)
+    notify_retry_max_s: float = Field(default=3600.0, gt=0)
+    notify_lease_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="a delivery claimed by a process that died is retried after this long",
+    )
+    notify_claim_batch: int = Field(default=200, ge=1)
+    notify_idle_poll_s: float = Field(default=0.5, gt=0)
+    notify_fanout_grace_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="wait this long after an event before fanning out (late signatures land)",
+    )
+    notify_ready_checks_smtp: bool = False
+    notify_crash_after_smtp: bool = Field(
+        default=False, description="test only: die with SIGKILL after the first accepted email"
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_is_http(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("CLAMEUR_PUBLIC_URL must be an http(s):// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        parse_smtp_url(self.smtp_url.get_secret_value())
+        if self.notify_crash_after_smtp and self.env != "test":
+            raise ValueError("CLAMEUR_NOTIFY_CRASH_AFTER_SMTP is honoured only with CLAMEUR_ENV=test")
+        if self.env == "production" and not self.public_url.startswith("https://"):
+            raise ValueError("CLAMEUR_PUBLIC_URL must be https:// in production (RFC 8058 links)")
+        return self
+
+    @property
+    def smtp(self) -> SmtpEndpoint:
+        return parse_smtp_url(self.smtp_url.get_secret_value())
+
+    @property
+    def public_domain(self) -> str:
+        """The host of the public URL: the right-hand side of every Message-ID."""
+        return urlsplit(self.public_url).hostname or "localhost"

@@ -1,0 +1,81 @@
+"""RFC 8058 one-click unsubscribe: ``GET`` shows a confirmation, ``POST`` unsubscribes.
+
+No cookie, no login: the signed token in the URL is the authority.  ``POST`` acts at
+once, is idempotent, and answers 200 with a short page (no redirect), as mail
+providers' one-click requests expect.  A forged or altered token is refused with 400:
+a short HTML page for browsers, a problem+json answer for everyone else.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request
+from starlette.responses import HTMLResponse, Response
+
+from clameur.web import problem
+from notify.ledger import Preferences
+from notify.messages import Templates, choose_locale
+from notify.metrics import NotifyMetrics
+from notify.tokens import InvalidToken, TokenSigner, UnsubscribeRequest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UnsubscribePages:
+    signer: TokenSigner
+    templates: Templates
+    preferences: Preferences
+    metrics: NotifyMetrics
+
+
+def unsubscribe_router(pages: UnsubscribePages) -> APIRouter:
+    router = APIRouter()
+
+    def page(name: str, request: UnsubscribeRequest, action: str, status: int = 200) -> HTMLResponse:
+        locale = choose_locale(request.locale, request.locale, pages.templates.locales)
+        html = pages.templates.render(
+            locale, name, {"locale": locale, "scope": request.scope, "action": action}
+        )
+        return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+    def refuse(http: Request) -> Response:
+        if "text/html" in http.headers.get("accept", ""):
+            locale = choose_locale(_first_language(http), "en", pages.templates.locales)
+            html = pages.templates.render(locale, "invalid_link.html", {"locale": locale})
+            return HTMLResponse(html, status_code=400, headers={"Cache-Control": "no-store"})
+        return problem(
+            400,
+            "This unsubscribe link is not valid: it may have been cut or altered. "
+            "Use the whole link from the email, or reply to the email to ask to be unsubscribed.",
+            title="Invalid unsubscribe link",
+        )
+
+    @router.get("/v1/unsubscribe/{token}", response_class=HTMLResponse)
+    async def confirm(token: str, http: Request) -> Response:
+        try:
+            request = pages.signer.verify(token)
+        except InvalidToken:
+            return refuse(http)
+        return page("unsubscribe.html", request, action=http.url.path)
+
+    @router.post("/v1/unsubscribe/{token}", response_class=HTMLResponse)
+    async def unsubscribe(token: str, http: Request) -> Response:
+        try:
+            request = pages.signer.verify(token)
+        except InvalidToken:
+            return refuse(http)
+        if await pages.preferences.unsubscribe(request.supporter_key, request.case_id):
+            pages.metrics.unsubscribes.labels(request.scope).inc()
+            logger.info("supporter unsubscribed", extra={"scope": request.scope, "case_id": request.case_id})
+        return page("unsubscribed.html", request, action=http.url.path)
+
+    return router
+
+
+def _first_language(http: Request) -> str:
+    header = http.headers.get("accept-language", "")
+    first = header.split(",", 1)[0].split(";", 1)[0].strip()
+    return first or "en"
