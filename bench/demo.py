@@ -100,6 +100,11 @@ LAST_NAMES = [
 ]
 
 
+# Documentation addresses (RFC 5737) standing in for supporters' own: only ever sent as
+# an X-Forwarded-For value to intake on loopback, never connected to.
+SUPPORTER_IPS = [f"{net}.{host}" for net in ("192.0.2", "198.51.100", "203.0.113") for host in range(2, 256)]
+
+
 @dataclass(frozen=True)
 class SeedCase:
     slug: str
@@ -188,10 +193,24 @@ def _supporter(rng: random.Random, n: int, run: str) -> dict[str, object]:
     }
 
 
-async def _sign(client: httpx.AsyncClient, case_id: str, body: dict[str, object], outcome: Outcome) -> None:
-    for attempt in range(5):
-        response = await client.post(f"/v1/cases/{case_id}/signatures", json=body)
-        if response.status_code in (429, 503) and attempt < 4:
+async def _sign(
+    client: httpx.AsyncClient,
+    case_id: str,
+    body: dict[str, object],
+    outcome: Outcome,
+    ip: str,
+    *,
+    retries: int = 4,
+) -> None:
+    """One widget's POST, from the supporter's address (as a load balancer reports it).
+
+    Like a widget, it waits ``Retry-After`` and tries again on 429 and 503.
+    """
+    for attempt in range(retries + 1):
+        response = await client.post(
+            f"/v1/cases/{case_id}/signatures", json=body, headers={"X-Forwarded-For": ip}
+        )
+        if response.status_code in (429, 503) and attempt < retries:
             await asyncio.sleep(float(response.headers.get("retry-after", "1")))
             continue
         outcome.statuses[response.status_code] += 1
@@ -206,8 +225,7 @@ async def _campaign(intake: str, cases: dict[str, str], supporters: int, run: st
     rng = random.Random(seed)
     outcome = Outcome(Counter(), {})
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    headers = {"X-Forwarded-For": "203.0.113.7"}
-    async with httpx.AsyncClient(base_url=intake, limits=limits, timeout=15, headers=headers) as client:
+    async with httpx.AsyncClient(base_url=intake, limits=limits, timeout=15) as client:
         semaphore = asyncio.Semaphore(64)
         phases = ((0.15, 300.0, "morning"), (0.70, 2000.0, "surge"), (0.15, 400.0, "evening"))
         seeds = list(CASES)
@@ -222,6 +240,7 @@ async def _campaign(intake: str, cases: dict[str, str], supporters: int, run: st
                 n += 1
                 case = rng.choices(seeds, weights)[0]
                 body = _supporter(rng, n, run)
+                ip = rng.choice(SUPPORTER_IPS)
                 actions = ["signature"]
                 roll = rng.random()
                 if roll < 0.04:
@@ -233,7 +252,7 @@ async def _campaign(intake: str, cases: dict[str, str], supporters: int, run: st
                 for action in actions:
                     await semaphore.acquire()
                     task = asyncio.create_task(
-                        _sign(client, cases[case.slug], {**body, "action": action}, outcome)
+                        _sign(client, cases[case.slug], {**body, "action": action}, outcome, ip)
                     )
                     task.add_done_callback(lambda _t: semaphore.release())
                     pending.add(task)
@@ -262,7 +281,22 @@ async def _campaign(intake: str, cases: dict[str, str], supporters: int, run: st
             ),
         ]
         for body, case_id in bad:
-            await _sign(client, case_id, body, outcome)
+            await _sign(client, case_id, body, outcome, "192.0.2.1")
+        # A bot hammering from one address runs into the per-address limit (429).
+        bot = {"first_name": "Spam", "last_name": "Bot", "country": "FR", "consent": {"updates": False}}
+        await asyncio.gather(
+            *(
+                _sign(
+                    client,
+                    cases["sengwer"],
+                    {**bot, "email": f"bot{k}.{run}@example.net"},
+                    outcome,
+                    "192.0.2.66",
+                    retries=0,
+                )
+                for k in range(80)
+            )
+        )
     return outcome
 
 

@@ -1,0 +1,368 @@
+"""``make bench-tally``: how fast tally drains a backlog into exact counters, against the naive design.
+
+    python -m bench.tally [--events 1000000] [--naive-events 20000]
+
+1. The run's own topics and its own database (tally's schema migrated).
+2. Tally started once on the empty topic to create the run's cases through its admin
+   API (a hot case with milestones and 19 others), then stopped.
+3. ``--events`` SignatureAccepted records put on the signatures topic before tally runs
+   again: 10% repeats of an earlier (case, supporter, action), 80% on the hot case, 30
+   countries (:class:`bench.synthetic.TallyLoad`).
+4. Tally started again (``python -m tally``, its default batch settings unless
+   ``--batch-records``/``--batch-wait`` say otherwise); the bench polls the database until
+   the total counters equal the number of distinct (case, supporter_key, action) records,
+   then checks every case's total, per-country and per-action counters and the stored
+   signatures (exit 1 on any difference).  Drain rate: records / (exact - first commit).
+5. The naive design on the first ``--naive-events`` records, in a schema of the same
+   database: one transaction per signature (INSERT the signature, then UPDATE the
+   counter row), one connection, the same server: its rate, and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+from tally.counting import decode_countable
+from tally.settings import TallySettings
+
+from bench.common import (
+    BenchError,
+    Child,
+    Row,
+    Samples,
+    count,
+    free_port,
+    histogram_quantile,
+    machine_facts,
+    millis,
+    per_second,
+    say,
+    scrape,
+    section,
+    total,
+    write_section,
+)
+from bench.infra import BenchRun, add_run_arguments, load_topic, service_env
+from bench.synthetic import TallyLoad
+from clameur.settings import ClameurSettings
+
+GOAL_RATE = 50_000.0
+GOAL_RATIO = 20.0
+HOT_MILESTONES = [10_000, 50_000, 100_000, 250_000, 500_000]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.tally", description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000, help="records on the topic")
+    parser.add_argument("--naive-events", type=int, default=20_000, help="records for the naive design")
+    parser.add_argument("--partitions", type=int, default=6, help="partitions of the signatures topic")
+    parser.add_argument("--batch-records", type=int, help="CLAMEUR_TALLY_BATCH_MAX_RECORDS (tally's default)")
+    parser.add_argument("--batch-wait", type=float, help="CLAMEUR_TALLY_BATCH_MAX_WAIT_S (tally's default)")
+    parser.add_argument("--timeout", type=float, default=900.0, help="give up draining after this long")
+    add_run_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def admin_token() -> str:
+    return ClameurSettings().admin_token.get_secret_value()
+
+
+def create_cases(base: str, load: TallyLoad) -> None:
+    """The run's cases through tally's admin API (so tally knows them: milestones fire)."""
+    headers = {"Authorization": f"Bearer {admin_token()}"}
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+        for case_id in load.cases:
+            response = client.post(
+                "/v1/admin/cases",
+                json={
+                    "id": case_id,
+                    "title": {"fr": f"Cas {case_id}", "en": f"Case {case_id}"},
+                    "goal": 10_000_000,
+                    "milestones": HOT_MILESTONES if case_id == load.hot_case else [1_000, 10_000],
+                    "actions": ["signature", "letter", "postcard"],
+                    "default_locale": "fr",
+                },
+            )
+            if response.status_code != 201:
+                raise BenchError(f"creating case {case_id}: {response.status_code} {response.text}")
+    say(f"{len(load.cases)} cases created through tally's admin API")
+
+
+def start_tally(run: BenchRun, env: dict[str, str], port: int) -> tuple[Child, str]:
+    child = run.start("tally", [sys.executable, "-m", "tally"], env)
+    base = f"http://127.0.0.1:{port}"
+    return child, base
+
+
+@dataclass(frozen=True)
+class Drain:
+    seconds: float
+    seconds_from_start: float
+    metrics: Samples
+    problems: list[str]
+
+
+async def counted_total(connection: asyncpg.Connection[Any]) -> int:
+    value = await connection.fetchval(
+        "SELECT coalesce(sum(count), 0) FROM tally.counters WHERE dimension = 'total'"
+    )
+    return int(value)
+
+
+async def check_counters(connection: asyncpg.Connection[Any], load: TallyLoad) -> list[str]:
+    """Every way the stored counts can differ from the records; empty when exact."""
+    problems: list[str] = []
+    rows = await connection.fetch(
+        "SELECT case_id, dimension, sum(count) AS count FROM tally.counters GROUP BY case_id, dimension"
+    )
+    stored: dict[tuple[str, str], int] = {
+        (row["case_id"], row["dimension"]): int(row["count"]) for row in rows
+    }
+    for case_id in sorted(set(load.distinct_by_case) | {case for case, _ in stored}):
+        expected = load.distinct_by_case.get(case_id, 0)
+        for dimension in ("total", "country", "action"):
+            found = stored.get((case_id, dimension), 0)
+            if found != expected:
+                problems.append(f"{case_id}: {dimension} counters sum to {found}, expected {expected}")
+    signatures = int(await connection.fetchval("SELECT count(*) FROM tally.signatures"))
+    if signatures != load.distinct:
+        problems.append(f"{signatures} stored signatures, expected {load.distinct}")
+    return problems
+
+
+async def wait_exact(
+    dsn: str, tally: Child, load: TallyLoad, started: float, timeout_s: float
+) -> tuple[float, float]:
+    """Poll until the totals reach the distinct count; returns (first commit, exact) wall times."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout_s
+        last_report = time.monotonic()
+        while True:
+            counted = await counted_total(connection)
+            now = time.time()
+            if counted >= load.distinct:
+                break
+            tally.check_alive()
+            if time.monotonic() > deadline:
+                raise BenchError(f"tally counted {counted:,} of {load.distinct:,} within {timeout_s:.0f} s")
+            if time.monotonic() - last_report > 5:
+                say(f"tally: {counted:,} of {load.distinct:,} counted ({now - started:.0f} s)")
+                last_report = time.monotonic()
+            await asyncio.sleep(0.1)
+        first = await connection.fetchval("SELECT extract(epoch FROM min(counted_at)) FROM tally.signatures")
+        return float(first), now
+    finally:
+        await connection.close()
+
+
+async def final_check(dsn: str, load: TallyLoad) -> list[str]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        # A moment for anything counted twice to show (a replayed batch, a second consumer).
+        await asyncio.sleep(2.0)
+        return await check_counters(connection, load)
+    finally:
+        await connection.close()
+
+
+def drain(run: BenchRun, args: argparse.Namespace, env: dict[str, str], port: int, load: TallyLoad) -> Drain:
+    started = time.time()
+    tally, base = start_tally(run, env, port)
+    first, exact = asyncio.run(wait_exact(run.database_url or "", tally, load, started, args.timeout))
+    say(
+        f"tally: exact after {exact - first:.1f} s from its first commit "
+        f"({exact - started:.1f} s from its start)"
+    )
+    problems = asyncio.run(final_check(run.database_url or "", load))
+    metrics = scrape(f"{base}/metrics")
+    run.children.stop(tally)
+    return Drain(exact - first, exact - started, metrics, problems)
+
+
+# -- the naive design -----------------------------------------------------------------------------------
+
+_NAIVE_SCHEMA = [
+    "CREATE SCHEMA naive",
+    """CREATE TABLE naive.signatures (
+        case_id text NOT NULL, supporter_key text NOT NULL, action text NOT NULL,
+        signature_id uuid NOT NULL, country text NOT NULL, locale text NOT NULL,
+        received_at timestamptz NOT NULL, PRIMARY KEY (case_id, supporter_key, action))""",
+    "CREATE TABLE naive.counters (case_id text PRIMARY KEY, count bigint NOT NULL)",
+]
+_NAIVE_INSERT = """INSERT INTO naive.signatures
+    (case_id, supporter_key, action, signature_id, country, locale, received_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING 1"""
+_NAIVE_UPDATE = "UPDATE naive.counters SET count = count + 1 WHERE case_id = $1"
+
+
+async def naive(dsn: str, records: list[bytes], cases: list[str]) -> tuple[float, bool]:
+    """One transaction per signature on one connection; returns (records/s, exact)."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        for statement in _NAIVE_SCHEMA:
+            await connection.execute(statement)
+        await connection.executemany("INSERT INTO naive.counters VALUES ($1, 0)", [(case,) for case in cases])
+        distinct = set()
+        started = time.perf_counter()
+        for raw in records:
+            signature = decode_countable(raw)
+            async with connection.transaction():
+                inserted = await connection.fetchval(
+                    _NAIVE_INSERT,
+                    signature.case_id,
+                    signature.supporter_key,
+                    signature.action.value,
+                    signature.signature_id,
+                    signature.country,
+                    signature.locale,
+                    signature.received_at,
+                )
+                if inserted:
+                    await connection.execute(_NAIVE_UPDATE, signature.case_id)
+            distinct.add((signature.case_id, signature.supporter_key, signature.action.value))
+        elapsed = time.perf_counter() - started
+        stored = int(await connection.fetchval("SELECT sum(count) FROM naive.counters"))
+        return len(records) / elapsed, stored == len(distinct)
+    finally:
+        await connection.close()
+
+
+def keep_first(
+    records: Iterable[tuple[bytes, bytes]], into: list[bytes], limit: int
+) -> Iterator[tuple[bytes, bytes]]:
+    for key, value in records:
+        if len(into) < limit:
+            into.append(value)
+        yield key, value
+
+
+# -- the bench ------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    facts = machine_facts()
+    try:
+        with BenchRun.open("tally", keep=args.keep, keep_infra=args.keep_infra) as run:
+            topics = run.new_topics(signature_partitions=args.partitions)
+            dsn = run.new_database("tally")
+            port = free_port()
+            extra = {"CLAMEUR_TALLY_PORT": str(port), "CLAMEUR_TALLY_GROUP_ID": f"tally-{run.prefix}"}
+            if args.batch_records:
+                extra["CLAMEUR_TALLY_BATCH_MAX_RECORDS"] = str(args.batch_records)
+            if args.batch_wait:
+                extra["CLAMEUR_TALLY_BATCH_MAX_WAIT_S"] = str(args.batch_wait)
+            env = service_env(run.infra, topic_prefix=topics.prefix, database_url=dsn, extra=extra)
+            load = TallyLoad(run.run_id, args.events)
+
+            tally, base = start_tally(run, env, port)
+            tally.wait_http(f"{base}/readyz")
+            create_cases(base, load)
+            run.children.stop(tally)
+
+            say(f"putting {args.events:,} records on {topics.signatures}...")
+            sample: list[bytes] = []
+            started = time.perf_counter()
+            loaded = asyncio.run(
+                load_topic(
+                    run.infra.kafka, topics.signatures, keep_first(load.records(), sample, args.naive_events)
+                )
+            )
+            say(
+                f"{loaded:,} records loaded in {time.perf_counter() - started:.1f} s "
+                f"({load.distinct:,} distinct, {load.duplicates:,} repeats)"
+            )
+            result = drain(run, args, env, port, load)
+            say(f"the naive design on {len(sample):,} records...")
+            naive_rate, naive_exact = asyncio.run(naive(dsn, sample, load.cases))
+    except BenchError as error:
+        say(f"error: {error}")
+        return 2
+
+    rate = args.events / result.seconds if result.seconds > 0 else 0.0
+    ratio = rate / naive_rate if naive_rate else 0.0
+    metrics = result.metrics
+    batches = total(metrics, "clameur_tally_batch_size_records_count")
+    batch_records = total(metrics, "clameur_tally_batch_size_records_sum")
+    apply_p99 = histogram_quantile(metrics, "clameur_tally_batch_apply_duration_seconds", 0.99)
+    exact = not result.problems
+    tally_defaults = TallySettings.model_fields
+    default_batch_records = tally_defaults["tally_batch_max_records"].default
+    default_batch_wait = tally_defaults["tally_batch_max_wait_s"].default
+    rows = [
+        Row(
+            "drain rate, records/s (first commit to exact counters)",
+            f"{per_second(rate)} ({count(args.events)} records in {result.seconds:.1f} s)",
+            "≥ 50,000/s",
+            rate >= GOAL_RATE,
+        ),
+        Row(
+            "from tally's start to exact counters",
+            f"{result.seconds_from_start:.1f} s ({per_second(args.events / result.seconds_from_start)})",
+        ),
+        Row(
+            "naive design: one transaction per signature",
+            f"{per_second(naive_rate)} ({count(len(sample))} records, "
+            f"exact: {'yes' if naive_exact else 'NO'})",
+        ),
+        Row("ratio to the naive design", f"{ratio:,.1f} times", "≥ 20 times", ratio >= GOAL_RATIO),
+        Row(
+            "exact at the end (every case: total, per country, per action; stored signatures)",
+            f"{count(load.distinct)} distinct of {count(args.events)} records"
+            + ("" if exact else ": " + "; ".join(result.problems[:5])),
+            "exact",
+            exact,
+        ),
+        Row(
+            "tally's own view",
+            f"{count(total(metrics, 'clameur_tally_records_consumed_total'))} records consumed, "
+            f"{count(total(metrics, 'clameur_tally_duplicates_total'))} duplicates, {count(batches)} batches "
+            f"(mean {batch_records / batches if batches else 0:,.0f} records), "
+            f"apply p99 {millis(apply_p99)}",
+        ),
+    ]
+    setup = [
+        f"{count(args.events)} SignatureAccepted records on a fresh topic with {args.partitions} partitions "
+        f"before tally starts: {count(load.duplicates)} repeats (10%), 80% on one hot case (milestones "
+        f"{', '.join(f'{m:,}' for m in HOT_MILESTONES)}), the rest over 19 cases, 30 countries",
+        "tally: `python -m tally`, a fresh database (tally's migrations), its own consumer group; batches "
+        f"of at most {args.batch_records or default_batch_records} records or "
+        f"{args.batch_wait or default_batch_wait} s"
+        + ("" if args.batch_records or args.batch_wait else " (tally's defaults)"),
+        "drain time: from the first batch's commit (the earliest `counted_at`) until the bench's poll "
+        "(every 0.1 s) saw the totals equal the distinct count; then every counter is checked",
+        "naive design: the first records, decoded like tally does, each in its own transaction "
+        "(INSERT ... ON CONFLICT DO NOTHING, then UPDATE of the case's counter row), one connection, "
+        "the same Postgres server with the same durability settings",
+        "Postgres: the dev profile's (fsync and synchronous_commit on); Kafka: the dev profile's "
+        "single broker",
+        "accept-to-counted under load is measured by the pipeline bench (`make bench`)",
+    ]
+    if not args.no_write:
+        write_section(
+            "tally",
+            section(title="Tally (`make bench-tally`)", facts=facts, rows=rows, setup=setup, notes=args.note),
+        )
+    for row in rows:
+        print(f"{row.measure}: {row.value} {row.goal} {row.verdict}")
+    if not exact or not naive_exact:
+        say("FAILED: the counters are not exact")
+        for problem in result.problems:
+            say(f"  {problem}")
+        return 1
+    if args.strict and any(row.passed is False for row in rows):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
