@@ -91,6 +91,6 @@ async def _partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPa
         found = consumer.partitions_for_topic(topic)
         if found:
             return [TopicPartition(topic, partition) for partition in sorted(found)]
-        await consumer.force_metadata_update()
+        await consumer.topics()  # refreshes the cluster metadata
         await asyncio.sleep(0.5)
     raise RuntimeError(f"topic {topic} does not exist; run `make up` or `python -m clameur.provision topics`")

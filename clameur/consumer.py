@@ -175,10 +175,13 @@ class BatchConsumer(Generic[T]):
         self._started.set()
         try:
             while not self._stopping.is_set():
-                records = await self._fetch_batch(consumer)
-                if not records:
-                    continue
+                # The lock spans fetch and apply: a rebalance waits for the batch, so the
+                # seek to stored offsets never races a half-gathered batch (which would
+                # read the same records twice).
                 async with self.batch_lock:
+                    records = await self._fetch_batch(consumer)
+                    if not records:
+                        continue
                     batch = await self._decode(records)
                     await self._retrying("apply batch", functools.partial(self.applier.apply, batch))
                 await self._commit_to_kafka(consumer, batch)

@@ -99,6 +99,9 @@ class Stack:
                 "CLAMEUR_NOTIFY_PORT": str(p.notify_port),
             }
         )
+        # Locally, the demo and benchmarks stand in for a load balancer on loopback:
+        # supporters are told apart by the X-Forwarded-For it sets.
+        env.setdefault("CLAMEUR_TRUSTED_PROXIES", '["127.0.0.1/32"]')
         for name in PASSED_THROUGH:
             if name in self.environ:
                 env[name] = self.environ[name]
