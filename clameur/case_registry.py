@@ -3,7 +3,8 @@
 Intake answers 404/410 and checks actions and locales with it, without a database call
 per request.  It reads the topic from the beginning without a consumer group (each
 instance keeps the whole registry), is ``ready`` once it has caught up with the end
-of the topic as it was at start, then follows new states as they come.
+of the topic as it was at start, then follows new states as they come.  A follower
+that fails (broker gone) starts again from the beginning, with backoff.
 """
 
 from __future__ import annotations
@@ -51,10 +52,27 @@ class CaseRegistry:
         return True
 
 
-async def follow_cases(
-    bootstrap: str, topic: str, registry: CaseRegistry, *, client_id: str = "clameur"
-) -> None:
-    """Read ``topic`` from the beginning into ``registry``, then follow it until cancelled."""
+async def follow_cases_forever(bootstrap: str, topic: str, registry: CaseRegistry, *, client_id: str) -> None:
+    """Follow ``topic`` into ``registry`` until cancelled, reading it again after a failure."""
+    backoff = 0.5
+    while True:
+        try:
+            await follow_cases(bootstrap, topic, registry, client_id=client_id)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            # aiokafka may surface a CancelledError of its own from stop(): not ours, retry.
+            logger.warning("following cases.v1 was interrupted; retrying")
+        except Exception as exc:  # noqa: BLE001 - broker down: read the topic again when it is back
+            logger.warning("following cases.v1 failed; retrying: %s", type(exc).__name__)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 10.0)
+
+
+async def follow_cases(bootstrap: str, topic: str, registry: CaseRegistry, *, client_id: str) -> None:
+    """Read ``topic`` from the beginning into ``registry``, set ``registry.ready`` once caught
+    up with the end offsets seen at start, then keep following new states."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id=client_id, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -74,7 +92,10 @@ async def follow_cases(
                     try:
                         registry.apply(decode_case_state(record.value))
                     except ValidationError:
-                        logger.warning("unreadable case state skipped", extra={"offset": record.offset})
+                        logger.warning(
+                            "unreadable case state skipped",
+                            extra={"partition": record.partition, "offset": record.offset},
+                        )
             if not registry.ready.is_set():
                 for tp in partitions:
                     if await consumer.position(tp) >= end[tp]:
@@ -87,10 +108,13 @@ async def follow_cases(
 
 
 async def _partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    # The consumer exposes no metadata refresh; its client does (aiokafka 0.14).
+    client = consumer._client
+    await client.add_topic(topic)
     for _ in range(60):
         found = consumer.partitions_for_topic(topic)
         if found:
             return [TopicPartition(topic, partition) for partition in sorted(found)]
-        await consumer.topics()  # refreshes the cluster metadata
+        await client.force_metadata_update()
         await asyncio.sleep(0.5)
     raise RuntimeError(f"topic {topic} does not exist; run `make up` or `python -m clameur.provision topics`")

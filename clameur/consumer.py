@@ -170,6 +170,9 @@ class BatchConsumer(Generic[T]):
             fetch_max_bytes=16 * 1024 * 1024,
         )
         self._consumer = consumer
+        # Start the counters at zero so the first poison record shows as an increase.
+        self.metrics.dlq.labels(self.metrics.service, self.topic)
+        self.metrics.records.labels(self.metrics.service, self.topic)
         consumer.subscribe([self.topic], listener=_SeekToStoredOffsets(self))  # type: ignore[arg-type]
         await consumer.start()
         self._started.set()

@@ -24,11 +24,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clameur.provision", description=__doc__.split("\n")[0])
     parser.add_argument("what", choices=["topics", "migrate", "all"])
     parser.add_argument("--partitions", type=int, default=6, help="partitions of signatures.v1")
+    parser.add_argument(
+        "--replication", type=int, default=1, help="replicas of every topic (3 on a production cluster)"
+    )
     args = parser.parse_args(argv)
     settings = ClameurSettings()
     if args.what in ("topics", "all"):
         created = asyncio.run(
-            ensure_topics(settings.kafka, settings.topics, signature_partitions=args.partitions)
+            ensure_topics(
+                settings.kafka,
+                settings.topics,
+                signature_partitions=args.partitions,
+                replication=args.replication,
+            )
         )
         print(f"topics: created {', '.join(created) if created else 'none (all present)'}")
     if args.what in ("migrate", "all"):

@@ -16,6 +16,8 @@ from clameur.topics import Topics
 DEV_SECRET = "dev-secret-not-for-production"  # noqa: S105 - refused outside dev
 DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 - refused outside dev
 
+MIN_SECRET_LENGTH = 32
+
 
 class ClameurSettings(BaseSettings):
     """What every service needs: where Kafka and Postgres are, and the shared secrets."""
@@ -36,6 +38,13 @@ class ClameurSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_outside_dev(self) -> Self:
+        if self.env == "production":
+            for name, value in (("CLAMEUR_SECRET", self.secret), ("CLAMEUR_ADMIN_TOKEN", self.admin_token)):
+                if len(value.get_secret_value()) < MIN_SECRET_LENGTH:
+                    raise ValueError(
+                        f"{name} is too short for production: use at least {MIN_SECRET_LENGTH} random "
+                        "characters (for example `openssl rand -hex 32`)"
+                    )
         if self.env != "dev":
             if self.secret.get_secret_value() == DEV_SECRET:
                 raise ValueError(

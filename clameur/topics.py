@@ -38,9 +38,12 @@ class Topics:
     def dlq(topic: str) -> str:
         return f"{topic}.dlq"
 
-    def specs(self, signature_partitions: int = 6) -> list[TopicSpec]:
+    def specs(self, signature_partitions: int = 6, replication: int = 1) -> list[TopicSpec]:
         week_ms = str(7 * 24 * 3600 * 1000)
         keep_forever = {"retention.ms": "-1"}
+        if replication > 1:
+            # With acks=all, a write then survives the loss of one replica.
+            keep_forever["min.insync.replicas"] = str(min(2, replication))
         return [
             # The signature stream is the source of truth for rebuilds: keep it.
             TopicSpec(self.signatures, signature_partitions, dict(keep_forever)),
@@ -66,7 +69,7 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         missing = [
             NewTopic(spec.name, spec.partitions, replication, topic_configs=spec.config)
-            for spec in topics.specs(signature_partitions)
+            for spec in topics.specs(signature_partitions, replication)
             if spec.name not in existing
         ]
         if missing:

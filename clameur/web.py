@@ -17,7 +17,6 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PROBLEM_JSON = "application/problem+json"
@@ -205,15 +204,11 @@ class HttpMetricsMiddleware:
         self.app = app
         self.metrics = metrics
 
-    def _route(self, scope: Scope) -> str:
-        router = scope.get("router") or getattr(scope.get("app"), "router", None)
-        if router is None:
-            return "other"
-        for route in router.routes:
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                return str(getattr(route, "path", "other"))
-        return "other"
+    @staticmethod
+    def _route(scope: Scope) -> str:
+        # The router records the route it matched in the scope: its path template is a
+        # bounded label; anything unmatched (404s, probes of random URLs) is "other".
+        return str(getattr(scope.get("route"), "path", None) or "other")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 
 class StackError(RuntimeError):
@@ -45,6 +46,10 @@ class Managed:
     name: str
     run_dir: Path
     log_dir: Path
+
+    # Handles of the children this process started: kept so they can be reaped (and so
+    # Python does not warn that a child outlived its handle).
+    _children: ClassVar[dict[int, subprocess.Popen[bytes]]] = {}
 
     @property
     def pid_file(self) -> Path:
@@ -88,6 +93,7 @@ class Managed:
                 cwd=cwd,
                 start_new_session=True,
             )
+        self._children[process.pid] = process
         self.pid_file.write_text(str(process.pid))
         return process.pid
 
@@ -106,6 +112,9 @@ class Managed:
             while _alive(pid):
                 time.sleep(0.05)
         self.pid_file.unlink(missing_ok=True)
+        child = self._children.pop(pid, None)
+        if child is not None:
+            child.wait()
         return True
 
 

@@ -24,12 +24,11 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from clameur.case_registry import CaseRegistry
+from clameur.case_registry import CaseRegistry, follow_cases_forever
 from clameur.events import CASE_ID_PATTERN, utc_now
 from clameur.kafka import create_producer
 from clameur.web import HttpMetrics, HttpMetricsMiddleware, install_problem_handlers, operations_router
 from intake.abuse import ClientAddresses, DomainLimits, RateLimit, TokenBuckets
-from intake.case_feed import follow_cases_forever
 from intake.human_check import HumanCheck, TurnstileCheck
 from intake.idempotency import IdempotencyWindow, StoredAnswer
 from intake.metrics import IntakeMetrics

@@ -14,14 +14,7 @@ from clameur.events import decode_signature
 from clameur.topics import Topics, ensure_topics
 from tests.intake.conftest import SIGNER, case_state, metric, publish_cases, read_topic, running, settings_for
 
-pytestmark = [
-    pytest.mark.slow,
-    # devstack's Managed.start drops the broker's Popen while it runs (reported to the lead):
-    # its ResourceWarning surfaces as an unraisable-exception warning, not a failure of intake.
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <function Popen.__del__:pytest.PytestUnraisableExceptionWarning"
-    ),
-]
+pytestmark = pytest.mark.slow
 
 
 async def _sign_until(
