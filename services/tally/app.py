@@ -22,13 +22,12 @@ from starlette.middleware.cors import CORSMiddleware
 
 from clameur.consumer import BatchConsumer, BatchLimits, ConsumerMetrics
 from clameur.database import create_pool
-from clameur.events import SignatureAccepted
 from clameur.kafka import create_producer
 from clameur.web import HttpMetrics, HttpMetricsMiddleware, install_problem_handlers, operations_router
 from tally.admin_api import admin_router
 from tally.case_store import PostgresCaseStore
 from tally.counter_store import PostgresCounterStore
-from tally.counting import decode_countable
+from tally.counting import Countable, decode_countable
 from tally.metrics import SERVICE, TallyMetrics
 from tally.outbox import OutboxRelay
 from tally.public_api import public_router
@@ -69,7 +68,7 @@ def create_app(settings: TallySettings) -> FastAPI:
             crash_at=settings.tally_crash_at if settings.env == "test" else None,
             on_outbox_written=relay.wake,
         )
-        consumer: BatchConsumer[SignatureAccepted] = BatchConsumer(
+        consumer: BatchConsumer[Countable] = BatchConsumer(
             bootstrap=settings.kafka,
             topic=topics.signatures,
             group_id=settings.tally_group_id,

@@ -1,7 +1,7 @@
 """The Postgres side of counting: one transaction per batch, set-based SQL.
 
-Per batch, whatever its size: one INSERT of the distinct signatures (``ON CONFLICT DO
-NOTHING RETURNING`` says which are new), one upsert of every counter they move (each
+Per batch, whatever its size: one INSERT of the signatures (``ON CONFLICT DO NOTHING
+RETURNING`` says which are new, grouped by Postgres into counts), one upsert of every counter they move (each
 counter row once, returning the new totals), one upsert of the partitions' next offsets
 (never backwards: ``GREATEST``), and, only when a threshold was crossed, one INSERT of
 milestone outbox rows.  Rows are written in key order so two instances briefly sharing
@@ -30,13 +30,12 @@ from typing import Any
 import asyncpg
 
 from clameur.consumer import Batch
-from clameur.events import CaseStatus, Event, MilestoneReached, SignatureAccepted
+from clameur.events import CaseStatus, Event, MilestoneReached
 from tally.counting import (
     TOTAL,
+    Countable,
     CounterKey,
-    SupporterAction,
-    counter_deltas,
-    first_of_each,
+    deltas_of_groups,
     milestones_crossed,
 )
 from tally.metrics import TallyMetrics
@@ -45,14 +44,24 @@ from tally.settings import CrashPoint
 
 logger = logging.getLogger(__name__)
 
+# Rows go in key order (and, for one key, in batch order: the first signature of a
+# supporter wins, the rest of the batch conflicts with it).  Postgres sorts and groups: the
+# new signatures come back as counts per (case, country, action) and per millisecond of
+# receipt, not one row each, so a batch of thousands returns dozens of rows.
 _INSERT_SIGNATURES = """
-INSERT INTO tally.signatures (case_id, supporter_key, action, signature_id, country, locale, received_at)
-SELECT case_id, supporter_key, action, signature_id, country, locale, received_at
-FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::timestamptz[])
-    WITH ORDINALITY AS s(case_id, supporter_key, action, signature_id, country, locale, received_at, n)
-ORDER BY n
-ON CONFLICT (case_id, supporter_key, action) DO NOTHING
-RETURNING case_id, supporter_key, action
+WITH inserted AS (
+    INSERT INTO tally.signatures (case_id, supporter_key, action, signature_id, country, locale, received_at)
+    SELECT case_id, supporter_key, action, signature_id, country, locale, received_at
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::timestamptz[])
+        WITH ORDINALITY AS s(case_id, supporter_key, action, signature_id, country, locale, received_at, n)
+    ORDER BY case_id, supporter_key, action, n
+    ON CONFLICT (case_id, supporter_key, action) DO NOTHING
+    RETURNING case_id, country, action, received_at
+)
+SELECT case_id, country, action, date_trunc('milliseconds', received_at) AS received_at,
+       count(*) AS signatures
+FROM inserted
+GROUP BY GROUPING SETS ((case_id, country, action), (date_trunc('milliseconds', received_at)))
 """
 
 # The new totals come back with the case's milestones, so crossings need no other query.
@@ -116,35 +125,38 @@ class PostgresCounterStore:
         )
         return {row["partition"]: row["next_offset"] for row in rows}
 
-    async def apply(self, batch: Batch[SignatureAccepted]) -> None:
+    async def apply(self, batch: Batch[Countable]) -> None:
         """Count the batch's new signatures and store its offsets, in one transaction.
 
         Idempotent: replaying a batch inserts no signature, so it adds nothing.
         """
         self._metrics.batches.inc()
         started = time.perf_counter()
-        candidates = first_of_each(consumed.event for consumed in batch.events)
-        ordered = sorted(candidates.items())
+        signatures = [consumed.event for consumed in batch.events]
+        groups: dict[tuple[str, str, str], int] = {}
+        received: list[tuple[datetime, int]] = []
         try:
             async with self._pool.acquire() as connection, connection.transaction():
-                new: list[SignatureAccepted] = []
-                if ordered:
-                    signatures = [signature for _, signature in ordered]
-                    inserted = await connection.fetch(
+                if signatures:
+                    rows = await connection.fetch(
                         _INSERT_SIGNATURES,
                         [s.case_id for s in signatures],
                         [s.supporter_key for s in signatures],
-                        [s.action.value for s in signatures],
+                        [s.action for s in signatures],  # a StrEnum: encoded as its value
                         [s.signature_id for s in signatures],
                         [s.country for s in signatures],
                         [s.locale for s in signatures],
                         [s.received_at for s in signatures],
                     )
-                    inserted_keys = {supporter_action_of(row) for row in inserted}
-                    new = [signature for key, signature in ordered if key in inserted_keys]
+                    for row in rows:
+                        case_id, country, action, received_at, count = row
+                        if case_id is not None:
+                            groups[(case_id, country, action)] = count
+                        else:
+                            received.append((received_at, count))
                 milestones = 0
-                if new:
-                    milestones = await self._count(connection, new)
+                if groups:
+                    milestones = await self._count(connection, deltas_of_groups(groups))
                 if batch.next_offsets:
                     partitions = sorted(batch.next_offsets)
                     await connection.execute(
@@ -153,31 +165,37 @@ class PostgresCounterStore:
                         partitions,
                         [batch.next_offsets[partition] for partition in partitions],
                     )
-                if ordered:
+                if signatures:
                     self._maybe_crash("before_db_commit")
         except Exception:
             self._metrics.batch_failures.inc()
             raise
-        if ordered:
+        if signatures:
             self._maybe_crash("after_db_commit")
         committed = datetime.now(UTC)
+        new = sum(groups.values())
         self._metrics.batch_apply_duration.observe(time.perf_counter() - started)
         self._metrics.batch_size.observe(len(batch.events) + batch.poisoned)
         self._metrics.records_consumed.inc(len(batch.events) + batch.poisoned)
-        self._metrics.duplicates.inc(len(batch.events) - len(new))
-        for action, count in Counter(signature.action for signature in new).items():
-            self._metrics.signatures_counted.labels(action.value).inc(count)
+        self._metrics.duplicates.inc(len(batch.events) - new)
+        by_action: Counter[str] = Counter()
+        for (_, _, action), count in groups.items():
+            by_action[action] += count
+        for action, count in by_action.items():
+            self._metrics.signatures_counted.labels(action).inc(count)
         observe = self._metrics.accept_to_counted.observe
-        for signature in new:
-            observe(max(0.0, (committed - signature.received_at).total_seconds()))
+        for received_at, count in received:
+            # Signatures received in the same millisecond share one latency.
+            latency = max(0.0, (committed - received_at).total_seconds())
+            for _ in range(count):
+                observe(latency)
         if milestones:
             self._metrics.milestones_emitted.inc(milestones)
             if self._on_outbox_written is not None:
                 self._on_outbox_written()
 
-    async def _count(self, connection: Connection, new: list[SignatureAccepted]) -> int:
-        """Add ``new`` to the counters and stage the milestones crossed; returns how many."""
-        deltas = counter_deltas(new)
+    async def _count(self, connection: Connection, deltas: dict[CounterKey, int]) -> int:
+        """Add ``deltas`` to the counters and stage the milestones crossed; returns how many."""
         keys = sorted(deltas)
         totals = await connection.fetch(
             _UPSERT_COUNTERS,
@@ -223,7 +241,3 @@ class PostgresCounterStore:
 def milestone_dedupe_key(case_id: str, threshold: int) -> str:
     """The outbox's unique key for one milestone: it fires once per case and threshold."""
     return f"milestone:{case_id}:{threshold}"
-
-
-def supporter_action_of(row: asyncpg.Record) -> SupporterAction:
-    return SupporterAction(row["case_id"], row["supporter_key"], row["action"])

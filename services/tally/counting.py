@@ -11,9 +11,14 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from datetime import datetime
+from typing import Literal, NamedTuple, NotRequired, Protocol, TypeVar
+from uuid import UUID, uuid4
 
-from clameur.events import SignatureAccepted, decode_signature, is_case_id
+from pydantic import AwareDatetime, ConfigDict, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
+
+from clameur.events import Action, decode_signature, is_case_id, utc_now
 
 TOTAL = "total"
 COUNTRY = "country"
@@ -40,14 +45,120 @@ class CounterKey(NamedTuple):
     key: str
 
 
-def decode_countable(raw: bytes) -> SignatureAccepted:
+class Countable(Protocol):
+    """What counting reads of a signature (a ``SignatureAccepted`` or a :class:`CountedSignature`)."""
+
+    @property
+    def case_id(self) -> str: ...
+    @property
+    def supporter_key(self) -> str: ...
+    @property
+    def action(self) -> Action: ...
+    @property
+    def signature_id(self) -> UUID: ...
+    @property
+    def country(self) -> str: ...
+    @property
+    def locale(self) -> str: ...
+    @property
+    def received_at(self) -> datetime: ...
+
+
+S = TypeVar("S", bound=Countable)
+
+
+class CountedSignature(NamedTuple):
+    """The fields of a ``SignatureAccepted`` that tally stores and counts (cheap to build)."""
+
+    case_id: str
+    supporter_key: str
+    action: Action
+    signature_id: UUID
+    country: str
+    locale: str
+    received_at: datetime
+
+
+def counted(signature: Countable) -> CountedSignature:
+    return CountedSignature(
+        signature.case_id,
+        signature.supporter_key,
+        signature.action,
+        signature.signature_id,
+        signature.country,
+        signature.locale,
+        signature.received_at,
+    )
+
+
+# ``SignatureAccepted`` field for field, as TypedDicts: pydantic-core validates them with the
+# same rules as the model but builds no model instances (three per record), which makes
+# decoding three times cheaper.  Both the alias ``schema`` and the name ``schema_version``
+# are checked (the model reads either); a record this stricter check refuses is decoded
+# again by the model itself, which has the last word on poison.
+class _Consent(TypedDict):
+    __pydantic_config__ = ConfigDict(extra="ignore")  # type: ignore[misc]
+    updates: NotRequired[bool]
+
+
+class _Source(TypedDict):
+    __pydantic_config__ = ConfigDict(extra="ignore")  # type: ignore[misc]
+    widget: NotRequired[str | None]
+    page_url: NotRequired[str | None]
+    referrer: NotRequired[str | None]
+    partner: NotRequired[str | None]
+
+
+class _SignatureFields(TypedDict):
+    __pydantic_config__ = ConfigDict(extra="ignore")  # type: ignore[misc]
+    event_id: NotRequired[UUID]
+    schema: NotRequired[int]
+    schema_version: NotRequired[int]
+    occurred_at: NotRequired[AwareDatetime]
+    type: NotRequired[Literal["SignatureAccepted"]]
+    signature_id: NotRequired[UUID]
+    case_id: str
+    action: NotRequired[Action]
+    first_name: str
+    last_name: str
+    country: str
+    postal_code: NotRequired[str | None]
+    locale: str
+    supporter_key: str
+    email: NotRequired[str | None]
+    consent: NotRequired[_Consent]
+    source: NotRequired[_Source]
+    received_at: NotRequired[AwareDatetime]
+
+
+_SIGNATURE_FIELDS = TypeAdapter(_SignatureFields).validator
+
+
+def _decode_fields(raw: bytes) -> CountedSignature:
+    try:
+        fields = _SIGNATURE_FIELDS.validate_json(raw)
+    except ValidationError:
+        return counted(decode_signature(raw))  # the model decides (raises on poison)
+    signature_id = fields.get("signature_id")
+    return CountedSignature(
+        fields["case_id"],
+        fields["supporter_key"],
+        fields.get("action", Action.SIGNATURE),
+        signature_id if signature_id is not None else uuid4(),  # the model's default
+        fields["country"],
+        fields["locale"],
+        fields.get("received_at") or utc_now(),
+    )
+
+
+def decode_countable(raw: bytes) -> CountedSignature:
     """A ``SignatureAccepted`` fit to count, or ``ValueError`` (the record is poison).
 
     Beyond the event's schema: a slug case id, an ISO 3166-1 alpha-2 country in upper
     case, a non-empty supporter key and locale of sane length.  A counter keyed by a
     malformed country would be wrong forever, so such records go to the DLQ instead.
     """
-    signature = decode_signature(raw)  # pydantic.ValidationError is a ValueError
+    signature = _decode_fields(raw)  # pydantic.ValidationError is a ValueError
     if not is_case_id(signature.case_id):
         raise ValueError("case_id is not a case slug")
     if not _COUNTRY.match(signature.country):
@@ -59,32 +170,37 @@ def decode_countable(raw: bytes) -> SignatureAccepted:
     return signature
 
 
-def supporter_action(signature: SignatureAccepted) -> SupporterAction:
+def supporter_action(signature: Countable) -> SupporterAction:
     return SupporterAction(signature.case_id, signature.supporter_key, signature.action.value)
 
 
-def first_of_each(signatures: Iterable[SignatureAccepted]) -> dict[SupporterAction, SignatureAccepted]:
+def first_of_each(signatures: Iterable[S]) -> dict[SupporterAction, S]:
     """The first signature of each supporter, case and action, in the order given.
 
     A batch can hold the same supporter twice (a double click); only the first is a
     candidate to count, like the first one ``ON CONFLICT DO NOTHING`` would keep.
     """
-    first: dict[SupporterAction, SignatureAccepted] = {}
+    first: dict[SupporterAction, S] = {}
     for signature in signatures:
         first.setdefault(supporter_action(signature), signature)
     return first
 
 
-def counter_deltas(new_signatures: Iterable[SignatureAccepted]) -> dict[CounterKey, int]:
+def counter_deltas(new_signatures: Iterable[Countable]) -> dict[CounterKey, int]:
     """What newly counted signatures add: per case its total, per country and per action."""
     # Count (case, country, action) first: one C-level tally per signature, then a few
     # additions per distinct triple (a surge has thousands of signatures, dozens of triples).
-    triples = Counter((s.case_id, s.country, s.action) for s in new_signatures)
+    triples = Counter((s.case_id, s.country, str(s.action)) for s in new_signatures)
+    return deltas_of_groups(triples)
+
+
+def deltas_of_groups(groups: Mapping[tuple[str, str, str], int]) -> dict[CounterKey, int]:
+    """Counter deltas from new signatures grouped by ``(case_id, country, action)``."""
     deltas: Counter[CounterKey] = Counter()
-    for (case_id, country, action), count in triples.items():
+    for (case_id, country, action), count in groups.items():
         deltas[CounterKey(case_id, TOTAL, "")] += count
         deltas[CounterKey(case_id, COUNTRY, country)] += count
-        deltas[CounterKey(case_id, ACTION, action.value)] += count
+        deltas[CounterKey(case_id, ACTION, action)] += count
     return dict(deltas)
 
 
@@ -128,7 +244,7 @@ class InMemoryTally:
     counters: Counter[CounterKey] = field(default_factory=Counter)
     counted: set[SupporterAction] = field(default_factory=set)
 
-    def add(self, signatures: Iterable[SignatureAccepted]) -> list[SignatureAccepted]:
+    def add(self, signatures: Iterable[S]) -> list[S]:
         """Count the signatures not counted yet; returns those it counted."""
         new = [signature for key, signature in first_of_each(signatures).items() if key not in self.counted]
         self.counted.update(supporter_action(signature) for signature in new)

@@ -16,7 +16,7 @@ class TallySettings(ClameurSettings):
 
     tally_port: int = 8002
     tally_group_id: str = Field(default="tally", description="consumer group of signatures.v1")
-    tally_batch_max_records: int = Field(default=500, ge=1, description="records per batch, at most")
+    tally_batch_max_records: int = Field(default=5000, ge=1, description="records per batch, at most")
     tally_batch_max_wait_s: float = Field(
         default=0.25, gt=0, description="how long a batch waits to fill once it has a record"
     )

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from tally.case_store import PostgresCaseStore
 from tally.cases import CaseCreate, new_case
 from tally.counter_store import PostgresCounterStore
+from tally.counting import Countable
 from tally.metrics import TallyMetrics
 
 from clameur.consumer import Batch, Consumed
@@ -21,8 +22,10 @@ from tests.tally.helpers import case_body, counters, many, signature
 
 def _batch(
     topic: str, events: list[SignatureAccepted], partition: int = 0, first_offset: int = 0
-) -> Batch[SignatureAccepted]:
-    consumed = [Consumed(event, partition, first_offset + n, 0) for n, event in enumerate(events)]
+) -> Batch[Countable]:
+    consumed: list[Consumed[Countable]] = [
+        Consumed(event, partition, first_offset + n, 0) for n, event in enumerate(events)
+    ]
     return Batch(topic, consumed, {partition: first_offset + len(events)})
 
 
