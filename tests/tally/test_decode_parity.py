@@ -1,0 +1,96 @@
+"""Tally's fast decoder and the event model agree on what is a signature and what is poison.
+
+``tally.counting.decode_countable`` checks records against a TypedDict copy of
+``SignatureAccepted`` (to avoid building models per record); these cases keep the copy
+and the model from drifting apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import ValidationError
+from tally.counting import decode_countable
+
+from clameur.events import SignatureAccepted, decode_signature
+
+VALID: dict[str, Any] = orjson.loads(
+    SignatureAccepted(
+        case_id="nawal-benaissa",
+        first_name="Camille",
+        last_name="Durand",
+        country="FR",
+        locale="fr",
+        supporter_key="ab" * 32,
+        email="camille@example.org",
+    ).to_json()
+)
+
+
+def _without(field: str) -> dict[str, Any]:
+    return {key: value for key, value in VALID.items() if key != field}
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "valid": VALID,
+    "extra field": {**VALID, "future_field": 1},
+    "minimal": {
+        k: VALID[k] for k in ("case_id", "first_name", "last_name", "country", "locale", "supporter_key")
+    },
+    "letter": {**VALID, "action": "letter"},
+    "unknown action": {**VALID, "action": "petition"},
+    "naive received_at": {**VALID, "received_at": "2026-11-20T10:00:00"},
+    "received_at not a date": {**VALID, "received_at": "yesterday"},
+    "signature_id not a uuid": {**VALID, "signature_id": "42"},
+    "wrong type": {**VALID, "type": "MilestoneReached"},
+    "case_id a number": {**VALID, "case_id": 7},
+    "consent not an object": {**VALID, "consent": "yes"},
+    "source with extra": {**VALID, "source": {"widget": "w", "campaign": "x"}},
+    "email null": {**VALID, "email": None},
+    **{f"without {field}": _without(field) for field in VALID},
+}
+
+
+def _model_accepts(raw: bytes) -> bool:
+    try:
+        decode_signature(raw)
+    except ValidationError:
+        return False
+    return True
+
+
+def _fast_decoder_accepts_schema(raw: bytes) -> bool:
+    try:
+        decode_countable(raw)
+    except ValueError as error:
+        # Tally's own checks beyond the schema (slug, country, key length) are not parity.
+        return not isinstance(error, ValidationError) and _model_accepts(raw)
+    return True
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_the_fast_decoder_and_the_model_agree(name: str) -> None:
+    raw = orjson.dumps(VARIANTS[name])
+    assert _fast_decoder_accepts_schema(raw) == _model_accepts(raw)
+
+
+def test_the_fast_decoder_reads_the_same_values_as_the_model() -> None:
+    raw = orjson.dumps(VALID)
+    fast, model = decode_countable(raw), decode_signature(raw)
+    assert (fast.case_id, fast.supporter_key, fast.action, fast.country, fast.locale) == (
+        model.case_id,
+        model.supporter_key,
+        model.action,
+        model.country,
+        model.locale,
+    )
+    assert fast.signature_id == model.signature_id
+    assert fast.received_at == model.received_at
+
+
+def test_not_json_is_poison_to_both() -> None:
+    with pytest.raises(ValueError):
+        decode_countable(b"{not json")
+    assert not _model_accepts(b"{not json")
