@@ -9,7 +9,8 @@ How a message is built, and why:
   and the stdlib folds what it is given.
 - What varies per supporter is only To (``email.utils.formataddr`` over a cleaned
   name), Date, Message-ID and List-Unsubscribe (built from our own ASCII: a UUID, hex,
-  a base64url token, the public URL checked at start), and the two bodies, which are
+  a base64url token, the public URL checked at start), and the two bodies, pre-rendered
+  per (event, locale) around the per-supporter values and filled in, then
   quoted-printable encoded (so no body line can start a header or match the MIME
   boundary, whose ``=`` signs QP always escapes).  Every per-supporter header line is
   checked again before use: printable ASCII, folded lines only.
@@ -41,6 +42,7 @@ from babel import Locale, UnknownLocaleError
 from babel.numbers import format_decimal
 from cachetools import LRUCache
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from markupsafe import escape
 
 from clameur.events import LocalizedText, MilestoneReached, VictoryDeclared
 from notify.tokens import TokenSigner, UnsubscribeRequest
@@ -65,6 +67,12 @@ Kind = Literal["milestone", "victory"]
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _BLANKS = re.compile(r"[ \t]+")
 _SAFE_ASCII_VALUE = re.compile(r"^[\x20-\x7e]*$")
+_PLAIN_ASCII = re.compile(r"[\x20-\x7e]*\Z")
+# An RFC 5322 dot-atom addr-spec over an ASCII host name: what nearly every supporter has,
+# and what ``Address`` accepts unchanged.  Anything else takes the slow, thorough path.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PLAIN_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*\Z")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 
 
@@ -85,6 +93,9 @@ def clean_display_text(value: str, max_length: int = MAX_NAME_LENGTH) -> str:
     paragraph separator becomes a space, whitespace runs collapse, and any ``=?`` left is
     broken so nothing downstream decodes it again.
     """
+    if _PLAIN_ASCII.match(value) and "=?" not in value:
+        # Printable ASCII holds no control, separator or bidi character: only blanks to tidy.
+        return _BLANKS.sub(" ", value).strip()[:max_length].strip()
     text = value
     for _ in range(3):  # nested encodings unwrap in a few rounds; more is an attack
         if "=?" not in text:
@@ -219,6 +230,65 @@ class OutgoingEmail:
     data: bytes
 
 
+# What varies per supporter inside the bodies.  Templates use them as plain ``{{ name }}``
+# substitutions; a skeleton checks that (see ``_BodyTemplate.build``) before relying on it.
+_SLOTS = ("first_name", "unsubscribe_all_url", "unsubscribe_case_url")
+_SLOT_MARK = "\u2063CLAMEURSLOT{}\u2063"  # invisible separators: no filter or escaping touches them
+_PROBES = (
+    {
+        "first_name": 'Zo\u00e9 <&> "d\'Arc"',
+        "unsubscribe_all_url": "https://probe.invalid/a?x=1&y=<2>",
+        "unsubscribe_case_url": "https://probe.invalid/c",
+    },
+    {"first_name": "", "unsubscribe_all_url": "u", "unsubscribe_case_url": "v"},
+)
+
+
+@dataclass(frozen=True)
+class _BodyTemplate:
+    """One body of one (event, locale), pre-rendered around the per-supporter slots.
+
+    ``pieces`` alternate literal text and slot names (even indexes are text).  ``None``
+    when the template does more with a slot than print it (a filter, a test): then the
+    body is rendered by Jinja2 per supporter, as before.
+    """
+
+    name: str
+    escape_html: bool
+    pieces: tuple[str, ...] | None
+
+    @classmethod
+    def build(cls, templates: Templates, locale: str, name: str, context: Mapping[str, Any]) -> _BodyTemplate:
+        escape_html = name.endswith(".html")
+        marked = templates.render(
+            locale, name, {**context, **{slot: _SLOT_MARK.format(slot) for slot in _SLOTS}}
+        )
+        pieces: list[str] = []
+        rest = marked
+        while True:
+            positions = [(rest.find(_SLOT_MARK.format(slot)), slot) for slot in _SLOTS]
+            found = [(at, slot) for at, slot in positions if at >= 0]
+            if not found:
+                pieces.append(rest)
+                break
+            at, slot = min(found)
+            pieces.extend((rest[:at], slot))
+            rest = rest[at + len(_SLOT_MARK.format(slot)) :]
+        body = cls(name, escape_html, tuple(pieces))
+        for probe in _PROBES:
+            if body.fill(probe) != templates.render(locale, name, {**context, **probe}):
+                return cls(name, escape_html, None)
+        return body
+
+    def fill(self, values: Mapping[str, str]) -> str:
+        assert self.pieces is not None
+        pieces = list(self.pieces)
+        for index in range(1, len(pieces), 2):
+            value = values[pieces[index]]
+            pieces[index] = str(escape(value)) if self.escape_html else value
+        return "".join(pieces)
+
+
 @dataclass(frozen=True)
 class _Skeleton:
     """What one event's message shares across the supporters of one locale."""
@@ -228,6 +298,8 @@ class _Skeleton:
     middle: bytes  # end of text part, boundary, html part headers, blank line
     tail: bytes  # end of html part, closing boundary
     context: dict[str, Any]
+    text: _BodyTemplate
+    html: _BodyTemplate
 
 
 _TEXT_MARK = "CLAMEURTEXTBODYMARK"
@@ -251,6 +323,7 @@ class MessageRenderer:
         self.sender = sender
         self.signer = signer
         self._skeletons: LRUCache[tuple[UUID, str], _Skeleton] = LRUCache(maxsize=256)
+        self._date: tuple[int, bytes] = (-1, b"")
 
     def unsubscribe_url(self, request: UnsubscribeRequest) -> str:
         return f"{self.sender.public_url}/v1/unsubscribe/{self.signer.sign(request)}"
@@ -261,28 +334,37 @@ class MessageRenderer:
         all_cases = UnsubscribeRequest(recipient.supporter_key, None, skeleton.template_locale)
         this_case = UnsubscribeRequest(recipient.supporter_key, event.case_id, skeleton.template_locale)
         one_click = self.unsubscribe_url(all_cases)
-        context = {
-            **skeleton.context,
-            "first_name": clean_display_text(recipient.first_name),
+        first_name = clean_display_text(recipient.first_name)
+        slots = {
+            "first_name": first_name,
             "unsubscribe_all_url": one_click,
             "unsubscribe_case_url": self.unsubscribe_url(this_case),
         }
-        kind = kind_of(event)
-        text = self.templates.render(skeleton.template_locale, f"{kind}.txt", context)
-        html = self.templates.render(skeleton.template_locale, f"{kind}.html", context)
+        text = self._body(skeleton, skeleton.text, slots)
+        html = self._body(skeleton, skeleton.html, slots)
         identifier = message_id(event.event_id, recipient.supporter_key, self.sender.domain)
-        to_value = formataddr((clean_display_text(recipient.first_name), envelope_to))
         headers = b"".join(
-            _header_line(name, value)
-            for name, value in (
-                ("To", to_value),
-                ("Date", format_datetime(now.astimezone(UTC), usegmt=True)),
-                ("Message-ID", identifier),
-                ("List-Unsubscribe", f"<{one_click}>"),
+            (
+                _header_line("To", formataddr((first_name, envelope_to))),
+                self._date_line(now),
+                _header_line("Message-ID", identifier),
+                _header_line("List-Unsubscribe", f"<{one_click}>"),
             )
         )
         data = b"".join((headers, skeleton.head, _qp(text), skeleton.middle, _qp(html), skeleton.tail))
-        return OutgoingEmail(self.sender.address, envelope_to, identifier, kind, data)
+        return OutgoingEmail(self.sender.address, envelope_to, identifier, kind_of(event), data)
+
+    def _body(self, skeleton: _Skeleton, body: _BodyTemplate, slots: Mapping[str, str]) -> str:
+        if body.pieces is not None:
+            return body.fill(slots)
+        return self.templates.render(skeleton.template_locale, body.name, {**skeleton.context, **slots})
+
+    def _date_line(self, now: datetime) -> bytes:
+        """The Date header; built once per second (it has a resolution of one second)."""
+        second = int(now.timestamp())
+        if self._date[0] != second:
+            self._date = (second, _header_line("Date", format_datetime(now.astimezone(UTC), usegmt=True)))
+        return self._date[1]
 
     def _skeleton(self, event: CaseNews, supporter_locale: str) -> _Skeleton:
         cache_key = (event.event_id, normalise_locale(supporter_locale))
@@ -330,7 +412,9 @@ class MessageRenderer:
         serialised = message.as_bytes(policy=policy.SMTP)
         head, rest = serialised.split(_TEXT_MARK.encode() + b"\r\n", 1)
         middle, tail = rest.split(_HTML_MARK.encode() + b"\r\n", 1)
-        return _Skeleton(locale, head, middle, tail, context)
+        text = _BodyTemplate.build(self.templates, locale, f"{kind}.txt", context)
+        html = _BodyTemplate.build(self.templates, locale, f"{kind}.html", context)
+        return _Skeleton(locale, head, middle, tail, context, text, html)
 
 
 def _babel_knows(locale: str) -> bool:
@@ -344,6 +428,8 @@ def _babel_knows(locale: str) -> bool:
 def _ascii_address(address: str) -> str:
     """The address as SMTP will carry it (IDN domain as punycode), or :class:`UnsendableEmail`."""
     address = address.strip()
+    if _PLAIN_ADDRESS.match(address):
+        return address
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
         raise UnsendableEmail("the supporter's address has no domain")

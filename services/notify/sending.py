@@ -40,6 +40,7 @@ from notify.smtp import MailTransport, SendFailure
 
 logger = logging.getLogger(__name__)
 
+_KINDS = ("milestone", "victory")
 _DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
@@ -115,6 +116,9 @@ class Sender:
         self._flush_now = asyncio.Event()
         self._room = asyncio.Event()
         self._news: LRUCache[UUID, CaseNews] = LRUCache(maxsize=1024)
+        # Labelled children looked up once: ``labels()`` takes a lock and builds a key per call.
+        self._attempts = {kind: metrics.attempts.labels(kind) for kind in _KINDS}
+        self._sent = {kind: metrics.sent.labels(kind) for kind in _KINDS}
 
     def stop(self) -> None:
         """Stop claiming; :meth:`run` returns once sends in flight are recorded."""
@@ -198,7 +202,7 @@ class Sender:
             "case_id": job.news.case_id,
             "delivery": delivery.id,
         }
-        self.metrics.attempts.labels(kind).inc()
+        self._attempts[kind].inc()
         try:
             email = self.renderer.render(job.news, delivery.recipient, self._clock())
         except UnsendableEmail as error:
@@ -217,7 +221,7 @@ class Sender:
             if self.options.crash_after_smtp:
                 # Test hook (CLAMEUR_ENV=test only): die between acceptance and the ledger.
                 os.kill(os.getpid(), signal.SIGKILL)
-            self.metrics.sent.labels(kind).inc()
+            self._sent[kind].inc()
             self._outcomes.sent.append(delivery.id)
         if len(self._outcomes) >= self.options.flush_size:
             self._flush_now.set()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import email
 import email.policy
+import shutil
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from pathlib import Path
 from uuid import UUID
 
 import pytest
 from notify.messages import (
+    TEMPLATES_DIR,
     MessageRenderer,
     Recipient,
     SenderIdentity,
@@ -192,3 +195,43 @@ def test_a_locale_is_a_folder() -> None:
     assert choose_locale("fr-BE", "en", templates.locales) == "fr"
     assert choose_locale("pt", "en", templates.locales) == "en"
     assert choose_locale("pt", "fr", templates.locales) == "fr"
+
+
+def test_a_template_that_filters_a_supporter_value_is_rendered_per_supporter(tmp_path: Path) -> None:
+    # The per-(event, locale) pre-rendered body only holds for plain substitutions; a
+    # filter on the name must still be honoured (by rendering that body with Jinja2).
+    for locale in ("en", "fr"):
+        shutil.copytree(TEMPLATES_DIR / locale, tmp_path / locale)
+    for shared in TEMPLATES_DIR.glob("_*"):
+        shutil.copy(shared, tmp_path / shared.name)
+    (tmp_path / "fr" / "milestone.txt").write_text(
+        "Bonjour {{ first_name | upper }} {{ unsubscribe_all_url }}\n"
+    )
+    custom = MessageRenderer(
+        Templates(tmp_path),
+        SenderIdentity("news@clameur.example.org", "Clameur", "https://clameur.example.org"),
+        TokenSigner("unit-test-secret"),
+    )
+    message = parse(
+        custom.render(nawal_milestone(), Recipient(KEY, "a@example.org", "Amina", "fr"), NOW).data
+    )
+    assert text_of(message).startswith("Bonjour AMINA https://clameur.example.org/v1/unsubscribe/")
+    assert "Amina" in text_of(message, "html")
+
+
+def test_common_and_unusual_addresses_are_accepted_alike() -> None:
+    renderer = MessageRenderer(
+        Templates(),
+        SenderIdentity("news@clameur.example.org", "Clameur", "https://clameur.example.org"),
+        TokenSigner("unit-test-secret"),
+    )
+    for address in ("o'neil+news@mail.example.org", "A.B@EXAMPLE.ORG", '"quoted"@example.org'):
+        try:
+            sent = renderer.render(nawal_milestone(), Recipient(KEY, address, "Amina", "fr"), NOW)
+        except UnsendableEmail:
+            assert address.startswith('"'), address
+        else:
+            assert sent.envelope_to == address
+    for address in ("a..b@example.org", ".a@example.org", "a@example..org"):
+        with pytest.raises(UnsendableEmail):
+            renderer.render(nawal_milestone(), Recipient(KEY, address, "Amina", "fr"), NOW)
