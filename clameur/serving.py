@@ -1,0 +1,65 @@
+"""How every service's ``python -m <service>`` starts: settings, then uvicorn until SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+
+import uvicorn
+from pydantic import ValidationError
+
+S = TypeVar("S")
+
+
+def load_settings(build: Callable[[], S], service: str) -> S | None:
+    """The service's settings, or ``None`` after printing what is wrong with them.
+
+    Only the messages are printed, never the values: a DSN or an SMTP URL may carry a
+    password.
+    """
+    try:
+        return build()
+    except ValidationError as error:
+        print(f"{service}: invalid settings (CLAMEUR_* environment variables):", file=sys.stderr)
+        for problem in error.errors(include_input=False, include_url=False):
+            where = ".".join(str(part) for part in problem["loc"]) or "settings"
+            print(f"  {where}: {problem['msg']}", file=sys.stderr)
+        return None
+
+
+def uvicorn_options(host: str, port: int) -> dict[str, Any]:
+    """The server options every service shares."""
+    return {
+        "host": host,
+        "port": port,
+        # SIGTERM: stop accepting, let requests in flight finish, then the lifespan drains.
+        "timeout_graceful_shutdown": 30,
+        "access_log": False,
+        "log_config": None,  # clameur.logs configured the root logger
+        "server_header": False,
+        # Whom to believe in X-Forwarded-For is the service's to decide, not uvicorn's.
+        "proxy_headers": False,
+        "lifespan": "on",
+    }
+
+
+def serve(app: Any, *, host: str, port: int) -> None:
+    """Serve ``app`` until SIGTERM or Ctrl-C, then exit cleanly after the drain."""
+    _DrainingServer(uvicorn.Config(app, **uvicorn_options(host, port))).run()
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, exiting 0 after a graceful drain.
+
+    uvicorn raises the caught SIGTERM again once it has shut down, so the process would
+    die "killed by SIGTERM" (-15) although it drained and flushed; an orchestrator
+    reading the exit status should see a clean stop instead.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
