@@ -30,6 +30,7 @@ from starlette.types import Receive, Scope, Send
 from clameur.case_registry import CaseRegistry, follow_cases_forever
 from clameur.events import CASE_ID_PATTERN, utc_now
 from clameur.kafka import create_producer
+from clameur.supporters import SupporterKeys
 from clameur.web import HttpMetrics, HttpMetricsMiddleware, install_problem_handlers, operations_router
 from intake.abuse import ClientAddresses, DomainLimits, RateLimit, TokenBuckets
 from intake.human_check import HumanCheck, TurnstileCheck
@@ -38,7 +39,7 @@ from intake.metrics import IntakeMetrics
 from intake.publisher import KafkaSignaturePublisher, PublishMetrics
 from intake.settings import IntakeSettings
 from intake.signing import PartnerKeys, SigningDesk
-from intake.validation import SignatureFields, SignatureForm, SupporterKeys
+from intake.validation import SignatureFields, SignatureForm
 from intake.widgets import WidgetKeys
 
 logger = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ from starlette.requests import Request
 
 from clameur.case_registry import CaseRegistry
 from clameur.events import CaseState, SignatureAccepted
+from clameur.supporters import SupporterKeys, email_domain
 from clameur.web import PROBLEM_JSON, Problem
 from intake.abuse import ClientAddresses, DomainLimits, TokenBuckets, retry_after
 from intake.cases import refusal
@@ -37,8 +38,6 @@ from intake.validation import (
     InvalidSignature,
     Receipt,
     SignatureBatch,
-    SupporterKeys,
-    email_domain,
     field_errors,
     parse_fields,
     parse_form,

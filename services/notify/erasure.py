@@ -61,13 +61,15 @@ def erasure_router(desk: ErasureDesk) -> APIRouter:
     # A dependency runs before the body is validated: no validation answers to strangers.
     @router.post("/v1/admin/supporters/erase", dependencies=[Depends(admin)])
     async def erase(body: ErasureRequest) -> ErasureResult:
-        if "@" not in body.email:
+        try:
+            key = supporter_key(desk.secret, body.email)
+        except ValueError as invalid:
             raise Problem(
                 422,
-                "The email must be an address (with an @).",
-                errors=[{"field": "email", "message": "not an email address"}],
-            )
-        had_data = await desk.preferences.erase(supporter_key(desk.secret, body.email))
+                "The email must be a valid address.",
+                errors=[{"field": "email", "message": str(invalid)}],
+            ) from None
+        had_data = await desk.preferences.erase(key)
         logger.info("supporter erased on request", extra={"had_data": had_data})
         return ErasureResult(status="erased", had_data=had_data)
 

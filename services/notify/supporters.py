@@ -7,27 +7,20 @@ updates leaves nothing here.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from clameur.events import SignatureAccepted
-
-
-def normalise_email(email: str) -> str:
-    """The form of an address the supporter key is computed from: trimmed, lowercased.
-
-    Intake must compute ``supporter_key`` from exactly this form, or an erasure by email
-    would miss the supporter (and duplicates would be counted twice in tally).
-    """
-    return email.strip().lower()
+from clameur.supporters import SupporterKeys, normalise_email
 
 
 def supporter_key(secret: str, email: str) -> str:
-    """HMAC-SHA256(secret, normalised email) as 64 hex digits: a supporter's stable key."""
-    return hmac.new(secret.encode(), normalise_email(email).encode(), hashlib.sha256).hexdigest()
+    """The supporter key of ``email``, exactly as intake computes it (``clameur.supporters``).
+
+    Raises ``ValueError`` when ``email`` is not an address.
+    """
+    return SupporterKeys(secret.encode()).of(normalise_email(email))
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 import pytest
-from intake.validation import SupporterKeys, normalise_email
 
 from clameur.events import CaseStatus, decode_signature
+from clameur.supporters import SupporterKeys, normalise_email
 from clameur.topics import Topics
 from tests.conftest import TEST_SECRET, Infra
 from tests.intake.conftest import SIGNER, Intake, case_state, metric, publish_cases, read_topic, won_state

@@ -11,16 +11,14 @@ from intake.cases import refusal
 from intake.validation import (
     InvalidSignature,
     Receipt,
-    SupporterKeys,
-    email_domain,
     has_control_characters,
-    normalise_email,
     parse_fields,
     parse_form,
     signature_event,
 )
 
 from clameur.events import Action, CaseState, CaseStatus, Victory
+from clameur.supporters import SupporterKeys, email_domain, normalise_email
 
 RECEIVED = datetime(2025, 3, 8, 12, 0, tzinfo=UTC)
 KEYS = SupporterKeys(b"unit-test-secret")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from notify.supporters import fold_signatures, normalise_email, supporter_key
+from notify.supporters import fold_signatures, supporter_key
 
 from clameur.events import Consent, SignatureAccepted
+from clameur.supporters import normalise_email
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
