@@ -8,6 +8,13 @@ After the effect is committed the offsets are also committed to Kafka, best effo
 so standard lag tools work.  A record that cannot be decoded goes to ``<topic>.dlq``
 and the partition keeps flowing.  A failing apply (database restarting, broker gone)
 is retried with backoff and nothing is committed until it succeeds.
+
+Reading and applying overlap: while the applier writes one batch, the next one is
+fetched and decoded.  A rebalance makes the batches read before it stale (they may hold
+records of partitions given away, or read from positions the seek to stored offsets then
+moved): each batch carries the generation it was read in, and a stale one is dropped
+rather than applied.  Nothing is lost by the drop, because the rebalance ends with a seek
+of every assigned partition to its stored offset, after that batch was read.
 """
 
 from __future__ import annotations
@@ -92,6 +99,12 @@ class BatchLimits:
     idle_poll_s: float = 1.0
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
+    # How long the broker may hold a fetch that finds no data.  aiokafka sends one fetch
+    # at a time to a broker, for the partitions with nothing buffered: while a surge fills
+    # one hot partition and the others are drained, a long poll on the drained ones (the
+    # broker's 500 ms default) keeps the hot one from being fetched.  Measured in
+    # docs/benchmarks.md (tally): 500 ms spent half of the drain waiting, 50 ms a tenth.
+    fetch_max_wait_ms: int = 50
 
 
 class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -99,12 +112,18 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
         self._loop = loop
 
     async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
-        # Let the batch in flight finish (and store its offsets) before giving it up.
-        async with self._loop.batch_lock:
-            pass
+        await self._loop.before_rebalance()
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
-        await self._loop.seek_to_stored(assigned)
+        await self._loop.after_rebalance(assigned)
+
+
+@dataclass(frozen=True)
+class _Read(Generic[T]):
+    """A decoded batch and the generation of the assignment it was read in."""
+
+    generation: int
+    batch: Batch[T]
 
 
 @dataclass
@@ -126,10 +145,27 @@ class BatchConsumer(Generic[T]):
     limits: BatchLimits = field(default_factory=BatchLimits)
     lag: Gauge | None = None
     client_id: str = "clameur"
-    batch_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Held while a batch is fetched and decoded, and by the seek after a rebalance.
+    _read_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Held while a batch is applied; a revocation waits for it.
+    _apply_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Bumped by every rebalance: batches read in an older generation are dropped.
+    _generation: int = 0
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _consumer: AIOKafkaConsumer | None = None
     _started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def before_rebalance(self) -> None:
+        """Partitions are being revoked: finish the batch being applied (its offsets get
+        stored), and make every batch read so far stale."""
+        async with self._apply_lock:
+            self._generation += 1
+
+    async def after_rebalance(self, assigned: Collection[TopicPartition]) -> None:
+        """Seek to the stored offsets, then make stale whatever was read before the seek."""
+        async with self._read_lock:
+            await self.seek_to_stored(assigned)
+            self._generation += 1
 
     async def seek_to_stored(self, assigned: Collection[TopicPartition]) -> None:
         consumer = self._consumer
@@ -168,6 +204,7 @@ class BatchConsumer(Generic[T]):
             isolation_level="read_committed",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=16 * 1024 * 1024,
+            fetch_max_wait_ms=self.limits.fetch_max_wait_ms,
         )
         self._consumer = consumer
         # Start the counters at zero so the first poison record shows as an increase.
@@ -176,21 +213,44 @@ class BatchConsumer(Generic[T]):
         consumer.subscribe([self.topic], listener=_SeekToStoredOffsets(self))  # type: ignore[arg-type]
         await consumer.start()
         self._started.set()
+        # One batch waits here while another is applied: reading overlaps the database.
+        ready: asyncio.Queue[_Read[T] | None] = asyncio.Queue(maxsize=1)
         try:
-            while not self._stopping.is_set():
-                # The lock spans fetch and apply: a rebalance waits for the batch, so the
-                # seek to stored offsets never races a half-gathered batch (which would
-                # read the same records twice).
-                async with self.batch_lock:
-                    records = await self._fetch_batch(consumer)
-                    if not records:
-                        continue
-                    batch = await self._decode(records)
-                    await self._retrying("apply batch", functools.partial(self.applier.apply, batch))
-                await self._commit_to_kafka(consumer, batch)
-                self._observe_lag(consumer, batch)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._read_batches(consumer, ready))
+                tasks.create_task(self._apply_batches(consumer, ready))
+        except BaseExceptionGroup as group:
+            # One task failed (the other was cancelled by it): raise what went wrong.
+            raise group.exceptions[0] from None
         finally:
             await consumer.stop()
+
+    async def _read_batches(self, consumer: AIOKafkaConsumer, ready: asyncio.Queue[_Read[T] | None]) -> None:
+        while not self._stopping.is_set():
+            # The read lock spans fetch and decode: the seek after a rebalance never
+            # races a half-gathered batch.
+            async with self._read_lock:
+                generation = self._generation
+                records = await self._fetch_batch(consumer)
+                if not records:
+                    continue
+                batch = await self._decode(records)
+            await ready.put(_Read(generation, batch))
+        await ready.put(None)  # stopping: the applier finishes what was read, then returns
+
+    async def _apply_batches(self, consumer: AIOKafkaConsumer, ready: asyncio.Queue[_Read[T] | None]) -> None:
+        while (read := await ready.get()) is not None:
+            batch = read.batch
+            async with self._apply_lock:
+                if read.generation != self._generation:
+                    logger.info(
+                        "batch read before a rebalance dropped; its records are read again",
+                        extra={"topic": self.topic, "records": len(batch.events) + batch.poisoned},
+                    )
+                    continue
+                await self._retrying("apply batch", functools.partial(self.applier.apply, batch))
+            await self._commit_to_kafka(consumer, batch)
+            self._observe_lag(consumer, batch)
 
     async def _fetch_batch(self, consumer: AIOKafkaConsumer) -> list[ConsumerRecord[bytes, bytes]]:
         limits = self.limits
