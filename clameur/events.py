@@ -23,7 +23,8 @@ _CASE_ID = re.compile(CASE_ID_PATTERN)
 
 def is_case_id(value: str) -> bool:
     """Whether ``value`` is a well-formed case id (a slug)."""
-    return bool(_CASE_ID.match(value))
+    # fullmatch: with match, "$" would also accept a trailing newline.
+    return bool(_CASE_ID.fullmatch(value))
 
 
 def utc_now() -> datetime:

@@ -12,13 +12,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, NamedTuple, NotRequired, Protocol, TypeVar
+from typing import Annotated, Literal, NamedTuple, Protocol, TypeVar
 from uuid import UUID, uuid4
 
-from pydantic import AwareDatetime, ConfigDict, TypeAdapter, ValidationError
-from typing_extensions import TypedDict
+import msgspec
 
-from clameur.events import Action, decode_signature, is_case_id, utc_now
+from clameur.events import CASE_ID_PATTERN, Action, decode_signature, is_case_id, utc_now
 
 TOTAL = "total"
 COUNTRY = "country"
@@ -91,64 +90,65 @@ def counted(signature: Countable) -> CountedSignature:
     )
 
 
-# ``SignatureAccepted`` field for field, as TypedDicts: pydantic-core validates them with the
-# same rules as the model but builds no model instances (three per record), which makes
-# decoding three times cheaper.  Both the alias ``schema`` and the name ``schema_version``
-# are checked (the model reads either); a record this stricter check refuses is decoded
-# again by the model itself, which has the last word on poison.
-class _Consent(TypedDict):
-    __pydantic_config__ = ConfigDict(extra="ignore")  # type: ignore[misc]
-    updates: NotRequired[bool]
+# ``SignatureAccepted`` field for field, as msgspec structs: msgspec checks a record against
+# them three times faster than pydantic builds the model (docs/benchmarks.md, tally), which
+# at 50,000 records a second is most of a core.  The structs are stricter than the model
+# (no lax coercions such as "1" for 1) and carry tally's own checks as constraints; a
+# record they refuse is decoded again by the model, which has the last word on poison, and
+# then checked by :func:`_check` (tests/tally/test_decode_parity.py keeps the two in step).
+_Country = Annotated[str, msgspec.Meta(pattern=r"\A[A-Z]{2}\Z")]
+_CaseId = Annotated[str, msgspec.Meta(pattern=CASE_ID_PATTERN.replace("^", "\\A").replace("$", "\\Z"))]
+_SupporterKey = Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_SUPPORTER_KEY)]
+_Locale = Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_LOCALE)]
+_Aware = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
-class _Source(TypedDict):
-    __pydantic_config__ = ConfigDict(extra="ignore")  # type: ignore[misc]
-    widget: NotRequired[str | None]
-    page_url: NotRequired[str | None]
-    referrer: NotRequired[str | None]
-    partner: NotRequired[str | None]
+class _Consent(msgspec.Struct, gc=False):
+    updates: bool = False
 
 
-class _SignatureFields(TypedDict):
-    __pydantic_config__ = ConfigDict(extra="ignore")  # type: ignore[misc]
-    event_id: NotRequired[UUID]
-    schema: NotRequired[int]
-    schema_version: NotRequired[int]
-    occurred_at: NotRequired[AwareDatetime]
-    type: NotRequired[Literal["SignatureAccepted"]]
-    signature_id: NotRequired[UUID]
-    case_id: str
-    action: NotRequired[Action]
+class _Source(msgspec.Struct, gc=False):
+    widget: str | None = None
+    page_url: str | None = None
+    referrer: str | None = None
+    partner: str | None = None
+
+
+class _SignatureFields(msgspec.Struct, gc=False):
+    case_id: _CaseId
     first_name: str
     last_name: str
-    country: str
-    postal_code: NotRequired[str | None]
-    locale: str
-    supporter_key: str
-    email: NotRequired[str | None]
-    consent: NotRequired[_Consent]
-    source: NotRequired[_Source]
-    received_at: NotRequired[AwareDatetime]
+    country: _Country
+    locale: _Locale
+    supporter_key: _SupporterKey
+    event_id: UUID | msgspec.UnsetType = msgspec.UNSET
+    schema: int | msgspec.UnsetType = msgspec.UNSET
+    schema_version: int | msgspec.UnsetType = msgspec.UNSET
+    occurred_at: _Aware | msgspec.UnsetType = msgspec.UNSET
+    type: Literal["SignatureAccepted"] = "SignatureAccepted"
+    signature_id: UUID | msgspec.UnsetType = msgspec.UNSET
+    action: Action = Action.SIGNATURE
+    postal_code: str | None = None
+    email: str | None = None
+    consent: _Consent | msgspec.UnsetType = msgspec.UNSET
+    source: _Source | msgspec.UnsetType = msgspec.UNSET
+    received_at: _Aware | msgspec.UnsetType = msgspec.UNSET
 
 
-_SIGNATURE_FIELDS = TypeAdapter(_SignatureFields).validator
+_SIGNATURE_FIELDS = msgspec.json.Decoder(_SignatureFields)
 
 
-def _decode_fields(raw: bytes) -> CountedSignature:
-    try:
-        fields = _SIGNATURE_FIELDS.validate_json(raw)
-    except ValidationError:
-        return counted(decode_signature(raw))  # the model decides (raises on poison)
-    signature_id = fields.get("signature_id")
-    return CountedSignature(
-        fields["case_id"],
-        fields["supporter_key"],
-        fields.get("action", Action.SIGNATURE),
-        signature_id if signature_id is not None else uuid4(),  # the model's default
-        fields["country"],
-        fields["locale"],
-        fields.get("received_at") or utc_now(),
-    )
+def _check(signature: CountedSignature) -> CountedSignature:
+    """Tally's checks beyond the event's schema, with the reason a record is refused."""
+    if not is_case_id(signature.case_id):
+        raise ValueError("case_id is not a case slug")
+    if not _COUNTRY.fullmatch(signature.country):
+        raise ValueError("country is not an ISO 3166-1 alpha-2 code in upper case")
+    if not 0 < len(signature.supporter_key) <= _MAX_SUPPORTER_KEY:
+        raise ValueError("supporter_key is empty or too long")
+    if not 0 < len(signature.locale) <= _MAX_LOCALE:
+        raise ValueError("locale is empty or too long")
+    return signature
 
 
 def decode_countable(raw: bytes) -> CountedSignature:
@@ -158,16 +158,22 @@ def decode_countable(raw: bytes) -> CountedSignature:
     case, a non-empty supporter key and locale of sane length.  A counter keyed by a
     malformed country would be wrong forever, so such records go to the DLQ instead.
     """
-    signature = _decode_fields(raw)  # pydantic.ValidationError is a ValueError
-    if not is_case_id(signature.case_id):
-        raise ValueError("case_id is not a case slug")
-    if not _COUNTRY.match(signature.country):
-        raise ValueError("country is not an ISO 3166-1 alpha-2 code in upper case")
-    if not 0 < len(signature.supporter_key) <= _MAX_SUPPORTER_KEY:
-        raise ValueError("supporter_key is empty or too long")
-    if not 0 < len(signature.locale) <= _MAX_LOCALE:
-        raise ValueError("locale is empty or too long")
-    return signature
+    try:
+        fields = _SIGNATURE_FIELDS.decode(raw)
+    except msgspec.DecodeError:  # also msgspec.ValidationError
+        # The model decides (pydantic.ValidationError is a ValueError), then tally's checks.
+        return _check(counted(decode_signature(raw)))
+    signature_id = fields.signature_id
+    received_at = fields.received_at
+    return CountedSignature(
+        fields.case_id,
+        fields.supporter_key,
+        fields.action,
+        uuid4() if signature_id is msgspec.UNSET else signature_id,  # the model's defaults
+        fields.country,
+        fields.locale,
+        utc_now() if received_at is msgspec.UNSET else received_at,
+    )
 
 
 def supporter_action(signature: Countable) -> SupporterAction:

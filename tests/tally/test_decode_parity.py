@@ -1,8 +1,8 @@
 """Tally's fast decoder and the event model agree on what is a signature and what is poison.
 
-``tally.counting.decode_countable`` checks records against a TypedDict copy of
-``SignatureAccepted`` (to avoid building models per record); these cases keep the copy
-and the model from drifting apart.
+``tally.counting.decode_countable`` checks records against a msgspec copy of
+``SignatureAccepted`` (to avoid building models per record) and falls back to the model
+for what the copy refuses; these cases keep the copy and the model from drifting apart.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ def _without(field: str) -> dict[str, Any]:
     return {key: value for key, value in VALID.items() if key != field}
 
 
+def _without_schema() -> dict[str, Any]:
+    return _without("schema")
+
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "valid": VALID,
     "extra field": {**VALID, "future_field": 1},
@@ -49,6 +53,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "consent not an object": {**VALID, "consent": "yes"},
     "source with extra": {**VALID, "source": {"widget": "w", "campaign": "x"}},
     "email null": {**VALID, "email": None},
+    "schema as a string": {**VALID, "schema": "1"},
+    "schema_version instead of schema": {**_without_schema(), "schema_version": 1},
+    "received_at as a number": {**VALID, "received_at": 1_795_000_000},
+    "received_at with an offset": {**VALID, "received_at": "2026-11-20T11:00:00+01:00"},
+    "signature_id without hyphens": {**VALID, "signature_id": VALID["signature_id"].replace("-", "")},
+    "event_id null": {**VALID, "event_id": None},
+    "updates as a string": {**VALID, "consent": {"updates": "true"}},
+    "first_name null": {**VALID, "first_name": None},
+    "locale a number": {**VALID, "locale": 5},
     **{f"without {field}": _without(field) for field in VALID},
 }
 
@@ -94,3 +107,30 @@ def test_not_json_is_poison_to_both() -> None:
     with pytest.raises(ValueError):
         decode_countable(b"{not json")
     assert not _model_accepts(b"{not json")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("country", "FR\n"),
+        ("country", "fr"),
+        ("case_id", "nawal-benaissa\n"),
+        ("case_id", "Nawal"),
+        ("supporter_key", ""),
+        ("supporter_key", "a" * 129),
+        ("locale", ""),
+    ],
+)
+def test_tally_refuses_what_would_make_a_counter_wrong(field: str, value: str) -> None:
+    # Valid to the event's schema, but a counter keyed by it would be wrong forever.
+    raw = orjson.dumps({**VALID, field: value})
+    assert _model_accepts(raw)
+    with pytest.raises(ValueError, match=field):
+        decode_countable(raw)
+
+
+def test_defaults_of_the_model_fill_what_the_record_leaves_out() -> None:
+    signature = decode_countable(orjson.dumps(VARIANTS["minimal"]))
+    assert signature.action == "signature"
+    assert signature.received_at.tzinfo is not None
+    assert signature.signature_id.version == 4
