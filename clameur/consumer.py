@@ -26,7 +26,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -41,9 +41,8 @@ R = TypeVar("R")
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Consumed(Generic[T]):
-    """One decoded record and where it came from."""
+class Consumed(NamedTuple, Generic[T]):
+    """One decoded record and where it came from (a tuple: one is built per record)."""
 
     event: T
     partition: int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import sys
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
@@ -45,8 +46,23 @@ def uvicorn_options(host: str, port: int) -> dict[str, Any]:
     }
 
 
+# The cyclic garbage collector's first generation is collected every 700 new container
+# objects by default: a service decoding thousands of events a second ran it hundreds of
+# times a second, over batches that are garbage only once they are applied.  Startup's
+# objects (modules, settings, the app) are frozen out of its sight, and it runs every
+# 100,000 objects: tally drained 17% faster (docs/benchmarks.md, tally).
+GC_THRESHOLDS = (100_000, 50, 100)
+
+
+def tune_garbage_collector() -> None:
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def serve(app: Any, *, host: str, port: int) -> None:
     """Serve ``app`` until SIGTERM or Ctrl-C, then exit cleanly after the drain."""
+    tune_garbage_collector()
     _DrainingServer(uvicorn.Config(app, **uvicorn_options(host, port))).run()
 
 
