@@ -46,23 +46,26 @@ def uvicorn_options(host: str, port: int) -> dict[str, Any]:
     }
 
 
-# The cyclic garbage collector's first generation is collected every 700 new container
-# objects by default: a service decoding thousands of events a second ran it hundreds of
-# times a second, over batches that are garbage only once they are applied.  Startup's
-# objects (modules, settings, the app) are frozen out of its sight, and it runs every
-# 100,000 objects: tally drained 17% faster (docs/benchmarks.md, tally).
-GC_THRESHOLDS = (100_000, 50, 100)
+def tune_garbage_collection() -> None:
+    """Make the cyclic garbage collector rare: call once per serving process, at start.
 
-
-def tune_garbage_collector() -> None:
+    A service's heap is large and long-lived (intake's rate-limit buckets and idempotency
+    answers, the case registry, tally's batches in flight) while a request's or a
+    record's own objects die young.  With the default thresholds (700, 10, 10) the
+    collector ran every few requests or every few hundred records, and now and then
+    traversed the whole heap.  Measured: intake at 4,500 signatures/s, p99 62 ms with
+    them and 24 ms without; tally's drain 17% faster.  What is loaded at start is frozen
+    out of collections; young garbage is still collected (every 100,000 allocations),
+    old generations rarely.
+    """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    gc.set_threshold(100_000, 50, 1000)
 
 
 def serve(app: Any, *, host: str, port: int) -> None:
     """Serve ``app`` until SIGTERM or Ctrl-C, then exit cleanly after the drain."""
-    tune_garbage_collector()
+    tune_garbage_collection()
     _DrainingServer(uvicorn.Config(app, **uvicorn_options(host, port))).run()
 
 

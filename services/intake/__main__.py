@@ -13,7 +13,7 @@ import uvicorn
 
 from clameur.logs import configure_logging
 from clameur.serving import load_settings, serve, uvicorn_options
-from intake.app import create_app, tune_garbage_collection
+from intake.app import create_app
 from intake.settings import IntakeSettings
 
 
@@ -31,7 +31,6 @@ def main() -> int:
             **uvicorn_options(settings.host, settings.intake_port),
         )
         return 0
-    tune_garbage_collection()
     serve(create_app(settings), host=settings.host, port=settings.intake_port)
     return 0
 
