@@ -6,7 +6,8 @@ aiosmtpd on asyncio in its own process (so it does not share a core's event loop
 what it measures).  It stores nothing but counters: messages accepted, recipients,
 distinct recipients, distinct ``Message-ID`` values (a message sent twice shows up as a
 duplicate), and the times of the first and last message.  Every ``--every`` seconds and
-on exit it writes them as JSON to ``--stats`` (atomically: written then renamed).
+on exit it writes them as JSON to ``--stats`` (atomically: written then renamed).  With
+``--sample PATH`` it also keeps the first message it receives, as received, in PATH.
 """
 
 from __future__ import annotations
@@ -55,10 +56,11 @@ class Counts:
 
 
 class CountingHandler:
-    """aiosmtpd handler: accept every message, count it, keep nothing else."""
+    """aiosmtpd handler: accept every message, count it, keep nothing else (but the sample)."""
 
-    def __init__(self, counts: Counts) -> None:
+    def __init__(self, counts: Counts, sample: Path | None = None) -> None:
         self.counts = counts
+        self.sample = sample
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         counts = self.counts
@@ -73,6 +75,8 @@ class CountingHandler:
         if isinstance(content, str):
             content = content.encode()
         counts.total_bytes += len(content)
+        if self.sample is not None and counts.messages == 1:
+            self.sample.write_bytes(content)
         # Headers end at the first blank line; the Message-ID is among them.
         found = _MESSAGE_ID.search(content, 0, max(content.find(b"\r\n\r\n"), 0) or len(content))
         if found:
@@ -88,9 +92,9 @@ def write_stats(path: Path, counts: Counts) -> None:
     os.replace(partial, path)
 
 
-async def serve(host: str, port: int, stats: Path, every_s: float) -> None:
+async def serve(host: str, port: int, stats: Path, every_s: float, sample: Path | None = None) -> None:
     counts = Counts()
-    handler = CountingHandler(counts)
+    handler = CountingHandler(counts, sample)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: SMTP(handler, enable_SMTPUTF8=True, data_size_limit=10 * 1024 * 1024, hostname="sink"),
@@ -128,8 +132,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--stats", type=Path, required=True)
     parser.add_argument("--every", type=float, default=0.25, help="seconds between stats writes")
+    parser.add_argument("--sample", type=Path, help="keep the first message received here")
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port, args.stats, args.every))
+    asyncio.run(serve(args.host, args.port, args.stats, args.every, args.sample))
 
 
 if __name__ == "__main__":
