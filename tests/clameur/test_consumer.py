@@ -1,0 +1,126 @@
+"""The batch consumer against a real broker: every record applied once, across a rebalance.
+
+The applier here keeps its effect and its offsets together in memory, as tally and notify
+keep theirs in one Postgres transaction; it stands in for them behind the same
+:class:`clameur.consumer.BatchApplier` protocol.  A record applied twice (read before the
+seek to stored offsets, or prefetched before a rebalance and applied after it) or never
+applied fails these tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Collection
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from clameur.consumer import Batch, BatchConsumer, BatchLimits, ConsumerMetrics
+from clameur.kafka import create_producer
+from clameur.topics import Topics
+from tests.support import eventually
+
+
+class RecordingApplier:
+    """Applies a batch by remembering its records; the offsets are stored with them."""
+
+    def __init__(self, applied: Counter[tuple[int, int]], offsets: dict[int, int], delay_s: float) -> None:
+        self.applied = applied
+        self.offsets = offsets
+        self.delay_s = delay_s
+        self.lock = asyncio.Lock()  # the "transaction": shared by the instances of a group
+
+    async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
+        return {partition: self.offsets[partition] for partition in partitions if partition in self.offsets}
+
+    async def apply(self, batch: Batch[bytes]) -> None:
+        await asyncio.sleep(self.delay_s)  # the database's time: the next batch is read meanwhile
+        async with self.lock:
+            self.applied.update((consumed.partition, consumed.offset) for consumed in batch.events)
+            for partition, offset in batch.next_offsets.items():
+                self.offsets[partition] = max(self.offsets.get(partition, 0), offset)
+
+
+async def _produce(bootstrap: str, topic: str, count: int) -> None:
+    producer = create_producer(bootstrap, linger_ms=20)
+    await producer.start()
+    try:
+        acks = [await producer.send(topic, b"record %d" % n, key=b"key %d" % (n % 7)) for n in range(count)]
+        await asyncio.gather(*acks)
+    finally:
+        await producer.stop()
+
+
+def _consumer(
+    infra: Any, topics: Topics, group: str, applier: RecordingApplier, name: str
+) -> BatchConsumer[bytes]:
+    dlq = create_producer(infra.kafka)
+    return BatchConsumer(
+        bootstrap=infra.kafka,
+        topic=topics.signatures,
+        group_id=group,
+        decode=bytes,
+        applier=applier,
+        dlq_producer=dlq,
+        metrics=ConsumerMetrics(CollectorRegistry(), name),
+        limits=BatchLimits(max_records=50, max_wait_s=0.05),
+        client_id=name,
+    )
+
+
+async def _run(consumer: BatchConsumer[bytes]) -> asyncio.Task[None]:
+    await consumer.dlq_producer.start()
+    return asyncio.create_task(consumer.run())
+
+
+async def _stop(consumer: BatchConsumer[bytes], task: asyncio.Task[None]) -> None:
+    consumer.stop()
+    await asyncio.wait_for(task, timeout=30)
+    await consumer.dlq_producer.stop()
+
+
+async def test_a_backlog_is_applied_once_each(infra: Any, topics: Topics, new_id: Any) -> None:
+    await _produce(infra.kafka, topics.signatures, 2_000)  # there before the first assignment
+    applied: Counter[tuple[int, int]] = Counter()
+    applier = RecordingApplier(applied, {}, delay_s=0.02)
+    consumer = _consumer(infra, topics, new_id("group"), applier, "one")
+    task = await _run(consumer)
+    try:
+        await eventually(lambda: _total(applied, 2_000), within=60, what="2,000 records applied")
+    finally:
+        await _stop(consumer, task)
+    assert sum(applied.values()) == len(applied) == 2_000, "a record was applied twice"
+
+
+async def test_a_rebalance_in_the_middle_applies_every_record_once(
+    infra: Any, topics: Topics, new_id: Any
+) -> None:
+    group = new_id("group")
+    applied: Counter[tuple[int, int]] = Counter()
+    offsets: dict[int, int] = {}
+    shared_lock = asyncio.Lock()
+    first_applier = RecordingApplier(applied, offsets, delay_s=0.05)
+    second_applier = RecordingApplier(applied, offsets, delay_s=0.05)
+    first_applier.lock = second_applier.lock = shared_lock
+    await _produce(infra.kafka, topics.signatures, 3_000)
+    first = _consumer(infra, topics, group, first_applier, "first")
+    first_task = await _run(first)
+    second = _consumer(infra, topics, group, second_applier, "second")
+    second_task: asyncio.Task[None] | None = None
+    try:
+        await eventually(lambda: _total(applied, 300), within=60, what="the first batches applied")
+        second_task = await _run(second)  # joins the group: the partitions are shared anew
+        await _produce(infra.kafka, topics.signatures, 1_000)
+        await eventually(lambda: _total(applied, 4_000), within=90, what="4,000 records applied")
+    finally:
+        await _stop(first, first_task)
+        if second_task is not None:
+            await _stop(second, second_task)
+    twice = [record for record, times in applied.items() if times > 1]
+    assert not twice, f"applied more than once: {twice[:5]}"
+    assert len(applied) == 4_000
+
+
+async def _total(applied: Counter[tuple[int, int]], at_least: int) -> bool:
+    return len(applied) >= at_least
