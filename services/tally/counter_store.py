@@ -47,8 +47,9 @@ logger = logging.getLogger(__name__)
 
 # A batch reaches Postgres by binary COPY into a temporary table, then one INSERT ... SELECT:
 # COPY costs the client a third of what encoding seven arrays for ``unnest`` did, and the
-# server less too (docs/benchmarks.md, tally).  The table lives as long as the connection
-# and is emptied at every commit.
+# server less too (docs/benchmarks.md, tally).  The table has the columns of
+# tally.signatures plus the batch order ``n``; it lives as long as the connection and is
+# emptied at every commit.
 _STAGE = "tally_incoming_signatures"
 _STAGE_COLUMNS = (
     "case_id",
@@ -62,13 +63,7 @@ _STAGE_COLUMNS = (
 )
 _CREATE_STAGE = """
 CREATE TEMPORARY TABLE IF NOT EXISTS tally_incoming_signatures (
-    case_id text NOT NULL,
-    supporter_key text NOT NULL,
-    action text NOT NULL,
-    signature_id uuid NOT NULL,
-    country text NOT NULL,
-    locale text NOT NULL,
-    received_at timestamptz NOT NULL,
+    LIKE tally.signatures INCLUDING DEFAULTS,
     n integer NOT NULL
 ) ON COMMIT DELETE ROWS
 """
