@@ -20,6 +20,7 @@ of every assigned partition to its stored offset, after that batch was read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -150,6 +151,10 @@ class BatchConsumer(Generic[T]):
     _apply_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Bumped by every rebalance: batches read in an older generation are dropped.
     _generation: int = 0
+    # Set from the end of an assignment (after the seek) to the next revocation: nothing
+    # is read outside it, because until the new assignment arrives aiokafka still returns
+    # records of partitions that may already be another instance's.
+    _assigned: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _consumer: AIOKafkaConsumer | None = None
     _started: asyncio.Event = field(default_factory=asyncio.Event)
@@ -158,6 +163,7 @@ class BatchConsumer(Generic[T]):
         """Partitions are being revoked: finish the batch being applied (its offsets get
         stored), and make every batch read so far stale."""
         async with self._apply_lock:
+            self._assigned.clear()
             self._generation += 1
 
     async def after_rebalance(self, assigned: Collection[TopicPartition]) -> None:
@@ -165,6 +171,7 @@ class BatchConsumer(Generic[T]):
         async with self._read_lock:
             await self.seek_to_stored(assigned)
             self._generation += 1
+            self._assigned.set()
 
     async def seek_to_stored(self, assigned: Collection[TopicPartition]) -> None:
         consumer = self._consumer
@@ -228,7 +235,15 @@ class BatchConsumer(Generic[T]):
         while not self._stopping.is_set():
             # The read lock spans fetch and decode: the seek after a rebalance never
             # races a half-gathered batch.
+            if not self._assigned.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._assigned.wait(), self.limits.idle_poll_s)
+                continue
             async with self._read_lock:
+                if not self._assigned.is_set():
+                    continue  # revoked while waiting for the lock
+                # Read with the flag, without an await between: a revocation from here on
+                # bumps the generation, and this batch is dropped.
                 generation = self._generation
                 records = await self._fetch_batch(consumer)
                 if not records:
