@@ -14,7 +14,9 @@ fetched and decoded.  A rebalance makes the batches read before it stale (they m
 records of partitions given away, or read from positions the seek to stored offsets then
 moved): each batch carries the generation it was read in, and a stale one is dropped
 rather than applied.  Nothing is lost by the drop, because the rebalance ends with a seek
-of every assigned partition to its stored offset, after that batch was read.
+of every assigned partition to its stored offset, after that batch was read.  Between a
+revocation and the next assignment nothing is read at all: aiokafka would still return
+records of partitions that another instance may already be reading.
 """
 
 from __future__ import annotations
