@@ -17,7 +17,7 @@ from uuid import UUID, uuid4
 
 import msgspec
 
-from clameur.events import CASE_ID_PATTERN, Action, decode_signature, is_case_id, utc_now
+from clameur.events import Action, decode_signature, is_case_id, utc_now
 
 TOTAL = "total"
 COUNTRY = "country"
@@ -93,13 +93,9 @@ def counted(signature: Countable) -> CountedSignature:
 # ``SignatureAccepted`` field for field, as msgspec structs: msgspec checks a record against
 # them three times faster than pydantic builds the model (docs/benchmarks.md, tally), which
 # at 50,000 records a second is most of a core.  The structs are stricter than the model
-# (no lax coercions such as "1" for 1) and carry tally's own checks as constraints; a
-# record they refuse is decoded again by the model, which has the last word on poison, and
-# then checked by :func:`_check` (tests/tally/test_decode_parity.py keeps the two in step).
-_Country = Annotated[str, msgspec.Meta(pattern=r"\A[A-Z]{2}\Z")]
-_CaseId = Annotated[str, msgspec.Meta(pattern=CASE_ID_PATTERN.replace("^", "\\A").replace("$", "\\Z"))]
-_SupporterKey = Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_SUPPORTER_KEY)]
-_Locale = Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_LOCALE)]
+# (no lax coercions such as "1" for 1); a record they refuse is decoded again by the
+# model, which has the last word on poison (tests/tally/test_decode_parity.py keeps the
+# two in step).  Either way, :func:`_check` then applies tally's own rules.
 _Aware = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
@@ -115,12 +111,12 @@ class _Source(msgspec.Struct, gc=False):
 
 
 class _SignatureFields(msgspec.Struct, gc=False):
-    case_id: _CaseId
+    case_id: str
     first_name: str
     last_name: str
-    country: _Country
-    locale: _Locale
-    supporter_key: _SupporterKey
+    country: str
+    locale: str
+    supporter_key: str
     event_id: UUID | msgspec.UnsetType = msgspec.UNSET
     schema: int | msgspec.UnsetType = msgspec.UNSET
     schema_version: int | msgspec.UnsetType = msgspec.UNSET
@@ -161,18 +157,20 @@ def decode_countable(raw: bytes) -> CountedSignature:
     try:
         fields = _SIGNATURE_FIELDS.decode(raw)
     except msgspec.DecodeError:  # also msgspec.ValidationError
-        # The model decides (pydantic.ValidationError is a ValueError), then tally's checks.
+        # The model decides (pydantic.ValidationError is a ValueError).
         return _check(counted(decode_signature(raw)))
     signature_id = fields.signature_id
     received_at = fields.received_at
-    return CountedSignature(
-        fields.case_id,
-        fields.supporter_key,
-        fields.action,
-        uuid4() if signature_id is msgspec.UNSET else signature_id,  # the model's defaults
-        fields.country,
-        fields.locale,
-        utc_now() if received_at is msgspec.UNSET else received_at,
+    return _check(
+        CountedSignature(
+            fields.case_id,
+            fields.supporter_key,
+            fields.action,
+            uuid4() if signature_id is msgspec.UNSET else signature_id,  # the model's defaults
+            fields.country,
+            fields.locale,
+            utc_now() if received_at is msgspec.UNSET else received_at,
+        )
     )
 
 
