@@ -12,11 +12,11 @@ is retried with backoff and nothing is committed until it succeeds.
 Reading and applying overlap: while the applier writes one batch, the next one is
 fetched and decoded.  A rebalance makes the batches read before it stale (they may hold
 records of partitions given away, or read from positions the seek to stored offsets then
-moved): each batch carries the generation it was read in, and a stale one is dropped
-rather than applied.  Nothing is lost by the drop, because the rebalance ends with a seek
-of every assigned partition to its stored offset, after that batch was read.  Between a
-revocation and the next assignment nothing is read at all: aiokafka would still return
-records of partitions that another instance may already be reading.
+moved): each batch carries the generation it was read in, a revocation starts a new
+one, and a stale batch is dropped rather than applied.  Between a revocation and the
+next assignment nothing is read at all: aiokafka would still return records of
+partitions that another instance may already be reading.  Nothing is lost by the drop,
+because the assignment begins with a seek of every partition to its stored offset.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ class BatchConsumer(Generic[T]):
     _read_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Held while a batch is applied; a revocation waits for it.
     _apply_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # Bumped by every rebalance: batches read in an older generation are dropped.
+    # Bumped by every revocation: batches read in an older generation are dropped.
     _generation: int = 0
     # Set from the end of an assignment (after the seek) to the next revocation: nothing
     # is read outside it, because until the new assignment arrives aiokafka still returns
@@ -169,10 +169,10 @@ class BatchConsumer(Generic[T]):
             self._generation += 1
 
     async def after_rebalance(self, assigned: Collection[TopicPartition]) -> None:
-        """Seek to the stored offsets, then make stale whatever was read before the seek."""
+        """Seek to the stored offsets, then let reading resume (nothing was read since the
+        revocation)."""
         async with self._read_lock:
             await self.seek_to_stored(assigned)
-            self._generation += 1
             self._assigned.set()
 
     async def seek_to_stored(self, assigned: Collection[TopicPartition]) -> None:
@@ -235,12 +235,12 @@ class BatchConsumer(Generic[T]):
 
     async def _read_batches(self, consumer: AIOKafkaConsumer, ready: asyncio.Queue[_Read[T] | None]) -> None:
         while not self._stopping.is_set():
-            # The read lock spans fetch and decode: the seek after a rebalance never
-            # races a half-gathered batch.
             if not self._assigned.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._assigned.wait(), self.limits.idle_poll_s)
                 continue
+            # The read lock spans fetch and decode: the seek after a rebalance never
+            # races a half-gathered batch.
             async with self._read_lock:
                 if not self._assigned.is_set():
                     continue  # revoked while waiting for the lock
