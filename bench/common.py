@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import math
@@ -660,3 +661,34 @@ def millis(seconds: float | None) -> str:
 
 def count(value: float) -> str:
     return f"{value:,.0f}"
+
+
+def report(
+    name: str,
+    *,
+    title: str,
+    facts: MachineFacts,
+    rows: Sequence[Row],
+    setup: Sequence[str],
+    options: argparse.Namespace,
+    failed: str | None = None,
+    details: Sequence[str] = (),
+) -> int:
+    """The end of every bench: its section (unless ``--no-write``), its rows, its exit status.
+
+    ``failed`` says which exactness check failed (exit 1, with ``details`` below it);
+    ``--strict`` also fails on a missed goal.  ``options`` are the run arguments of
+    :func:`bench.infra.add_run_arguments`.
+    """
+    if not options.no_write:
+        write_section(name, section(title=title, facts=facts, rows=rows, setup=setup, notes=options.note))
+    for row in rows:
+        print(f"{row.measure}: {row.value} {row.goal} {row.verdict}")
+    if failed is not None:
+        say(f"FAILED: {failed}")
+        for detail in details:
+            say(f"  {detail}")
+        return 1
+    if options.strict and any(row.passed is False for row in rows):
+        return 1
+    return 0

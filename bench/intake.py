@@ -45,14 +45,13 @@ from bench.common import (
     machine_facts,
     millis,
     per_second,
+    report,
     run_wrk,
     say,
     scrape_workers,
-    section,
     summed,
     uvicorn_argv,
     wait_until,
-    write_section,
 )
 from bench.infra import (
     BenchRun,
@@ -412,21 +411,15 @@ def main(argv: list[str] | None = None) -> int:
         "Kafka: the dev profile's single broker on the same machine, the run's own topics "
         "(signatures.v1 with 6 partitions); producer `acks=all`, idempotent, intake's default linger",
     ]
-    if not args.no_write:
-        write_section(
-            "intake",
-            section(
-                title="Intake (`make bench-intake`)", facts=facts, rows=rows, setup=setup, notes=args.note
-            ),
-        )
-    for row in rows:
-        print(f"{row.measure}: {row.value} {row.goal} {row.verdict}")
-    if not exact:
-        say("FAILED: some 202s are not on the broker")
-        return 1
-    if args.strict and any(row.passed is False for row in rows):
-        return 1
-    return 0
+    return report(
+        "intake",
+        title="Intake (`make bench-intake`)",
+        facts=facts,
+        rows=rows,
+        setup=setup,
+        options=args,
+        failed=None if exact else "some 202s are not on the broker",
+    )
 
 
 if __name__ == "__main__":

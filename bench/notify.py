@@ -37,12 +37,11 @@ from bench.common import (
     machine_facts,
     per_second,
     port_open,
+    report,
     say,
     scrape,
-    section,
     total,
     wait_until,
-    write_section,
 )
 from bench.infra import BenchRun, add_run_arguments, bench_case, load_topic, publish_events, service_env
 from bench.smtp_sink import read_stats
@@ -318,21 +317,15 @@ def main(argv: list[str] | None = None) -> int:
         f"one process, of {count(supporters)} copies of the first email notify sent in this run (the sink "
         "reads DATA line by line: a message's cost to it depends on its lines, not only its size)",
     ]
-    if not args.no_write:
-        write_section(
-            "notify",
-            section(
-                title="Notify (`make bench-notify`)", facts=facts, rows=rows, setup=setup, notes=args.note
-            ),
-        )
-    for row in rows:
-        print(f"{row.measure}: {row.value} {row.goal} {row.verdict}")
-    if not exact:
-        say("FAILED: not exactly one email per supporter")
-        return 1
-    if args.strict and any(row.passed is False for row in rows):
-        return 1
-    return 0
+    return report(
+        "notify",
+        title="Notify (`make bench-notify`)",
+        facts=facts,
+        rows=rows,
+        setup=setup,
+        options=args,
+        failed=None if exact else "not exactly one email per supporter",
+    )
 
 
 if __name__ == "__main__":

@@ -48,13 +48,12 @@ from bench.common import (
     machine_facts,
     millis,
     per_second,
+    report,
     run_wrk,
     say,
     scrape,
-    section,
     subtract,
     total,
-    write_section,
 )
 from bench.infra import BenchRun, add_run_arguments, read_topic, service_env
 from bench.intake import (
@@ -505,25 +504,15 @@ def main(argv: list[str] | None = None) -> int:
         "against tally's stored counters and signatures for the case",
         "the reference runs after the services are stopped, with the same wrk script and connections",
     ]
-    if not args.no_write:
-        write_section(
-            "pipeline",
-            section(
-                title="The whole pipeline (`make bench`)",
-                facts=facts,
-                rows=rows,
-                setup=setup,
-                notes=args.note,
-            ),
-        )
-    for row in rows:
-        print(f"{row.measure}: {row.value} {row.goal} {row.verdict}")
-    if problems:
-        say("FAILED: " + "; ".join(problems))
-        return 1
-    if args.strict and any(row.passed is False for row in rows):
-        return 1
-    return 0
+    return report(
+        "pipeline",
+        title="The whole pipeline (`make bench`)",
+        facts=facts,
+        rows=rows,
+        setup=setup,
+        options=args,
+        failed="; ".join(problems) if problems else None,
+    )
 
 
 if __name__ == "__main__":

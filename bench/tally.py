@@ -44,11 +44,10 @@ from bench.common import (
     machine_facts,
     millis,
     per_second,
+    report,
     say,
     scrape,
-    section,
     total,
-    write_section,
 )
 from bench.infra import BenchRun, add_run_arguments, load_topic, service_env
 from bench.synthetic import TallyLoad
@@ -347,21 +346,16 @@ def main(argv: list[str] | None = None) -> int:
         "single broker",
         "accept-to-counted under load is measured by the pipeline bench (`make bench`)",
     ]
-    if not args.no_write:
-        write_section(
-            "tally",
-            section(title="Tally (`make bench-tally`)", facts=facts, rows=rows, setup=setup, notes=args.note),
-        )
-    for row in rows:
-        print(f"{row.measure}: {row.value} {row.goal} {row.verdict}")
-    if not exact or not naive_exact:
-        say("FAILED: the counters are not exact")
-        for problem in result.problems:
-            say(f"  {problem}")
-        return 1
-    if args.strict and any(row.passed is False for row in rows):
-        return 1
-    return 0
+    return report(
+        "tally",
+        title="Tally (`make bench-tally`)",
+        facts=facts,
+        rows=rows,
+        setup=setup,
+        options=args,
+        failed=None if exact and naive_exact else "the counters are not exact",
+        details=result.problems,
+    )
 
 
 if __name__ == "__main__":
