@@ -30,6 +30,7 @@ from bench.common import Child, Children, new_run_id, port_open, run_dir, say
 from clameur.database import migrate
 from clameur.events import Action, CaseState, Event
 from clameur.topics import Topics, ensure_topics
+from devstack import databases
 from devstack.layout import DEV
 from devstack.stack import Stack
 
@@ -268,30 +269,15 @@ def bench_case(
 # -- a run's own database -------------------------------------------------------------------------
 
 
-def database_dsn(dsn: str, name: str) -> str:
-    """``dsn`` pointing at database ``name`` on the same server."""
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
-
-
 async def create_database(dsn: str, name: str) -> str:
     """Create database ``name`` next to ``dsn``'s; returns its DSN."""
-    connection = await asyncpg.connect(dsn)
-    try:
-        # The name comes from the bench (letters, digits, underscores), never from input.
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
+    created = await databases.create_database(dsn, name)
     say(f"database {name} created")
-    return database_dsn(dsn, name)
+    return created
 
 
 async def drop_database(dsn: str, name: str) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
+    await databases.drop_database(dsn, name)
     say(f"database {name} dropped")
 
 

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from clameur.database import migrate
 from clameur.topics import Topics, ensure_topics
+from devstack.databases import create_database, drop_database
 from tests.support import base_env, free_port
 
 TEST_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
@@ -90,27 +90,6 @@ def _from_local_stack() -> tuple[str, str]:
     return TEST.kafka_bootstrap, stack.postgres.dsn
 
 
-async def _create_database(server_dsn: str, name: str) -> str:
-    connection = await asyncpg.connect(server_dsn)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    base, _, _ = server_dsn.rpartition("/")
-    query = ""
-    if "?" in server_dsn.rsplit("/", 1)[1]:
-        query = "?" + server_dsn.rsplit("?", 1)[1]
-    return f"{base}/{name}{query}"
-
-
-async def _drop_database(server_dsn: str, name: str) -> None:
-    connection = await asyncpg.connect(server_dsn)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(scope="session")
 def infra() -> Iterator[Infra]:
     with ExitStack() as stack:
@@ -124,7 +103,7 @@ def infra() -> Iterator[Infra]:
             kafka, server_dsn = _from_local_stack()
             source = "the local test stack (.cache/test: Kafka 127.0.0.1:19092, Postgres 127.0.0.1:15433)"
         name = f"clameur_test_{uuid.uuid4().hex[:8]}"
-        database_url = asyncio.run(_create_database(server_dsn, name))
+        database_url = asyncio.run(create_database(server_dsn, name))
         for schema in ("tally", "notify"):
             migrate(schema, database_url)
         print(f"\n[clameur tests] Kafka {kafka}, Postgres database {name}: from {source}")
@@ -132,7 +111,7 @@ def infra() -> Iterator[Infra]:
             yield Infra(kafka=kafka, server_dsn=server_dsn, database_url=database_url, source=source)
         finally:
             with suppress(Exception):
-                asyncio.run(_drop_database(server_dsn, name))
+                asyncio.run(drop_database(server_dsn, name))
 
 
 def pytest_report_header(config: pytest.Config) -> str:
