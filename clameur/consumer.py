@@ -4,8 +4,8 @@ Contract (see STYLE.md, "Consumers"): no auto-commit; a batch is bounded by size
 time; the applier stores the effect *and* each partition's next offset in one
 transaction, so the database, not Kafka, says where to resume.  On every assignment
 the loop seeks to the offsets the applier stored (the beginning where it stored none).
-After the effect is committed the offsets are also committed to Kafka, best effort,
-so standard lag tools work.  A record that cannot be decoded goes to ``<topic>.dlq``
+After the effect is committed the offsets are also committed to Kafka, best effort
+and without holding up the next batch, so standard lag tools work.  A record that cannot be decoded goes to ``<topic>.dlq``
 and the partition keeps flowing.  A failing apply (database restarting, broker gone)
 is retried with backoff and nothing is committed until it succeeds.
 
@@ -107,6 +107,9 @@ class BatchLimits:
     # broker's 500 ms default) keeps the hot one from being fetched.  Measured in
     # docs/benchmarks.md (tally): 500 ms spent half of the drain waiting, 50 ms a tenth.
     fetch_max_wait_ms: int = 50
+    # The reader parses and decodes this many records, then lets the applier run: without
+    # it, every reply from the database waits behind a whole batch being decoded.
+    read_slice: int = 500
 
 
 class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -118,6 +121,34 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         await self._loop.after_rebalance(assigned)
+
+
+class _PendingCommits:
+    """The next offsets to commit to Kafka, per partition: the newest offered wins."""
+
+    def __init__(self) -> None:
+        self._offsets: dict[int, int] = {}
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    def offer(self, next_offsets: dict[int, int]) -> None:
+        for partition, offset in next_offsets.items():
+            self._offsets[partition] = max(offset, self._offsets.get(partition, offset))
+        self._ready.set()
+
+    def close(self) -> None:
+        """Nothing more will be offered: :meth:`take` returns what is left, then ``None``."""
+        self._closed = True
+        self._ready.set()
+
+    async def take(self) -> dict[int, int] | None:
+        while not self._offsets:
+            if self._closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        offsets, self._offsets = self._offsets, {}
+        return offsets
 
 
 @dataclass(frozen=True)
@@ -223,10 +254,13 @@ class BatchConsumer(Generic[T]):
         self._started.set()
         # One batch waits here while another is applied: reading overlaps the database.
         ready: asyncio.Queue[_Read[T] | None] = asyncio.Queue(maxsize=1)
+        # Offsets the database has, on their way to Kafka without holding up the next batch.
+        commits = _PendingCommits()
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._read_batches(consumer, ready))
-                tasks.create_task(self._apply_batches(consumer, ready))
+                tasks.create_task(self._apply_batches(consumer, ready, commits))
+                tasks.create_task(self._commit_to_kafka(consumer, commits))
         except BaseExceptionGroup as group:
             # One task failed (the other was cancelled by it): raise what went wrong.
             raise group.exceptions[0] from None
@@ -254,7 +288,17 @@ class BatchConsumer(Generic[T]):
             await ready.put(_Read(generation, batch))
         await ready.put(None)  # stopping: the applier finishes what was read, then returns
 
-    async def _apply_batches(self, consumer: AIOKafkaConsumer, ready: asyncio.Queue[_Read[T] | None]) -> None:
+    async def _apply_batches(
+        self, consumer: AIOKafkaConsumer, ready: asyncio.Queue[_Read[T] | None], commits: _PendingCommits
+    ) -> None:
+        try:
+            await self._apply_until_stopped(consumer, ready, commits)
+        finally:
+            commits.close()
+
+    async def _apply_until_stopped(
+        self, consumer: AIOKafkaConsumer, ready: asyncio.Queue[_Read[T] | None], commits: _PendingCommits
+    ) -> None:
         while (read := await ready.get()) is not None:
             batch = read.batch
             async with self._apply_lock:
@@ -265,13 +309,15 @@ class BatchConsumer(Generic[T]):
                     )
                     continue
                 await self._retrying("apply batch", functools.partial(self.applier.apply, batch))
-            await self._commit_to_kafka(consumer, batch)
+            commits.offer(batch.next_offsets)
             self._observe_lag(consumer, batch)
 
     async def _fetch_batch(self, consumer: AIOKafkaConsumer) -> list[ConsumerRecord[bytes, bytes]]:
         limits = self.limits
+        # aiokafka parses records when they are taken, in one go when they are already
+        # buffered: take them a slice at a time and give way between slices.
         fetched = await consumer.getmany(
-            timeout_ms=int(limits.idle_poll_s * 1000), max_records=limits.max_records
+            timeout_ms=int(limits.idle_poll_s * 1000), max_records=min(limits.max_records, limits.read_slice)
         )
         records = [record for partition_records in fetched.values() for record in partition_records]
         deadline = time.monotonic() + limits.max_wait_s
@@ -279,8 +325,10 @@ class BatchConsumer(Generic[T]):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            await asyncio.sleep(0)
             more = await consumer.getmany(
-                timeout_ms=max(1, int(remaining * 1000)), max_records=limits.max_records - len(records)
+                timeout_ms=max(1, int(remaining * 1000)),
+                max_records=min(limits.max_records - len(records), limits.read_slice),
             )
             records.extend(record for partition_records in more.values() for record in partition_records)
         return records
@@ -289,7 +337,9 @@ class BatchConsumer(Generic[T]):
         events: list[Consumed[T]] = []
         next_offsets: dict[int, int] = {}
         poisoned = 0
-        for record in records:
+        for n, record in enumerate(records, 1):
+            if n % self.limits.read_slice == 0:
+                await asyncio.sleep(0)  # let the applier run
             next_offsets[record.partition] = max(next_offsets.get(record.partition, 0), record.offset + 1)
             try:
                 if record.value is None:
@@ -332,20 +382,26 @@ class BatchConsumer(Generic[T]):
                 await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
                 delay = min(delay * 2, self.limits.retry_max_s)
 
-    async def _commit_to_kafka(self, consumer: AIOKafkaConsumer, batch: Batch[T]) -> None:
-        assigned = consumer.assignment()
-        offsets = {
-            tp: offset
-            for partition, offset in batch.next_offsets.items()
-            if (tp := TopicPartition(self.topic, partition)) in assigned
-        }
-        if not offsets:
-            return
-        try:
-            await consumer.commit(offsets)
-        except KafkaError as error:
-            # Postgres holds the truth; this commit only feeds lag tools.
-            logger.info("Kafka offset commit skipped", extra={"error": type(error).__name__})
+    async def _commit_to_kafka(self, consumer: AIOKafkaConsumer, commits: _PendingCommits) -> None:
+        """Commit what the database has to Kafka too, best effort, until the applier is done.
+
+        Only the newest offset of each partition matters, so the offsets of batches applied
+        while a commit is on its way go together in the next one.
+        """
+        while (offsets := await commits.take()) is not None:
+            assigned = consumer.assignment()
+            mine = {
+                tp: offset
+                for partition, offset in offsets.items()
+                if (tp := TopicPartition(self.topic, partition)) in assigned
+            }
+            if not mine:
+                continue
+            try:
+                await consumer.commit(mine)
+            except KafkaError as error:
+                # Postgres holds the truth; this commit only feeds lag tools.
+                logger.info("Kafka offset commit skipped", extra={"error": type(error).__name__})
 
     def _observe_lag(self, consumer: AIOKafkaConsumer, batch: Batch[T]) -> None:
         if self.lag is None:
