@@ -4,25 +4,32 @@ Contract (see STYLE.md, "Consumers"): no auto-commit; a batch is bounded by size
 time; the applier stores the effect *and* each partition's next offset in one
 transaction, so the database, not Kafka, says where to resume.  On every assignment
 the loop seeks to the offsets the applier stored (the beginning where it stored none).
-After the effect is committed the offsets are also committed to Kafka, best effort
-and without holding up the next batch, so standard lag tools work.  A record that cannot be decoded goes to ``<topic>.dlq``
-and the partition keeps flowing.  A failing apply (database restarting, broker gone)
-is retried with backoff and nothing is committed until it succeeds.
+After the effect is committed the offsets are also committed to Kafka, best effort and
+without holding up the next batch, so standard lag tools work.  A record that cannot be
+decoded goes to ``<topic>.dlq`` and the partition keeps flowing.  A failing apply
+(database restarting, broker gone) is retried with backoff and nothing is committed
+until it succeeds.
 
 Reading and applying overlap: while the applier writes one batch, the next one is
-fetched and decoded.  A rebalance makes the batches read before it stale (they may hold
-records of partitions given away, or read from positions the seek to stored offsets then
-moved): each batch carries the generation it was read in, a revocation starts a new
-one, and a stale batch is dropped rather than applied.  Between a revocation and the
-next assignment nothing is read at all: aiokafka would still return records of
-partitions that another instance may already be reading.  Nothing is lost by the drop,
-because the assignment begins with a seek of every partition to its stored offset.
+fetched and decoded.  An applier may also take up to ``BatchLimits.applies_in_flight``
+batches at once, if it commits each only after the one before
+(``Batch.previous_applied``); a revocation waits for all of them.
+
+A rebalance makes the batches read before it stale (they may hold records of partitions
+given away, or read from positions the seek to stored offsets then moved): each batch
+carries the generation it was read in, a revocation starts a new one, and a stale batch
+is dropped rather than applied.  Between a revocation and the next assignment nothing is
+read at all: aiokafka would still return records of partitions that another instance
+may already be reading.  Nothing is lost by the drop, because the assignment begins
+with a seek of every partition to its stored offset.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import functools
 import logging
 import random
@@ -65,6 +72,19 @@ class Batch(Generic[T]):
     events: list[Consumed[T]]
     next_offsets: dict[int, int]
     poisoned: int = 0
+    # Set once the batch handed to the applier before this one is applied (None: nothing
+    # before it is in flight).  See :meth:`previous_applied`.
+    previous: asyncio.Event | None = None
+
+    async def previous_applied(self) -> None:
+        """Return once the batch before this one is applied (at once when applies do not overlap).
+
+        An applier that takes several batches at once (``BatchLimits.applies_in_flight``)
+        waits for this before it commits: a batch committed ahead of one that failed would
+        store offsets past records never applied.
+        """
+        if self.previous is not None:
+            await self.previous.wait()
 
 
 class BatchApplier(Protocol[T]):
@@ -78,7 +98,10 @@ class BatchApplier(Protocol[T]):
         """Apply the batch and store ``batch.next_offsets`` in one transaction.
 
         Must be idempotent: after a crash the same records come again.  Raising means
-        nothing was applied; the loop retries the same batch.
+        nothing was applied; the loop retries the same batch.  With
+        ``BatchLimits.applies_in_flight`` above 1, a batch is handed over while the one
+        before it may still be running or retrying: the applier commits it only after
+        :meth:`Batch.previous_applied`.
         """
         ...
 
@@ -110,6 +133,10 @@ class BatchLimits:
     # The reader parses and decodes this many records, then lets the applier run: without
     # it, every reply from the database waits behind a whole batch being decoded.
     read_slice: int = 500
+    # Batches being applied at once.  1: one after the other.  More lets an applier
+    # prepare the next batch while the previous one commits (tally), and obliges it to
+    # commit them in order (``Batch.previous_applied``).
+    applies_in_flight: int = 1
 
 
 class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -180,8 +207,15 @@ class BatchConsumer(Generic[T]):
     client_id: str = "clameur"
     # Held while a batch is fetched and decoded, and by the seek after a rebalance.
     _read_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # Held while a batch is applied; a revocation waits for it.
+    # Held while a batch is handed to the applier, and by a revocation while it waits for
+    # the batches in flight.
     _apply_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Applies started and not yet taken back by the loop, oldest first.
+    _in_flight: collections.deque[tuple[asyncio.Task[None], Batch[T]]] = field(
+        default_factory=collections.deque
+    )
+    # Set once the last batch handed to the applier is applied.
+    _last_applied: asyncio.Event | None = None
     # Bumped by every revocation: batches read in an older generation are dropped.
     _generation: int = 0
     # Set from the end of an assignment (after the seek) to the next revocation: nothing
@@ -193,9 +227,11 @@ class BatchConsumer(Generic[T]):
     _started: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def before_rebalance(self) -> None:
-        """Partitions are being revoked: finish the batch being applied (its offsets get
-        stored), and make every batch read so far stale."""
+        """Partitions are being revoked: finish the batches being applied (their offsets
+        get stored), and make every batch read so far stale."""
         async with self._apply_lock:
+            if self._in_flight:  # the loop takes them back, and sees their errors
+                await asyncio.wait([task for task, _ in self._in_flight])
             self._assigned.clear()
             self._generation += 1
 
@@ -299,18 +335,44 @@ class BatchConsumer(Generic[T]):
     async def _apply_until_stopped(
         self, consumer: AIOKafkaConsumer, ready: asyncio.Queue[_Read[T] | None], commits: _PendingCommits
     ) -> None:
-        while (read := await ready.get()) is not None:
-            batch = read.batch
-            async with self._apply_lock:
-                if read.generation != self._generation:
-                    logger.info(
-                        "batch read before a rebalance dropped; its records are read again",
-                        extra={"topic": self.topic, "records": len(batch.events) + batch.poisoned},
-                    )
-                    continue
-                await self._retrying("apply batch", functools.partial(self.applier.apply, batch))
-            commits.offer(batch.next_offsets)
-            self._observe_lag(consumer, batch)
+        try:
+            while (read := await ready.get()) is not None:
+                async with self._apply_lock:
+                    if read.generation != self._generation:
+                        logger.info(
+                            "batch read before a rebalance dropped; its records are read again",
+                            extra={
+                                "topic": self.topic,
+                                "records": len(read.batch.events) + read.batch.poisoned,
+                            },
+                        )
+                        continue
+                    applied = asyncio.Event()
+                    batch = dataclasses.replace(read.batch, previous=self._last_applied)
+                    self._last_applied = applied
+                    self._in_flight.append((asyncio.create_task(self._apply(batch, applied)), batch))
+                while len(self._in_flight) >= self.limits.applies_in_flight:
+                    await self._take_back_oldest(consumer, commits)
+            while self._in_flight:
+                await self._take_back_oldest(consumer, commits)
+        finally:
+            # Stopping on an error: the applies still in flight roll back, and are awaited.
+            tasks = [task for task, _ in self._in_flight]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _apply(self, batch: Batch[T], applied: asyncio.Event) -> None:
+        await self._retrying("apply batch", functools.partial(self.applier.apply, batch))
+        applied.set()
+
+    async def _take_back_oldest(self, consumer: AIOKafkaConsumer, commits: _PendingCommits) -> None:
+        """Wait for the oldest apply in flight (raises if it gave up), then pass its offsets on."""
+        task, batch = self._in_flight[0]
+        await task
+        self._in_flight.popleft()
+        commits.offer(batch.next_offsets)
+        self._observe_lag(consumer, batch)
 
     async def _fetch_batch(self, consumer: AIOKafkaConsumer) -> list[ConsumerRecord[bytes, bytes]]:
         limits = self.limits

@@ -77,7 +77,9 @@ def create_app(settings: TallySettings) -> FastAPI:
             dlq_producer=producer,
             metrics=ConsumerMetrics(registry, SERVICE),
             limits=BatchLimits(
-                max_records=settings.tally_batch_max_records, max_wait_s=settings.tally_batch_max_wait_s
+                max_records=settings.tally_batch_max_records,
+                max_wait_s=settings.tally_batch_max_wait_s,
+                applies_in_flight=settings.tally_batches_in_flight,
             ),
             lag=metrics.consumer_lag,
             client_id="tally",

@@ -151,7 +151,10 @@ class PostgresCounterStore:
     async def apply(self, batch: Batch[Countable]) -> None:
         """Count the batch's new signatures and store its offsets, in one transaction.
 
-        Idempotent: replaying a batch inserts no signature, so it adds nothing.
+        Idempotent: replaying a batch inserts no signature, so it adds nothing.  The
+        signatures are staged first; the rest waits until the batch before this one is
+        applied (tally takes two at once: one is staged while the other commits), so
+        batches commit in order and never wait for each other's rows.
         """
         self._metrics.batches.inc()
         started = time.perf_counter()
@@ -180,6 +183,8 @@ class PostgresCounterStore:
                             for n, s in enumerate(signatures)
                         ],  # action is a StrEnum: written as its value
                     )
+                await batch.previous_applied()
+                if signatures:
                     rows = await connection.fetch(_INSERT_SIGNATURES)
                     for row in rows:
                         case_id, country, action, received_at, count = row

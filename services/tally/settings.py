@@ -20,6 +20,15 @@ class TallySettings(ClameurSettings):
     tally_batch_max_wait_s: float = Field(
         default=0.25, gt=0, description="how long a batch waits to fill once it has a record"
     )
+    tally_batches_in_flight: int = Field(
+        default=2,
+        ge=1,
+        le=4,
+        description=(
+            "batches in the database at once: the next is staged while the previous commits "
+            "(they still commit in order); 1 applies them one after the other"
+        ),
+    )
     tally_relay_poll_s: float = Field(
         default=0.2, gt=0, le=0.2, description="the outbox relay looks for new rows at least this often"
     )

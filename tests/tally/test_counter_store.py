@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,6 +69,32 @@ async def test_the_same_supporter_in_other_spellings_counts_once(
         ("country", "FR"): 1,
         ("action", "signature"): 1,
     }
+
+
+async def test_a_batch_commits_only_after_the_one_before(
+    pool: asyncpg.Pool[Any], topics: Topics, new_id: Any, infra: Any
+) -> None:
+    """Tally stages a batch while the one before it commits; it must not commit first, or
+    the stored offset would pass records never counted (the first batch may yet fail)."""
+    case_id = new_id("nawal")
+    store = _store(pool, topics)
+    first_events = many(case_id, 10)
+    second_events = [*many(case_id, 5, tag="b"), first_events[0]]  # a supporter of the first, again
+    first = _batch(topics.signatures, first_events, partition=3)
+    previous = asyncio.Event()
+    second = dataclasses.replace(
+        _batch(topics.signatures, second_events, partition=3, first_offset=10), previous=previous
+    )
+    waiting = asyncio.create_task(store.apply(second))
+    await asyncio.sleep(0.5)
+    assert not waiting.done(), "the second batch did not wait for the first"
+    assert await counters(infra.database_url, case_id) == {}
+    assert await store.stored_offsets(topics.signatures, [3]) == {}
+    await store.apply(first)
+    previous.set()
+    await asyncio.wait_for(waiting, timeout=10)
+    assert (await counters(infra.database_url, case_id))[("total", "")] == 15
+    assert await store.stored_offsets(topics.signatures, [3]) == {3: 16}
 
 
 async def test_stored_offsets_never_move_backwards(
