@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--partitions", type=int, default=6, help="partitions of the signatures topic")
     parser.add_argument("--batch-records", type=int, help="CLAMEUR_TALLY_BATCH_MAX_RECORDS (tally's default)")
     parser.add_argument("--batch-wait", type=float, help="CLAMEUR_TALLY_BATCH_MAX_WAIT_S (tally's default)")
+    parser.add_argument(
+        "--batches-in-flight", type=int, help="CLAMEUR_TALLY_BATCHES_IN_FLIGHT (tally's default)"
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="give up draining after this long")
     add_run_arguments(parser)
     return parser.parse_args(argv)
@@ -260,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                 extra["CLAMEUR_TALLY_BATCH_MAX_RECORDS"] = str(args.batch_records)
             if args.batch_wait:
                 extra["CLAMEUR_TALLY_BATCH_MAX_WAIT_S"] = str(args.batch_wait)
+            if args.batches_in_flight:
+                extra["CLAMEUR_TALLY_BATCHES_IN_FLIGHT"] = str(args.batches_in_flight)
             env = service_env(run.infra, topic_prefix=topics.prefix, database_url=dsn, extra=extra)
             load = TallyLoad(run.run_id, args.events)
 
@@ -297,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     tally_defaults = TallySettings.model_fields
     default_batch_records = tally_defaults["tally_batch_max_records"].default
     default_batch_wait = tally_defaults["tally_batch_max_wait_s"].default
+    default_in_flight = tally_defaults["tally_batches_in_flight"].default
     rows = [
         Row(
             "drain rate, records/s (first commit to exact counters)",
@@ -335,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(f'{m:,}' for m in HOT_MILESTONES)}), the rest over 19 cases, 30 countries",
         "tally: `python -m tally`, a fresh database (tally's migrations), its own consumer group; batches "
         f"of at most {args.batch_records or default_batch_records} records or "
-        f"{args.batch_wait or default_batch_wait} s"
-        + ("" if args.batch_records or args.batch_wait else " (tally's defaults)"),
+        f"{args.batch_wait or default_batch_wait} s, {args.batches_in_flight or default_in_flight} "
+        "in the database at once"
+        + ("" if args.batch_records or args.batch_wait or args.batches_in_flight else " (tally's defaults)"),
         "drain time: from the first batch's commit (the earliest `counted_at`) until the bench's poll "
         "(every 0.1 s) saw the totals equal the distinct count; then every counter is checked",
         "naive design: the first records, decoded like tally does, each in its own transaction "
