@@ -60,6 +60,28 @@ class Consumed(NamedTuple, Generic[T]):
     timestamp_ms: int
 
 
+class PreviousBatchNotApplied(Exception):
+    """The batch before this one gave up (the consumer is stopping): this one must not commit."""
+
+
+class Outcome:
+    """Whether a batch handed to the applier got applied: settled once, either way."""
+
+    def __init__(self) -> None:
+        self._settled = asyncio.Event()
+        self._applied = False
+
+    def settle(self, *, applied: bool) -> None:
+        self._applied = applied
+        self._settled.set()
+
+    async def applied(self) -> None:
+        """Return once the batch is applied; raise :class:`PreviousBatchNotApplied` if it gave up."""
+        await self._settled.wait()
+        if not self._applied:
+            raise PreviousBatchNotApplied("the batch before this one was not applied")
+
+
 @dataclass(frozen=True)
 class Batch(Generic[T]):
     """Decoded events in offset order per partition, and the offset to resume from.
@@ -72,19 +94,20 @@ class Batch(Generic[T]):
     events: list[Consumed[T]]
     next_offsets: dict[int, int]
     poisoned: int = 0
-    # Set once the batch handed to the applier before this one is applied (None: nothing
-    # before it is in flight).  See :meth:`previous_applied`.
-    previous: asyncio.Event | None = None
+    # The batch handed to the applier before this one (None: nothing before it is in
+    # flight).  See :meth:`previous_applied`.
+    previous: Outcome | None = None
 
     async def previous_applied(self) -> None:
         """Return once the batch before this one is applied (at once when applies do not overlap).
 
         An applier that takes several batches at once (``BatchLimits.applies_in_flight``)
         waits for this before it commits: a batch committed ahead of one that failed would
-        store offsets past records never applied.
+        store offsets past records never applied.  Raises :class:`PreviousBatchNotApplied`
+        when the batch before gave up, which happens only when the consumer is stopping.
         """
         if self.previous is not None:
-            await self.previous.wait()
+            await self.previous.applied()
 
 
 class BatchApplier(Protocol[T]):
@@ -137,6 +160,11 @@ class BatchLimits:
     # prepare the next batch while the previous one commits (tally), and obliges it to
     # commit them in order (``Batch.previous_applied``).
     applies_in_flight: int = 1
+    kafka_commit_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_records < 1 or self.read_slice < 1 or self.applies_in_flight < 1:
+            raise ValueError("max_records, read_slice and applies_in_flight must be at least 1")
 
 
 class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -214,8 +242,8 @@ class BatchConsumer(Generic[T]):
     _in_flight: collections.deque[tuple[asyncio.Task[None], Batch[T]]] = field(
         default_factory=collections.deque
     )
-    # Set once the last batch handed to the applier is applied.
-    _last_applied: asyncio.Event | None = None
+    # The outcome of the last batch handed to the applier.
+    _last_handed: Outcome | None = None
     # Bumped by every revocation: batches read in an older generation are dropped.
     _generation: int = 0
     # Set from the end of an assignment (after the seek) to the next revocation: nothing
@@ -298,7 +326,7 @@ class BatchConsumer(Generic[T]):
                 tasks.create_task(self._apply_batches(consumer, ready, commits))
                 tasks.create_task(self._commit_to_kafka(consumer, commits))
         except BaseExceptionGroup as group:
-            # One task failed (the other was cancelled by it): raise what went wrong.
+            # One task failed (the others were cancelled by it): raise what went wrong.
             raise group.exceptions[0] from None
         finally:
             await consumer.stop()
@@ -347,32 +375,44 @@ class BatchConsumer(Generic[T]):
                             },
                         )
                         continue
-                    applied = asyncio.Event()
-                    batch = dataclasses.replace(read.batch, previous=self._last_applied)
-                    self._last_applied = applied
-                    self._in_flight.append((asyncio.create_task(self._apply(batch, applied)), batch))
+                    outcome = Outcome()
+                    batch = dataclasses.replace(read.batch, previous=self._last_handed)
+                    self._last_handed = outcome
+                    task = asyncio.create_task(self._apply(consumer, batch, outcome, commits))
+                    self._in_flight.append((task, batch))
                 while len(self._in_flight) >= self.limits.applies_in_flight:
-                    await self._take_back_oldest(consumer, commits)
+                    await self._take_back_oldest()
             while self._in_flight:
-                await self._take_back_oldest(consumer, commits)
+                await self._take_back_oldest()
         finally:
             # Stopping on an error: the applies still in flight roll back, and are awaited.
             tasks = [task for task, _ in self._in_flight]
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for result in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(result, Exception) and not isinstance(result, PreviousBatchNotApplied):
+                    logger.warning("apply in flight failed while stopping", extra={"error": repr(result)})
 
-    async def _apply(self, batch: Batch[T], applied: asyncio.Event) -> None:
-        await self._retrying("apply batch", functools.partial(self.applier.apply, batch))
-        applied.set()
-
-    async def _take_back_oldest(self, consumer: AIOKafkaConsumer, commits: _PendingCommits) -> None:
-        """Wait for the oldest apply in flight (raises if it gave up), then pass its offsets on."""
-        task, batch = self._in_flight[0]
-        await task
-        self._in_flight.popleft()
+    async def _apply(
+        self, consumer: AIOKafkaConsumer, batch: Batch[T], outcome: Outcome, commits: _PendingCommits
+    ) -> None:
+        try:
+            await self._retrying("apply batch", functools.partial(self.applier.apply, batch))
+        except BaseException:
+            outcome.settle(applied=False)  # the batches after this one must not wait for it
+            raise
+        outcome.settle(applied=True)
+        # At once, not when the loop takes the task back (that waits for the next batch):
+        # the last batch of a surge moves the lag gauge and Kafka's offsets too.  Batches
+        # settle in order, so offers are made in order.
         commits.offer(batch.next_offsets)
         self._observe_lag(consumer, batch)
+
+    async def _take_back_oldest(self) -> None:
+        """Wait for the oldest apply in flight; raises if it gave up (the consumer is stopping)."""
+        task, _ = self._in_flight[0]
+        await task
+        self._in_flight.popleft()
 
     async def _fetch_batch(self, consumer: AIOKafkaConsumer) -> list[ConsumerRecord[bytes, bytes]]:
         limits = self.limits
@@ -460,8 +500,10 @@ class BatchConsumer(Generic[T]):
             if not mine:
                 continue
             try:
-                await consumer.commit(mine)
-            except KafkaError as error:
+                # Bounded: with the broker gone, aiokafka would wait for a coordinator forever
+                # and a graceful stop with it.
+                await asyncio.wait_for(consumer.commit(mine), timeout=self.limits.kafka_commit_timeout_s)
+            except (KafkaError, TimeoutError) as error:
                 # Postgres holds the truth; this commit only feeds lag tools.
                 logger.info("Kafka offset commit skipped", extra={"error": type(error).__name__})
 

@@ -48,8 +48,11 @@ logger = logging.getLogger(__name__)
 # A batch reaches Postgres by binary COPY into a temporary table, then one INSERT ... SELECT:
 # COPY costs the client a third of what encoding seven arrays for ``unnest`` did, and the
 # server less too (docs/benchmarks.md, tally).  The table has the columns of
-# tally.signatures plus the batch order ``n``; it lives as long as the connection and is
-# emptied at every commit.
+# tally.signatures that a batch writes, plus the batch order ``n``; it lives as long as the
+# connection and is emptied at every commit.  Its columns are spelled out rather than
+# taken ``LIKE tally.signatures``: creating it then takes no lock on tally.signatures,
+# which a batch waiting for the one before it would otherwise hold while it waits (a
+# migration queued behind that lock would block the batch it waits for).
 _STAGE = "tally_incoming_signatures"
 _STAGE_COLUMNS = (
     "case_id",
@@ -63,7 +66,13 @@ _STAGE_COLUMNS = (
 )
 _CREATE_STAGE = """
 CREATE TEMPORARY TABLE IF NOT EXISTS tally_incoming_signatures (
-    LIKE tally.signatures INCLUDING DEFAULTS,
+    case_id text NOT NULL,
+    supporter_key text NOT NULL,
+    action text NOT NULL,
+    signature_id uuid NOT NULL,
+    country text NOT NULL,
+    locale text NOT NULL,
+    received_at timestamptz NOT NULL,
     n integer NOT NULL
 ) ON COMMIT DELETE ROWS
 """

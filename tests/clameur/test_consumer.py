@@ -16,9 +16,16 @@ from collections.abc import Collection
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
-from clameur.consumer import Batch, BatchConsumer, BatchLimits, ConsumerMetrics
+from clameur.consumer import (
+    Batch,
+    BatchConsumer,
+    BatchLimits,
+    ConsumerMetrics,
+    Outcome,
+    PreviousBatchNotApplied,
+)
 from clameur.kafka import create_producer
 from clameur.topics import Topics
 from tests.support import eventually
@@ -90,6 +97,7 @@ def _consumer(
         applier=applier,
         dlq_producer=dlq,
         metrics=ConsumerMetrics(CollectorRegistry(), name),
+        lag=Gauge("lag_records", "Lag.", ["partition"], registry=CollectorRegistry()),
         limits=BatchLimits(
             max_records=50, max_wait_s=0.05, retry_initial_s=0.01, applies_in_flight=in_flight
         ),
@@ -119,6 +127,8 @@ async def test_a_backlog_is_applied_once_each(
     task = await _run(consumer)
     try:
         await eventually(lambda: _total(applied, 2_000), within=60, what="2,000 records applied")
+        # The topic is now idle: the last batch's offsets must show too, not wait for a next one.
+        await eventually(lambda: _lag_is_zero(consumer), within=10, what="the lag gauge at zero")
     finally:
         await _stop(consumer, task)
     assert sum(applied.values()) == len(applied) == 2_000, "a record was applied twice"
@@ -179,3 +189,42 @@ async def test_a_rebalance_in_the_middle_applies_every_record_once(
 
 async def _total(applied: Counter[tuple[int, int]], at_least: int) -> bool:
     return len(applied) >= at_least
+
+
+async def _lag_is_zero(consumer: BatchConsumer[bytes]) -> bool:
+    assert consumer.lag is not None
+    values = [sample.value for metric in consumer.lag.collect() for sample in metric.samples]
+    return bool(values) and all(value == 0 for value in values)
+
+
+# -- the order of batches in flight, without a broker ----------------------------------------------
+
+
+async def test_a_batch_waits_for_the_one_before_it() -> None:
+    previous = Outcome()
+    batch: Batch[bytes] = Batch("t", [], {0: 10}, previous=previous)
+    waiting = asyncio.create_task(batch.previous_applied())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    previous.settle(applied=True)
+    await asyncio.wait_for(waiting, timeout=1)
+
+
+async def test_a_batch_whose_predecessor_gave_up_does_not_wait_forever() -> None:
+    previous = Outcome()
+    batch: Batch[bytes] = Batch("t", [], {0: 10}, previous=previous)
+    waiting = asyncio.create_task(batch.previous_applied())
+    await asyncio.sleep(0.05)
+    previous.settle(applied=False)  # the consumer is stopping: this batch must not commit either
+    with pytest.raises(PreviousBatchNotApplied):
+        await asyncio.wait_for(waiting, timeout=1)
+
+
+async def test_the_first_batch_in_flight_does_not_wait() -> None:
+    await asyncio.wait_for(Batch[bytes]("t", [], {}).previous_applied(), timeout=1)
+
+
+@pytest.mark.parametrize("field", ["max_records", "read_slice", "applies_in_flight"])
+def test_batch_limits_refuse_zero(field: str) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        BatchLimits(**{field: 0})

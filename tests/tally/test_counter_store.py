@@ -15,7 +15,7 @@ from tally.counter_store import PostgresCounterStore
 from tally.counting import Countable
 from tally.metrics import TallyMetrics
 
-from clameur.consumer import Batch, Consumed
+from clameur.consumer import Batch, Consumed, Outcome
 from clameur.events import Action, SignatureAccepted
 from clameur.topics import Topics
 from tests.tally.helpers import case_body, counters, many, signature
@@ -81,18 +81,21 @@ async def test_a_batch_commits_only_after_the_one_before(
     first_events = many(case_id, 10)
     second_events = [*many(case_id, 5, tag="b"), first_events[0]]  # a supporter of the first, again
     first = _batch(topics.signatures, first_events, partition=3)
-    previous = asyncio.Event()
+    previous = Outcome()
     second = dataclasses.replace(
         _batch(topics.signatures, second_events, partition=3, first_offset=10), previous=previous
     )
     waiting = asyncio.create_task(store.apply(second))
-    await asyncio.sleep(0.5)
-    assert not waiting.done(), "the second batch did not wait for the first"
-    assert await counters(infra.database_url, case_id) == {}
-    assert await store.stored_offsets(topics.signatures, [3]) == {}
-    await store.apply(first)
-    previous.set()
-    await asyncio.wait_for(waiting, timeout=10)
+    try:
+        await asyncio.sleep(0.5)
+        assert not waiting.done(), "the second batch did not wait for the first"
+        assert await counters(infra.database_url, case_id) == {}
+        assert await store.stored_offsets(topics.signatures, [3]) == {}
+        await asyncio.wait_for(store.apply(first), timeout=10)
+        previous.settle(applied=True)
+        await asyncio.wait_for(waiting, timeout=10)
+    finally:
+        waiting.cancel()
     assert (await counters(infra.database_url, case_id))[("total", "")] == 15
     assert await store.stored_offsets(topics.signatures, [3]) == {3: 16}
 
