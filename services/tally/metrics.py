@@ -54,7 +54,7 @@ class TallyMetrics:
         )
         self.batch_apply_duration = Histogram(
             "clameur_tally_batch_apply_duration_seconds",
-            "One batch's Postgres transaction.",
+            "One batch's Postgres transaction, including any wait for the batch before it to commit.",
             registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
