@@ -48,11 +48,8 @@ logger = logging.getLogger(__name__)
 # A batch reaches Postgres by binary COPY into a temporary table, then one INSERT ... SELECT:
 # COPY costs the client a third of what encoding seven arrays for ``unnest`` did, and the
 # server less too (docs/benchmarks.md, tally).  The table has the columns of
-# tally.signatures that a batch writes, plus the batch order ``n``; it lives as long as the
-# connection and is emptied at every commit.  Its columns are spelled out rather than
-# taken ``LIKE tally.signatures``: creating it then takes no lock on tally.signatures,
-# which a batch waiting for the one before it would otherwise hold while it waits (a
-# migration queued behind that lock would block the batch it waits for).
+# tally.signatures plus the batch order ``n``; it lives as long as the connection and is
+# emptied at every commit.
 _STAGE = "tally_incoming_signatures"
 _STAGE_COLUMNS = (
     "case_id",
@@ -66,13 +63,7 @@ _STAGE_COLUMNS = (
 )
 _CREATE_STAGE = """
 CREATE TEMPORARY TABLE IF NOT EXISTS tally_incoming_signatures (
-    case_id text NOT NULL,
-    supporter_key text NOT NULL,
-    action text NOT NULL,
-    signature_id uuid NOT NULL,
-    country text NOT NULL,
-    locale text NOT NULL,
-    received_at timestamptz NOT NULL,
+    LIKE tally.signatures INCLUDING DEFAULTS,
     n integer NOT NULL
 ) ON COMMIT DELETE ROWS
 """
@@ -171,49 +162,54 @@ class PostgresCounterStore:
         groups: dict[tuple[str, str, str], int] = {}
         received: list[tuple[datetime, int]] = []
         try:
-            async with self._pool.acquire() as connection, connection.transaction():
+            async with self._pool.acquire() as connection:
                 if signatures:
+                    # In its own implicit transaction: creating the table reads the definition
+                    # of tally.signatures under a lock that a batch waiting for the one before
+                    # it must not hold (a migration queued behind it would block that one).
                     await connection.execute(_CREATE_STAGE)
-                    await connection.copy_records_to_table(
-                        _STAGE,
-                        schema_name="pg_temp",
-                        columns=_STAGE_COLUMNS,
-                        records=[
-                            (
-                                s.case_id,
-                                s.supporter_key,
-                                s.action,
-                                s.signature_id,
-                                s.country,
-                                s.locale,
-                                s.received_at,
-                                n,
-                            )
-                            for n, s in enumerate(signatures)
-                        ],  # action is a StrEnum: written as its value
-                    )
-                await batch.previous_applied()
-                if signatures:
-                    rows = await connection.fetch(_INSERT_SIGNATURES)
-                    for row in rows:
-                        case_id, country, action, received_at, count = row
-                        if case_id is not None:
-                            groups[(case_id, country, action)] = count
-                        else:
-                            received.append((received_at, count))
-                milestones = 0
-                if groups:
-                    milestones = await self._count(connection, deltas_of_groups(groups))
-                if batch.next_offsets:
-                    partitions = sorted(batch.next_offsets)
-                    await connection.execute(
-                        _STORE_OFFSETS,
-                        batch.topic,
-                        partitions,
-                        [batch.next_offsets[partition] for partition in partitions],
-                    )
-                if signatures:
-                    self._maybe_crash("before_db_commit")
+                async with connection.transaction():
+                    if signatures:
+                        await connection.copy_records_to_table(
+                            _STAGE,
+                            schema_name="pg_temp",
+                            columns=_STAGE_COLUMNS,
+                            records=[
+                                (
+                                    s.case_id,
+                                    s.supporter_key,
+                                    s.action,
+                                    s.signature_id,
+                                    s.country,
+                                    s.locale,
+                                    s.received_at,
+                                    n,
+                                )
+                                for n, s in enumerate(signatures)
+                            ],  # action is a StrEnum: written as its value
+                        )
+                    await batch.previous_applied()
+                    if signatures:
+                        rows = await connection.fetch(_INSERT_SIGNATURES)
+                        for row in rows:
+                            case_id, country, action, received_at, count = row
+                            if case_id is not None:
+                                groups[(case_id, country, action)] = count
+                            else:
+                                received.append((received_at, count))
+                    milestones = 0
+                    if groups:
+                        milestones = await self._count(connection, deltas_of_groups(groups))
+                    if batch.next_offsets:
+                        partitions = sorted(batch.next_offsets)
+                        await connection.execute(
+                            _STORE_OFFSETS,
+                            batch.topic,
+                            partitions,
+                            [batch.next_offsets[partition] for partition in partitions],
+                        )
+                    if signatures:
+                        self._maybe_crash("before_db_commit")
         except Exception:
             self._metrics.batch_failures.inc()
             raise
