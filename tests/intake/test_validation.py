@@ -19,23 +19,14 @@ from intake.validation import (
 
 from clameur.events import Action, CaseState, CaseStatus, Victory
 from clameur.supporters import SupporterKeys, email_domain, normalise_email
+from tests.intake.conftest import case_state
 
 RECEIVED = datetime(2025, 3, 8, 12, 0, tzinfo=UTC)
 KEYS = SupporterKeys(b"unit-test-secret")
 
 
 def nawal(**changes: Any) -> CaseState:
-    fields: dict[str, Any] = {
-        "case_id": "nawal-benaissa",
-        "version": 1,
-        "title": {"fr": "Libérez Nawal Benaissa", "en": "Free Nawal Benaissa"},
-        "goal": 100_000,
-        "actions": (Action.SIGNATURE, Action.LETTER),
-        "locales": ("fr", "en"),
-        "default_locale": "fr",
-    }
-    fields.update(changes)
-    return CaseState(**fields)
+    return case_state("nawal-benaissa", **changes)
 
 
 def body(**changes: Any) -> bytes:
