@@ -185,11 +185,9 @@ def closed(state: CaseState, now: datetime) -> tuple[CaseState, list[Event]]:
     return _next(state, now, status=CaseStatus.CLOSED), [CaseClosed(case_id=state.case_id, occurred_at=now)]
 
 
-def case_document(state: CaseState, created_at: datetime | None = None) -> dict[str, Any]:
-    """The admin API's view of a case (what was stored, with its version)."""
-    document: dict[str, Any] = {
-        "id": state.case_id,
-        "version": state.version,
+def case_fields(state: CaseState) -> dict[str, Any]:
+    """What both the admin and the public documents of a case say of it, after its id."""
+    return {
         "title": state.title,
         "status": state.status.value,
         "goal": state.goal,
@@ -198,6 +196,15 @@ def case_document(state: CaseState, created_at: datetime | None = None) -> dict[
         "locales": list(state.locales),
         "default_locale": state.default_locale,
         "target": state.target,
+    }
+
+
+def case_document(state: CaseState, created_at: datetime | None = None) -> dict[str, Any]:
+    """The admin API's view of a case (what was stored, with its version)."""
+    document: dict[str, Any] = {
+        "id": state.case_id,
+        "version": state.version,
+        **case_fields(state),
         "victory": state.victory.model_dump(mode="json") if state.victory is not None else None,
         "updated_at": state.updated_at.isoformat(),
     }

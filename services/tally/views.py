@@ -18,6 +18,7 @@ import asyncpg
 import orjson
 
 from tally.case_store import state_of
+from tally.cases import case_fields
 from tally.counting import CaseCounts, case_counts
 
 
@@ -58,14 +59,7 @@ def case_view(row: asyncpg.Record, counts: CaseCounts, counted_at: datetime | No
     updated_at = max(state.updated_at, counted_at) if counted_at is not None else state.updated_at
     document: dict[str, Any] = {
         "id": state.case_id,
-        "title": state.title,
-        "status": state.status.value,
-        "goal": state.goal,
-        "milestones": list(state.milestones),
-        "actions": [action.value for action in state.actions],
-        "locales": list(state.locales),
-        "default_locale": state.default_locale,
-        "target": state.target,
+        **case_fields(state),
         "total": counts.total,
         "by_country": counts.by_country,
         "by_action": counts.by_action,
