@@ -145,9 +145,8 @@ async def topics(infra: Infra) -> AsyncIterator[Topics]:
         await admin.close()
 
 
-@pytest.fixture
-def service_env(infra: Infra, topics: Topics) -> dict[str, str]:
-    """CLAMEUR_* variables for a service of this test (subprocess env or settings)."""
+def env_for(infra: Infra, topics: Topics) -> dict[str, str]:
+    """CLAMEUR_* variables for a service on the test stack and these topics."""
     return {
         **base_env(),
         "CLAMEUR_ENV": "test",
@@ -156,8 +155,13 @@ def service_env(infra: Infra, topics: Topics) -> dict[str, str]:
         "CLAMEUR_TOPIC_PREFIX": topics.prefix,
         "CLAMEUR_SECRET": TEST_SECRET,
         "CLAMEUR_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
-        "CLAMEUR_LOG_JSON": "true",
     }
+
+
+@pytest.fixture
+def service_env(infra: Infra, topics: Topics) -> dict[str, str]:
+    """CLAMEUR_* variables for a service of this test (subprocess env or settings)."""
+    return {**env_for(infra, topics), "CLAMEUR_LOG_JSON": "true"}
 
 
 @pytest.fixture

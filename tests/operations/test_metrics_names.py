@@ -17,8 +17,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clameur.topics import Topics, ensure_topics
-from tests.conftest import TEST_ADMIN_TOKEN, TEST_SECRET, Infra
-from tests.support import ROOT, ServiceProcess, base_env
+from tests.conftest import Infra, env_for
+from tests.support import ROOT, ServiceProcess
 
 pytestmark = pytest.mark.slow
 
@@ -73,15 +73,7 @@ def scraped(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """The three services on this module's own topics, scraped once they are ready."""
     topics = Topics(prefix=f"t{uuid.uuid4().hex[:10]}.")
     asyncio.run(ensure_topics(infra.kafka, topics, signature_partitions=3))
-    service_env = {
-        **base_env(),
-        "CLAMEUR_ENV": "test",
-        "CLAMEUR_KAFKA": infra.kafka,
-        "CLAMEUR_DATABASE_URL": infra.database_url,
-        "CLAMEUR_TOPIC_PREFIX": topics.prefix,
-        "CLAMEUR_SECRET": TEST_SECRET,
-        "CLAMEUR_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
-    }
+    service_env = env_for(infra, topics)
     logs = tmp_path_factory.mktemp("services")
     processes = [ServiceProcess(name, service_env, logs) for name in SECTIONS]
     try:
