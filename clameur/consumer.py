@@ -239,9 +239,7 @@ class BatchConsumer(Generic[T]):
     # the batches in flight.
     _apply_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Applies started and not yet taken back by the loop, oldest first.
-    _in_flight: collections.deque[tuple[asyncio.Task[None], Batch[T]]] = field(
-        default_factory=collections.deque
-    )
+    _in_flight: collections.deque[asyncio.Task[None]] = field(default_factory=collections.deque)
     # The outcome of the last batch handed to the applier.
     _last_handed: Outcome | None = None
     # Bumped by every revocation: batches read in an older generation are dropped.
@@ -259,7 +257,7 @@ class BatchConsumer(Generic[T]):
         get stored), and make every batch read so far stale."""
         async with self._apply_lock:
             if self._in_flight:  # the loop takes them back, and sees their errors
-                await asyncio.wait([task for task, _ in self._in_flight])
+                await asyncio.wait(list(self._in_flight))
             self._assigned.clear()
             self._generation += 1
 
@@ -356,14 +354,6 @@ class BatchConsumer(Generic[T]):
         self, consumer: AIOKafkaConsumer, ready: asyncio.Queue[_Read[T] | None], commits: _PendingCommits
     ) -> None:
         try:
-            await self._apply_until_stopped(consumer, ready, commits)
-        finally:
-            commits.close()
-
-    async def _apply_until_stopped(
-        self, consumer: AIOKafkaConsumer, ready: asyncio.Queue[_Read[T] | None], commits: _PendingCommits
-    ) -> None:
-        try:
             while (read := await ready.get()) is not None:
                 async with self._apply_lock:
                     if read.generation != self._generation:
@@ -379,19 +369,22 @@ class BatchConsumer(Generic[T]):
                     batch = dataclasses.replace(read.batch, previous=self._last_handed)
                     self._last_handed = outcome
                     task = asyncio.create_task(self._apply(consumer, batch, outcome, commits))
-                    self._in_flight.append((task, batch))
+                    self._in_flight.append(task)
                 while len(self._in_flight) >= self.limits.applies_in_flight:
                     await self._take_back_oldest()
             while self._in_flight:
                 await self._take_back_oldest()
         finally:
-            # Stopping on an error: the applies still in flight roll back, and are awaited.
-            tasks = [task for task, _ in self._in_flight]
-            for task in tasks:
-                task.cancel()
-            for result in await asyncio.gather(*tasks, return_exceptions=True):
-                if isinstance(result, Exception) and not isinstance(result, PreviousBatchNotApplied):
-                    logger.warning("apply in flight failed while stopping", extra={"error": repr(result)})
+            try:
+                # Stopping on an error: the applies still in flight roll back, and are awaited.
+                tasks = list(self._in_flight)
+                for task in tasks:
+                    task.cancel()
+                for result in await asyncio.gather(*tasks, return_exceptions=True):
+                    if isinstance(result, Exception) and not isinstance(result, PreviousBatchNotApplied):
+                        logger.warning("apply in flight failed while stopping", extra={"error": repr(result)})
+            finally:
+                commits.close()  # the committer sends what is left, then returns
 
     async def _apply(
         self, consumer: AIOKafkaConsumer, batch: Batch[T], outcome: Outcome, commits: _PendingCommits
@@ -410,8 +403,7 @@ class BatchConsumer(Generic[T]):
 
     async def _take_back_oldest(self) -> None:
         """Wait for the oldest apply in flight; raises if it gave up (the consumer is stopping)."""
-        task, _ = self._in_flight[0]
-        await task
+        await self._in_flight[0]
         self._in_flight.popleft()
 
     async def _fetch_batch(self, consumer: AIOKafkaConsumer) -> list[ConsumerRecord[bytes, bytes]]:
