@@ -6,6 +6,7 @@ and, for validation errors, the offending fields.  Nothing is left to answer a b
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -139,6 +140,39 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None when there is none."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+def token_matches(presented: str | None, expected: str) -> bool:
+    """Constant-time comparison of a presented token with the expected one."""
+    return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
+
+
+def bearer_guard(token: str, *, realm: str = "clameur-admin") -> Callable[[Request], Awaitable[None]]:
+    """A route dependency that lets a request through only with ``Authorization: Bearer <token>``.
+
+    A missing or wrong token gets the same answer (401 with ``WWW-Authenticate``, RFC 6750),
+    so a caller learns nothing about which it was.
+    """
+
+    async def require_bearer(request: Request) -> None:
+        if not token_matches(bearer_token(request.headers.get("authorization")), token):
+            raise Problem(
+                401,
+                "This is the operators' API: send the admin token as `Authorization: Bearer <token>`"
+                " (CLAMEUR_ADMIN_TOKEN).",
+                headers={"WWW-Authenticate": f'Bearer realm="{realm}"'},
+            )
+
+    return require_bearer
 
 
 ReadinessCheck = Callable[[], Awaitable[None]]
