@@ -29,7 +29,7 @@ from notify.erasure import ErasureDesk, erasure_router
 from notify.ledger import CaseNewsApplier, DeliveryLedger, Preferences, SupporterListApplier, stored_offsets
 from notify.messages import MessageRenderer, SenderIdentity, Templates
 from notify.metrics import NotifyMetrics
-from notify.retries import RateLimiter, RetryPolicy
+from notify.retries import RateLimiter
 from notify.sending import FanOut, Sender, SendingOptions
 from notify.settings import NotifySettings
 from notify.smtp import SmtpPool
@@ -174,9 +174,7 @@ def create_app(settings: NotifySettings) -> FastAPI:
             renderer,
             transport,
             metrics,
-            RetryPolicy(
-                settings.notify_max_attempts, settings.notify_retry_initial_s, settings.notify_retry_max_s
-            ),
+            settings.email_retries,
             RateLimiter(settings.notify_rate_per_s, time.monotonic, burst=settings.notify_concurrency),
             SendingOptions(
                 concurrency=settings.notify_concurrency,

@@ -1,9 +1,12 @@
-"""When to try an email again, and how fast to send: pure, clock and randomness injected."""
+"""Whether an SMTP failure is worth another try, and how fast to send: pure, clock injected.
+
+How long to wait before the next try is :class:`clameur.retry.RetryPolicy`, the backoff
+every loop of every service shares.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
 FailureKind = Literal["temporary", "permanent"]
@@ -19,27 +22,6 @@ def classify_smtp_code(code: int | None) -> FailureKind:
     if code is not None and 500 <= code <= 599:
         return "permanent"
     return "temporary"
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter, capped, and a maximum number of attempts."""
-
-    max_attempts: int
-    initial_s: float
-    maximum_s: float
-
-    def delay_after(self, attempts: int, random_value: float) -> float:
-        """Seconds to wait after the ``attempts``-th failed attempt (1-based).
-
-        ``random_value`` in [0, 1) spreads retries over [0.5, 1.5) of the nominal delay,
-        so a provider's hiccup does not bring every retry back at the same instant.
-        """
-        nominal = min(self.maximum_s, self.initial_s * 2.0 ** max(0, attempts - 1))
-        return min(self.maximum_s, nominal * (0.5 + random_value))
-
-    def gives_up_after(self, attempts: int) -> bool:
-        return attempts >= self.max_attempts
 
 
 class RateLimiter:

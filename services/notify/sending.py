@@ -32,10 +32,11 @@ import asyncpg
 from cachetools import LRUCache
 
 from clameur.events import utc_now
+from clameur.retry import RetryPolicy
 from notify.ledger import ClaimedDelivery, DeliveryLedger, Outcomes, Reschedule
 from notify.messages import CaseNews, MessageRenderer, UnsendableEmail
 from notify.metrics import NotifyMetrics
-from notify.retries import RateLimiter, RetryPolicy
+from notify.retries import RateLimiter
 from notify.smtp import MailTransport, SendFailure
 
 logger = logging.getLogger(__name__)
@@ -174,8 +175,9 @@ class Sender:
                 self._outcomes.cancelled.append((delivery.id, "supporter erased"))
             elif delivery.unsubscribed:
                 self._outcomes.cancelled.append((delivery.id, "unsubscribed"))
-            elif delivery.attempts > self.retry.max_attempts:
-                # Only a lease that ran out (a crash) gets here: give up like any last attempt.
+            elif self.retry.gives_up_after(delivery.attempts - 1):
+                # The attempt before this claim was the last one allowed: only a lease that ran
+                # out (a crash) gets here.  Give up like any last attempt.
                 self.metrics.failed.labels(delivery.kind, "permanent").inc()
                 self._outcomes.failed.append((delivery.id, "attempts exhausted"))
             else:

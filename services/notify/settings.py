@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from clameur.retry import RetryPolicy
 from clameur.settings import ClameurSettings
 
 
@@ -117,6 +118,10 @@ class NotifySettings(ClameurSettings):
     @model_validator(mode="after")
     def _check(self) -> Self:
         parse_smtp_url(self.smtp_url.get_secret_value())
+        if self.notify_retry_max_s < self.notify_retry_initial_s:
+            raise ValueError(
+                "CLAMEUR_NOTIFY_RETRY_MAX_S must be at least CLAMEUR_NOTIFY_RETRY_INITIAL_S (the first delay)"
+            )
         if self.notify_crash_after_smtp and self.env != "test":
             raise ValueError("CLAMEUR_NOTIFY_CRASH_AFTER_SMTP is honoured only with CLAMEUR_ENV=test")
         if self.env == "production" and not self.public_url.startswith("https://"):
@@ -126,6 +131,15 @@ class NotifySettings(ClameurSettings):
     @property
     def smtp(self) -> SmtpEndpoint:
         return parse_smtp_url(self.smtp_url.get_secret_value())
+
+    @property
+    def email_retries(self) -> RetryPolicy:
+        """When a temporary SMTP failure is tried again, and when it is given up."""
+        return RetryPolicy(
+            initial_s=self.notify_retry_initial_s,
+            maximum_s=self.notify_retry_max_s,
+            max_attempts=self.notify_max_attempts,
+        )
 
     @property
     def public_domain(self) -> str:

@@ -1,10 +1,13 @@
-"""Retry policy, failure classification, the rate cap and the SMTP URL."""
+"""Notify's retry policy (the shared one), failure classification, the rate cap and the SMTP URL."""
 
 from __future__ import annotations
 
 import pytest
-from notify.retries import RateLimiter, RetryPolicy, classify_smtp_code
-from notify.settings import parse_smtp_url
+from notify.retries import RateLimiter, classify_smtp_code
+from notify.settings import NotifySettings, parse_smtp_url
+from pydantic import ValidationError
+
+from clameur.retry import RetryPolicy
 
 
 def test_4xx_and_lost_connections_are_temporary_5xx_permanent() -> None:
@@ -45,3 +48,12 @@ def test_smtp_urls() -> None:
     for bad in ("http://x", "smtp://", "smtps://x?starttls=true", "smtp://x?starttls=maybe"):
         with pytest.raises(ValueError):
             parse_smtp_url(bad)
+
+
+def test_the_email_retries_come_from_the_settings_and_a_cap_below_the_first_delay_is_refused() -> None:
+    policy = NotifySettings.model_validate(
+        {"notify_retry_initial_s": 0.2, "notify_retry_max_s": 1, "notify_max_attempts": 5}
+    ).email_retries
+    assert (policy.initial_s, policy.maximum_s, policy.max_attempts) == (0.2, 1, 5)
+    with pytest.raises(ValidationError, match="CLAMEUR_NOTIFY_RETRY_MAX_S must be at least"):
+        NotifySettings.model_validate({"notify_retry_initial_s": 30, "notify_retry_max_s": 10})
