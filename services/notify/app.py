@@ -26,7 +26,7 @@ from clameur.events import CaseEvent, SignatureAccepted, decode_case_event, deco
 from clameur.kafka import create_producer
 from clameur.web import HttpMetrics, HttpMetricsMiddleware, install_problem_handlers, operations_router
 from notify.erasure import ErasureDesk, erasure_router
-from notify.ledger import CaseNewsApplier, DeliveryLedger, Preferences, SupporterListApplier, stored_offsets
+from notify.ledger import CaseNewsApplier, DeliveryLedger, Preferences, SupporterListApplier
 from notify.messages import MessageRenderer, SenderIdentity, Templates
 from notify.metrics import NotifyMetrics
 from notify.retries import RateLimiter
@@ -73,7 +73,7 @@ def _supporters_caught_up(
 ) -> Callable[[], Awaitable[bool]]:
     async def caught_up() -> bool:
         end = await ends.end_offsets()
-        stored = await stored_offsets(applier.pool, applier.group_id, topic, end.keys())
+        stored = await applier.stored_offsets(topic, end.keys())
         return all(stored.get(partition, 0) >= offset for partition, offset in end.items())
 
     return caught_up

@@ -27,6 +27,7 @@ import asyncpg
 
 from clameur.consumer import Batch
 from clameur.events import CaseEvent, MilestoneReached, SignatureAccepted, VictoryDeclared
+from clameur.offsets import OffsetTable
 from notify.messages import CaseNews, Recipient, kind_of
 from notify.supporters import SupporterChanges, fold_signatures
 
@@ -39,35 +40,9 @@ if TYPE_CHECKING:
 _SUPPORTER_LIST_LOCK = "SELECT pg_advisory_xact_lock{mode}(hashtext('notify.supporters'))"
 
 
-async def stored_offsets(
-    connection: Connection | Pool, group_id: str, topic: str, partitions: Collection[int]
-) -> dict[int, int]:
-    rows = await connection.fetch(
-        "SELECT partition, next_offset FROM notify.consumer_offsets"
-        " WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int[])",
-        group_id,
-        topic,
-        list(partitions),
-    )
-    return {row["partition"]: row["next_offset"] for row in rows}
-
-
-async def store_offsets(connection: Connection, group_id: str, topic: str, offsets: dict[int, int]) -> None:
-    """Upsert next offsets; never moves one backwards (a late replay cannot rewind us)."""
-    if not offsets:
-        return
-    await connection.execute(
-        """
-        INSERT INTO notify.consumer_offsets (group_id, topic, partition, next_offset)
-        SELECT $1, $2, p, o FROM unnest($3::int[], $4::bigint[]) AS x(p, o)
-        ON CONFLICT (group_id, topic, partition)
-        DO UPDATE SET next_offset = GREATEST(notify.consumer_offsets.next_offset, EXCLUDED.next_offset)
-        """,
-        group_id,
-        topic,
-        list(offsets.keys()),
-        list(offsets.values()),
-    )
+def consumer_offsets(group_id: str) -> OffsetTable:
+    """Where the consumer group ``group_id`` keeps its next offsets (one table for notify's consumers)."""
+    return OffsetTable("notify.consumer_offsets", group_id=group_id)
 
 
 class SupporterListApplier:
@@ -80,10 +55,11 @@ class SupporterListApplier:
     def __init__(self, pool: Pool, group_id: str, on_recorded: Any = None) -> None:
         self.pool = pool
         self.group_id = group_id
+        self.offsets = consumer_offsets(group_id)
         self._on_recorded = on_recorded
 
     async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
-        return await stored_offsets(self.pool, self.group_id, topic, partitions)
+        return await self.offsets.read(self.pool, topic, partitions)
 
     async def apply(self, batch: Batch[SignatureAccepted]) -> None:
         signatures = [consumed.event for consumed in batch.events]
@@ -100,7 +76,7 @@ class SupporterListApplier:
                 erased = {row["supporter_key"]: row["erased_at"] for row in rows}
             changes = fold_signatures(signatures, erased)
             subscribed = await _write_supporters(connection, changes)
-            await store_offsets(connection, self.group_id, batch.topic, batch.next_offsets)
+            await self.offsets.store(connection, batch.topic, batch.next_offsets)
         if self._on_recorded is not None and subscribed:
             self._on_recorded(subscribed)
 
@@ -154,9 +130,10 @@ class CaseNewsApplier:
     def __init__(self, pool: Pool, group_id: str) -> None:
         self.pool = pool
         self.group_id = group_id
+        self.offsets = consumer_offsets(group_id)
 
     async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
-        return await stored_offsets(self.pool, self.group_id, topic, partitions)
+        return await self.offsets.read(self.pool, topic, partitions)
 
     async def apply(self, batch: Batch[CaseEvent]) -> None:
         news = [c.event for c in batch.events if isinstance(c.event, MilestoneReached | VictoryDeclared)]
@@ -174,7 +151,7 @@ class CaseNewsApplier:
                     [event.occurred_at for event in news],
                     [event.model_dump(mode="json", by_alias=True) for event in news],
                 )
-            await store_offsets(connection, self.group_id, batch.topic, batch.next_offsets)
+            await self.offsets.store(connection, batch.topic, batch.next_offsets)
 
 
 @dataclass(frozen=True)
