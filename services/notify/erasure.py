@@ -9,14 +9,13 @@ them back.  Their signatures stay counted in tally: counts hold no personal data
 
 from __future__ import annotations
 
-import hmac
 import logging
 from dataclasses import dataclass
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from clameur.web import Problem
+from clameur.web import Problem, bearer_guard
 from notify.ledger import Preferences
 from notify.supporters import supporter_key
 
@@ -41,25 +40,11 @@ class ErasureDesk:
     preferences: Preferences
 
 
-def require_admin(http: Request, admin_token: str) -> None:
-    """Raise 401 unless the request carries the admin bearer token (constant-time compare)."""
-    scheme, _, given = http.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), admin_token.encode()):
-        raise Problem(
-            401,
-            "This endpoint needs the admin token: send `Authorization: Bearer <CLAMEUR_ADMIN_TOKEN>`.",
-            headers={"WWW-Authenticate": 'Bearer realm="clameur-admin"'},
-        )
-
-
 def erasure_router(desk: ErasureDesk) -> APIRouter:
     router = APIRouter()
 
-    def admin(http: Request) -> None:
-        require_admin(http, desk.admin_token)
-
     # A dependency runs before the body is validated: no validation answers to strangers.
-    @router.post("/v1/admin/supporters/erase", dependencies=[Depends(admin)])
+    @router.post("/v1/admin/supporters/erase", dependencies=[Depends(bearer_guard(desk.admin_token))])
     async def erase(body: ErasureRequest) -> ErasureResult:
         try:
             key = supporter_key(desk.secret, body.email)

@@ -305,6 +305,10 @@ async def test_erasure_forgets_the_supporter_and_a_replay_does_not_bring_them_ba
     assert (
         await notify.client.post("/v1/admin/supporters/erase", json=body, headers=wrong)
     ).status_code == 401
+    for headers in ({}, wrong):
+        refused = await notify.client.post("/v1/admin/supporters/erase", json=body, headers=headers)
+        assert refused.headers["www-authenticate"] == 'Bearer realm="clameur-admin"'
+        assert refused.headers["content-type"] == "application/problem+json"
     admin = {"authorization": f"Bearer {notify.settings.admin_token.get_secret_value()}"}
     erased = await notify.client.post("/v1/admin/supporters/erase", json=body, headers=admin)
     assert erased.status_code == 200 and erased.json() == {"status": "erased", "had_data": True}
