@@ -1,0 +1,297 @@
+"""What notify runs between start and stop: its connections and its five loops.
+
+:class:`NotifyLifespan` opens the connections once (:class:`Connections`), starts the
+loops (:class:`Loops`) and, on shutdown, drains them in the order that loses nothing:
+stop claiming and finish the sends in flight (outcomes recorded), stop fanning out, let
+both consumers finish their batch, store offsets and leave their groups; then close the
+topic reader, the producer, the SMTP connections and the pool.  Whatever opened before a
+failure at start is closed too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI
+
+from clameur.consumer import BatchApplier, BatchConsumer, BatchLimits, ConsumerMetrics
+from clameur.database import create_pool
+from clameur.events import CaseEvent, SignatureAccepted, decode_case_event, decode_signature
+from clameur.kafka import create_producer
+from clameur.web import ReadinessCheck
+from notify.ledger import CaseNewsApplier, DeliveryLedger, Preferences, SupporterListApplier
+from notify.messages import MessageRenderer, SenderIdentity, Templates
+from notify.metrics import NotifyMetrics
+from notify.progress import TopicEnds, supporters_caught_up
+from notify.retries import RateLimiter
+from notify.sending import FanOut, Sender, SendingOptions
+from notify.settings import NotifySettings
+from notify.smtp import SmtpPool
+from notify.tokens import TokenSigner
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    Pool = asyncpg.Pool[Any]
+
+E = TypeVar("E")
+
+logger = logging.getLogger(__name__)
+
+CLIENT_ID = "clameur-notify"
+
+
+@dataclass(frozen=True)
+class NotifyParts:
+    """What notify is made of before it opens anything; built once by ``create_app``."""
+
+    settings: NotifySettings
+    metrics: NotifyMetrics
+    consumer_metrics: ConsumerMetrics
+    templates: Templates
+    signer: TokenSigner
+    preferences: Preferences
+    """Given its pool when the connections open (the routes hold it from the start)."""
+
+
+@dataclass(frozen=True)
+class Connections:
+    """Notify's connections, opened once at start and closed once at stop."""
+
+    pool: Pool
+    producer: AIOKafkaProducer
+    ends: TopicEnds
+    transport: SmtpPool
+
+
+@contextlib.asynccontextmanager
+async def open_connections(settings: NotifySettings) -> AsyncIterator[Connections]:
+    """Open the pool, the SMTP pool, the producer and the topic reader; close them in reverse."""
+    async with contextlib.AsyncExitStack() as opened:
+        pool = await create_pool(settings.database_url, min_size=2, max_size=10)
+        opened.push_async_callback(pool.close)
+        transport = SmtpPool(
+            settings.smtp,
+            size=settings.notify_smtp_pool_size,
+            timeout_s=settings.notify_smtp_timeout_s,
+            messages_per_connection=settings.notify_messages_per_connection,
+            local_hostname=settings.public_domain,
+        )
+        opened.push_async_callback(transport.close)
+        producer = create_producer(settings.kafka, client_id=CLIENT_ID)
+        await producer.start()
+        opened.push_async_callback(producer.stop)
+        ends = TopicEnds(settings.kafka, settings.topics.signatures)
+        await ends.start()
+        opened.push_async_callback(ends.stop)
+        yield Connections(pool, producer, ends, transport)
+
+
+class Loops:
+    """Notify's background loops: two consumers, the fan-out, the sender, the pending gauge."""
+
+    def __init__(self, parts: NotifyParts, connections: Connections) -> None:
+        settings, pool, metrics = parts.settings, connections.pool, parts.metrics
+        topics = settings.topics
+        self.ledger = DeliveryLedger(pool)
+        self.metrics = metrics
+        prefix = settings.topic_prefix
+        supporters = SupporterListApplier(
+            pool, f"{prefix}notify-supporters", on_recorded=metrics.supporters_recorded.inc
+        )
+        news = CaseNewsApplier(pool, f"{prefix}notify-deliveries")
+        self.supporters: BatchConsumer[SignatureAccepted] = _consumer(
+            parts, connections, topics.signatures, supporters, decode_signature, BatchLimits(max_records=2000)
+        )
+        self.case_news: BatchConsumer[CaseEvent] = _consumer(
+            parts, connections, topics.case_events, news, decode_case_event, BatchLimits()
+        )
+        self.fan_out = FanOut(
+            self.ledger,
+            supporters_caught_up(connections.ends, supporters),
+            grace_s=settings.notify_fanout_grace_s,
+            idle_poll_s=settings.notify_idle_poll_s,
+        )
+        self.sender = _sender(parts, connections.transport, self.ledger)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self) -> None:
+        self._tasks = {
+            "supporters": asyncio.create_task(self.supporters.run(), name="notify-supporters"),
+            "case-news": asyncio.create_task(self.case_news.run(), name="notify-case-news"),
+            "fan-out": asyncio.create_task(self.fan_out.run(), name="notify-fan-out"),
+            "sender": asyncio.create_task(self.sender.run(), name="notify-sender"),
+            "pending": asyncio.create_task(watch_pending(self.ledger, self.metrics), name="notify-pending"),
+        }
+        for name, task in self._tasks.items():
+            task.add_done_callback(_log_unexpected_end(name))
+
+    def stopped(self) -> list[str]:
+        """The loops that have ended (none should, before :meth:`drain`)."""
+        return sorted(name for name, task in self._tasks.items() if task.done())
+
+    async def drain(self) -> None:
+        """Stop sending first, then fanning out, then reading: each finishes what it holds."""
+        self.sender.stop()
+        self.fan_out.stop()
+        await _finish(self._tasks["sender"], "sender")
+        await _finish(self._tasks["fan-out"], "fan-out")
+        self.supporters.stop()
+        self.case_news.stop()
+        await _finish(self._tasks["supporters"], "supporters consumer")
+        await _finish(self._tasks["case-news"], "case news consumer")
+        self._tasks["pending"].cancel()
+        await asyncio.gather(self._tasks["pending"], return_exceptions=True)
+
+
+class _GroupApplier(BatchApplier[E], Protocol[E]):
+    """An applier that keeps its offsets under its consumer group (both of notify's do)."""
+
+    group_id: str
+
+
+def _consumer(
+    parts: NotifyParts,
+    connections: Connections,
+    topic: str,
+    applier: _GroupApplier[E],
+    decode: Callable[[bytes], E],
+    limits: BatchLimits,
+) -> BatchConsumer[E]:
+    """A consumer of ``topic`` in the applier's group; poison goes to the DLQ through notify's producer."""
+    return BatchConsumer(
+        bootstrap=parts.settings.kafka,
+        topic=topic,
+        group_id=applier.group_id,
+        decode=decode,
+        applier=applier,
+        dlq_producer=connections.producer,
+        metrics=parts.consumer_metrics,
+        limits=limits,
+        client_id=CLIENT_ID,
+    )
+
+
+def _sender(parts: NotifyParts, transport: SmtpPool, ledger: DeliveryLedger) -> Sender:
+    settings = parts.settings
+    identity = SenderIdentity(
+        settings.notify_sender_address, settings.notify_sender_name, settings.public_url
+    )
+    options = SendingOptions(
+        concurrency=settings.notify_concurrency,
+        claim_batch=settings.notify_claim_batch,
+        lease_s=settings.notify_lease_s,
+        idle_poll_s=settings.notify_idle_poll_s,
+        crash_after_smtp=settings.notify_crash_after_smtp,
+    )
+    return Sender(
+        ledger,
+        MessageRenderer(parts.templates, identity, parts.signer),
+        transport,
+        parts.metrics,
+        settings.email_retries,
+        RateLimiter(settings.notify_rate_per_s, time.monotonic, burst=settings.notify_concurrency),
+        options,
+    )
+
+
+async def watch_pending(ledger: DeliveryLedger, metrics: NotifyMetrics, every_s: float = 5.0) -> None:
+    """Keep the pending-deliveries gauge current until cancelled."""
+    while True:
+        try:
+            metrics.pending.set(await ledger.pending_count())
+        except Exception as error:  # noqa: BLE001 - a gauge must not stop the service
+            logger.info("pending deliveries not counted", extra={"error": type(error).__name__})
+        await asyncio.sleep(every_s)
+
+
+@dataclass(frozen=True)
+class Running:
+    """What the lifespan opened and started, while it runs."""
+
+    connections: Connections
+    loops: Loops
+
+
+class NotifyLifespan:
+    """Notify's lifespan: opens and starts everything at start, drains and closes it at stop.
+
+    Routes and readiness checks are made before it runs; they reach what it opened
+    through :attr:`running`.
+    """
+
+    def __init__(self, parts: NotifyParts) -> None:
+        self.parts = parts
+        self._running: Running | None = None
+
+    @property
+    def running(self) -> Running:
+        if self._running is None:
+            raise RuntimeError("notify is not running (starting or stopping)")
+        return self._running
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, app: FastAPI) -> AsyncIterator[None]:
+        settings = self.parts.settings
+        async with open_connections(settings) as connections:
+            self.parts.preferences.attach(connections.pool)
+            loops = Loops(self.parts, connections)
+            loops.start()
+            self._running = Running(connections, loops)
+            logger.info("notify started", extra={"port": settings.notify_port})
+            try:
+                yield
+            finally:
+                logger.info("notify draining")
+                await loops.drain()
+                self._running = None
+        logger.info("notify stopped")
+
+
+def readiness_checks(settings: NotifySettings, running: Callable[[], Running]) -> dict[str, ReadinessCheck]:
+    """Postgres, Kafka and the loops (and the SMTP server when asked): ``/readyz``'s checks."""
+
+    async def postgres() -> None:
+        await running().connections.pool.fetchval("SELECT 1")
+
+    async def kafka() -> None:
+        await asyncio.wait_for(running().connections.ends.end_offsets(), timeout=5)
+
+    async def smtp() -> None:
+        await asyncio.wait_for(running().connections.transport.check(), timeout=5)
+
+    async def loops() -> None:
+        stopped = running().loops.stopped()
+        if stopped:
+            raise RuntimeError(f"background loops stopped: {', '.join(stopped)}")
+
+    checks: dict[str, ReadinessCheck] = {"postgres": postgres, "kafka": kafka, "loops": loops}
+    if settings.notify_ready_checks_smtp:
+        checks["smtp"] = smtp
+    return checks
+
+
+def _log_unexpected_end(name: str) -> Callable[[asyncio.Task[None]], None]:
+    def log(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background loop %s stopped", name, exc_info=task.exception())
+
+    return log
+
+
+async def _finish(task: asyncio.Task[None], what: str, timeout_s: float = 20.0) -> None:
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout=timeout_s)
+    except TimeoutError:
+        logger.warning("%s did not stop in time; cancelling", what)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    except Exception:
+        logger.exception("%s ended with an error", what)
