@@ -53,19 +53,21 @@ def unsubscribe_router(pages: UnsubscribePages) -> APIRouter:
             title="Invalid unsubscribe link",
         )
 
+    def verified(token: str) -> UnsubscribeRequest | None:
+        try:
+            return pages.signer.verify(token)
+        except InvalidToken:
+            return None
+
     @router.get("/v1/unsubscribe/{token}", response_class=HTMLResponse)
     async def confirm(token: str, http: Request) -> Response:
-        try:
-            request = pages.signer.verify(token)
-        except InvalidToken:
+        if (request := verified(token)) is None:
             return refuse(http)
         return page("unsubscribe.html", request, action=http.url.path)
 
     @router.post("/v1/unsubscribe/{token}", response_class=HTMLResponse)
     async def unsubscribe(token: str, http: Request) -> Response:
-        try:
-            request = pages.signer.verify(token)
-        except InvalidToken:
+        if (request := verified(token)) is None:
             return refuse(http)
         if await pages.preferences.unsubscribe(request.supporter_key, request.case_id):
             pages.metrics.unsubscribes.labels(request.scope).inc()
