@@ -258,3 +258,14 @@ async def publish_signatures(infra: Infra, topics: Topics, signatures: Iterable[
 
 async def publish_case_events(infra: Infra, topics: Topics, events: Iterable[Event]) -> None:
     await produce(infra.kafka, topics.case_events, events, key=lambda e: getattr(e, "case_id"))  # noqa: B009
+
+
+async def publish_milestone_after(
+    infra: Infra, topics: Topics, signatures: Iterable[SignatureAccepted]
+) -> MilestoneReached:
+    """Publish the signatures, then a milestone of their case; returns the milestone."""
+    signed = list(signatures)
+    await publish_signatures(infra, topics, signed)
+    event = milestone(signed[0].case_id)
+    await publish_case_events(infra, topics, [event])
+    return event

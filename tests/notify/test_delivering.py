@@ -15,6 +15,7 @@ from tests.notify.conftest import (
     email_of,
     milestone,
     publish_case_events,
+    publish_milestone_after,
     publish_signatures,
     sample,
     scrape,
@@ -109,11 +110,9 @@ async def test_supporters_without_consent_get_nothing(
     notify: RunningNotify, smtp_sink: SmtpSink, infra: Infra, topics: Topics, new_id: Callable[..., str]
 ) -> None:
     case_id = new_id("nawal")
-    await publish_signatures(
+    event = await publish_milestone_after(
         infra, topics, [signature(case_id, name, consent=False) for name in ("amina", "ben", "chloe")]
     )
-    event = milestone(case_id)
-    await publish_case_events(infra, topics, [event])
 
     async def fanned_out() -> bool:
         return bool(
@@ -137,9 +136,7 @@ async def test_an_smtp_451_is_retried_then_delivered(
 ) -> None:
     case_id = new_id("nawal")
     smtp_sink.refuse(email_of("amina", case_id), 451, times=2)
-    await publish_signatures(infra, topics, [signature(case_id, "amina")])
-    event = milestone(case_id)
-    await publish_case_events(infra, topics, [event])
+    event = await publish_milestone_after(infra, topics, [signature(case_id, "amina")])
 
     await until_received(smtp_sink, 1)
     await asyncio.sleep(SETTLE_S)
@@ -157,9 +154,8 @@ async def test_an_smtp_550_is_recorded_failed_and_not_retried(
 ) -> None:
     case_id = new_id("nawal")
     smtp_sink.refuse(email_of("amina", case_id), 550)
-    await publish_signatures(infra, topics, [signature(case_id, "amina"), signature(case_id, "ben")])
-    event = milestone(case_id)
-    await publish_case_events(infra, topics, [event])
+    signatures = [signature(case_id, "amina"), signature(case_id, "ben")]
+    event = await publish_milestone_after(infra, topics, signatures)
 
     await until_received(smtp_sink, 1)
 
@@ -183,10 +179,9 @@ async def test_a_one_click_unsubscribe_before_a_victory_means_no_victory_mail(
     notify: RunningNotify, smtp_sink: SmtpSink, infra: Infra, topics: Topics, new_id: Callable[..., str]
 ) -> None:
     case_id = new_id("nawal")
-    await publish_signatures(
+    await publish_milestone_after(
         infra, topics, [signature(case_id, "amina"), signature(case_id, "ben", locale="en")]
     )
-    await publish_case_events(infra, topics, [milestone(case_id)])
     await until_received(smtp_sink, 2)
 
     amina = smtp_sink.to(email_of("amina", case_id))[0].message
@@ -220,8 +215,7 @@ async def test_a_forged_or_altered_unsubscribe_token_is_refused(
     notify: RunningNotify, smtp_sink: SmtpSink, infra: Infra, topics: Topics, new_id: Callable[..., str]
 ) -> None:
     case_id = new_id("nawal")
-    await publish_signatures(infra, topics, [signature(case_id, "amina")])
-    await publish_case_events(infra, topics, [milestone(case_id)])
+    await publish_milestone_after(infra, topics, [signature(case_id, "amina")])
     await until_received(smtp_sink, 1)
     link = str(smtp_sink.received[0].message["List-Unsubscribe"]).strip("<>")
     path = link.removeprefix("https://clameur.example.org")
@@ -251,10 +245,9 @@ async def test_names_with_crlf_or_encoded_newlines_add_no_header(
         "separator": "Trudy\u2028X-Injected: yes",
         "encoded-b": "=?utf-8?b?" + "T3NjYXINClgtSW5qZWN0ZWQ6IHllcw==" + "?=",
     }
-    await publish_signatures(
+    await publish_milestone_after(
         infra, topics, [signature(case_id, name, first_name=first) for name, first in hostile.items()]
     )
-    await publish_case_events(infra, topics, [milestone(case_id)])
     await until_received(smtp_sink, len(hostile))
     await asyncio.sleep(SETTLE_S)
     assert smtp_sink.count() == len(hostile)
@@ -326,9 +319,7 @@ async def test_erasure_forgets_the_supporter_and_a_replay_does_not_bring_them_ba
     )
 
     # A replay of the old signature (a consumer rebuilt from the topic) must not re-create her.
-    await publish_signatures(infra, topics, [amina])
-    event = milestone(case_id)
-    await publish_case_events(infra, topics, [event])
+    await publish_milestone_after(infra, topics, [amina])
     await until_received(smtp_sink, 1)
     await asyncio.sleep(SETTLE_S)
     assert [mail.rcpt_tos for mail in smtp_sink.received] == [[email_of("ben", case_id)]]
