@@ -68,8 +68,8 @@ from bench.intake import (
     wait_case_known,
 )
 from bench.notify import start_sink
-from bench.smtp_sink import read_stats
 from clameur.settings import ClameurSettings
+from devstack.mailsink import read_stats
 
 GOAL_RATE = 4_000.0
 GOAL_DURATION_S = 300.0
