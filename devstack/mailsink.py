@@ -29,7 +29,6 @@ import email.policy
 import os
 import re
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -41,6 +40,8 @@ from pathlib import Path
 import orjson
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from devstack.processes import free_port
 
 DATA_SIZE_LIMIT = 10 * 1024 * 1024
 _MESSAGE_ID = re.compile(rb"^Message-ID:\s*(\S+)", re.IGNORECASE | re.MULTILINE)
@@ -183,18 +184,12 @@ class SmtpSink:
             return len(self.received)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def on_loopback(sink: SmtpSink | None = None) -> Iterator[SmtpSink]:
     """``sink`` (one that keeps every message, by default) served on a free port of
     127.0.0.1, in a thread of its own; stopped on exit."""
     handler = sink if sink is not None else SmtpSink()
-    handler.port = handler.port or _free_port()
+    handler.port = handler.port or free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=handler.port, data_size_limit=DATA_SIZE_LIMIT)
     controller.start()
     try:

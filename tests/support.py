@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,25 +18,18 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic_settings import BaseSettings
 
+from devstack.processes import free_port as free_port  # the tests import it from here
+from devstack.processes import poll
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(
     predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1, what: str = ""
 ) -> None:
     """Poll ``predicate`` until it is true; fail the test with ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+    if not poll(predicate, timeout=timeout, every=interval):
+        raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
 
 
 async def eventually(
