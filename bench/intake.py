@@ -34,7 +34,6 @@ import httpx
 import orjson
 
 from bench.common import (
-    BenchError,
     Child,
     Row,
     Samples,
@@ -59,6 +58,7 @@ from bench.infra import (
     add_run_arguments,
     bench_case,
     end_offsets,
+    measured,
     publish_events,
     service_env,
 )
@@ -383,11 +383,8 @@ def report_rows(results: IntakeResults, args: argparse.Namespace) -> tuple[list[
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     facts = machine_facts()
-    try:
-        with BenchRun.open("intake", keep=args.keep, keep_infra=args.keep_infra) as run:
-            results = measure(run, args)
-    except BenchError as error:
-        say(f"error: {error}")
+    results = measured("intake", args, measure)
+    if results is None:
         return 2
     rows, exact = report_rows(results, args)
     setup = [

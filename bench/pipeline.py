@@ -55,7 +55,7 @@ from bench.common import (
     subtract,
     total,
 )
-from bench.infra import BenchRun, add_run_arguments, read_topic, service_env
+from bench.infra import BenchRun, add_run_arguments, measured, read_topic, service_env
 from bench.intake import (
     INTAKE_FACTORY,
     INTAKE_SETUP,
@@ -478,11 +478,8 @@ def report_rows(results: PipelineResults, args: argparse.Namespace, problems: li
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     facts = machine_facts()
-    try:
-        with BenchRun.open("pipeline", keep=args.keep, keep_infra=args.keep_infra) as run:
-            results = measure(run, args)
-    except BenchError as error:
-        say(f"error: {error}")
+    results = measured("pipeline", args, measure)
+    if results is None:
         return 2
     problems = exactness(results)
     rows = report_rows(results, args, problems)
