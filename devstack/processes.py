@@ -24,6 +24,16 @@ def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
     return False
 
 
+def refuse_taken_port(port: int, *, instead: str = "") -> None:
+    """:class:`StackError` when something (not started by this stack) already listens on ``port``.
+
+    ``instead`` says what else a person can do (point a variable at what is there).
+    """
+    if port_open("127.0.0.1", port):
+        hint = f"; stop it, or {instead}" if instead else ""
+        raise StackError(f"port {port} is taken by a process this stack did not start{hint}")
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (the kernel's choice)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
