@@ -133,7 +133,7 @@ def new_id() -> Callable[..., str]:
 
 @pytest.fixture
 async def topics(infra: Infra) -> AsyncIterator[Topics]:
-    """The design's topics under a prefix of this test's own (signatures: 3 partitions)."""
+    """Every topic under a prefix of this test's own (signatures: 3 partitions)."""
     mine = Topics(prefix=f"t{uuid.uuid4().hex[:10]}.")
     await ensure_topics(infra.kafka, mine, signature_partitions=3)
     yield mine
