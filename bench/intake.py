@@ -130,6 +130,19 @@ def start_uvicorn(
     return child, f"http://127.0.0.1:{port}"
 
 
+def start_reference(run: BenchRun, env: Mapping[str, str], args: argparse.Namespace) -> tuple[Child, str]:
+    """The bare FastAPI reference (``--reference-style``) under intake's server setup, ready."""
+    reference, base = start_uvicorn(
+        run,
+        "reference",
+        REFERENCE_FACTORY,
+        {**env, "BENCH_REFERENCE_STYLE": args.reference_style},
+        args.workers,
+    )
+    reference.wait_http(f"{base}/openapi.json", consecutive=4 * args.workers)
+    return reference, base
+
+
 def wait_case_known(
     child: Child, base: str, case_id: str, workers: int, timeout_s: float = 60.0
 ) -> Counter[int]:
@@ -283,14 +296,7 @@ def measure(run: BenchRun, args: argparse.Namespace) -> IntakeResults:
     on_topic = sum(asyncio.run(end_offsets(run.infra.kafka, topics.signatures)).values())
     client_accepted = warm.ok + peak.ok + paced.ok + bulk.accepted_items
 
-    reference, ref_base = start_uvicorn(
-        run,
-        "reference",
-        REFERENCE_FACTORY,
-        {**env, "BENCH_REFERENCE_STYLE": args.reference_style},
-        args.workers,
-    )
-    reference.wait_http(f"{ref_base}/openapi.json", consecutive=4 * args.workers)
+    reference, ref_base = start_reference(run, env, args)
     run_wrk(
         ref_base, "signatures.lua", connections=args.connections, duration_s=args.warmup, env=load, log=log
     )

@@ -59,11 +59,11 @@ from bench.infra import BenchRun, add_run_arguments, measured, read_topic, servi
 from bench.intake import (
     INTAKE_FACTORY,
     INTAKE_SETUP,
-    REFERENCE_FACTORY,
     describe_reasons,
     intake_env,
     intake_rejections,
     signatures_env,
+    start_reference,
     start_uvicorn,
     wait_case_known,
 )
@@ -345,14 +345,7 @@ def measure(run: BenchRun, args: argparse.Namespace) -> PipelineResults:
     run.children.stop(sink)
     mail = read_stats(sink_stats)
 
-    reference, ref_base = start_uvicorn(
-        run,
-        "reference",
-        REFERENCE_FACTORY,
-        {**env, "BENCH_REFERENCE_STYLE": args.reference_style},
-        args.workers,
-    )
-    reference.wait_http(f"{ref_base}/openapi.json", consecutive=4 * args.workers)
+    reference, ref_base = start_reference(run, env, args)
     ref = run_wrk(
         ref_base,
         "signatures.lua",
