@@ -24,7 +24,6 @@ import platform
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,9 @@ from typing import IO, Any
 import httpx
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
+
+from devstack import processes
+from devstack.processes import free_port as free_port  # the benches import it from here
 
 ROOT = Path(__file__).resolve().parent.parent
 WRK_SCRIPTS = Path(__file__).resolve().parent / "wrk"
@@ -249,27 +251,14 @@ def parse_wrk_result(raw: Mapping[str, Any]) -> WrkResult:
 # -- child processes ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.3):
-        return True
-    return False
+    return processes.port_open(host, port)
 
 
 def wait_until(what: str, ready: Callable[[], bool], *, timeout_s: float, every_s: float = 0.2) -> None:
     """Poll ``ready`` until it is true; :class:`BenchError` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ready():
-            return
-        time.sleep(every_s)
-    raise BenchError(f"{what}: not within {timeout_s:.0f} s")
+    if not processes.poll(ready, timeout=timeout_s, every=every_s):
+        raise BenchError(f"{what}: not within {timeout_s:.0f} s")
 
 
 @dataclass

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import os
 import random
-import re
 import sys
 import time
 import uuid
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from bench.common import by_label, parse_metrics
 from devstack.layout import DEV
 
 COUNTRIES = [
@@ -300,21 +300,6 @@ async def _campaign(intake: str, cases: dict[str, str], supporters: int, run: st
     return outcome
 
 
-def _metric_sum(text: str, name: str, label: str | None = None) -> dict[str, float]:
-    """Sum a Prometheus counter's samples, grouped by one label's value."""
-    sums: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        match = re.match(rf"{re.escape(name)}(?:\{{(.*)\}})? ([0-9.eE+-]+)$", line)
-        if not match:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
-        key = labels.get(label, "") if label else ""
-        sums[key] = sums.get(key, 0.0) + float(match.group(2))
-    return sums
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -418,11 +403,13 @@ def main(argv: list[str] | None = None) -> int:
 
     time.sleep(5)  # let notify send the last emails
     metrics_after = httpx.get(f"{notify}/metrics", timeout=5).text
-    sent_before = _metric_sum(metrics_before, "clameur_notify_emails_sent_total", "kind")
-    sent_after = _metric_sum(metrics_after, "clameur_notify_emails_sent_total", "kind")
+    sent_before = by_label(parse_metrics(metrics_before), "clameur_notify_emails_sent_total", "kind")
+    sent_after = by_label(parse_metrics(metrics_after), "clameur_notify_emails_sent_total", "kind")
     sent = {kind: int(sent_after[kind] - sent_before.get(kind, 0.0)) for kind in sent_after}
-    rejections = _metric_sum(
-        httpx.get(f"{intake}/metrics", timeout=5).text, "clameur_intake_rejections_total", "reason"
+    rejections = by_label(
+        parse_metrics(httpx.get(f"{intake}/metrics", timeout=5).text),
+        "clameur_intake_rejections_total",
+        "reason",
     )
     print(f"\nEmails sent in this run, by kind: {sent or 'none yet'}")
     print(f"  read them: make mail   (files in {DEV.mail_dir})")

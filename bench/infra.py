@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -26,7 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
-from bench.common import Child, Children, new_run_id, port_open, run_dir, say
+from bench.common import BenchError, Child, Children, new_run_id, port_open, run_dir, say
 from clameur.database import migrate
 from clameur.events import Action, CaseState, Event
 from clameur.topics import Topics, ensure_topics
@@ -104,7 +104,7 @@ def service_env(
 
 
 async def create_topics(bootstrap: str, prefix: str, *, signature_partitions: int = 6) -> Topics:
-    """The design's topics under ``prefix`` (signatures.v1 with ``signature_partitions``)."""
+    """Every topic under ``prefix`` (signatures.v1 with ``signature_partitions``)."""
     topics = Topics(prefix=prefix)
     await ensure_topics(bootstrap, topics, signature_partitions=signature_partitions)
     say(f"topics created with prefix {prefix!r} ({signature_partitions} signature partitions)")
@@ -379,3 +379,21 @@ class BenchRun:
 
     def start(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> Child:
         return self.children.start(name, argv, env, self.folder / f"{name}.log")
+
+
+Results = TypeVar("Results")
+
+
+def measured(
+    name: str, args: argparse.Namespace, measure: Callable[[BenchRun, argparse.Namespace], Results]
+) -> Results | None:
+    """``measure(run, args)`` in a fresh run of bench ``name`` (``--keep``, ``--keep-infra`` obeyed).
+
+    ``None`` once it has said what went wrong, when the bench failed (a :class:`BenchError`).
+    """
+    try:
+        with BenchRun.open(name, keep=args.keep, keep_infra=args.keep_infra) as run:
+            return measure(run, args)
+    except BenchError as error:
+        say(f"error: {error}")
+        return None

@@ -34,7 +34,6 @@ import httpx
 import orjson
 
 from bench.common import (
-    BenchError,
     Child,
     Row,
     Samples,
@@ -59,6 +58,7 @@ from bench.infra import (
     add_run_arguments,
     bench_case,
     end_offsets,
+    measured,
     publish_events,
     service_env,
 )
@@ -128,6 +128,19 @@ def start_uvicorn(
         name, uvicorn_argv(factory, port=port, workers=workers), {**env, "CLAMEUR_INTAKE_PORT": str(port)}
     )
     return child, f"http://127.0.0.1:{port}"
+
+
+def start_reference(run: BenchRun, env: Mapping[str, str], args: argparse.Namespace) -> tuple[Child, str]:
+    """The bare FastAPI reference (``--reference-style``) under intake's server setup, ready."""
+    reference, base = start_uvicorn(
+        run,
+        "reference",
+        REFERENCE_FACTORY,
+        {**env, "BENCH_REFERENCE_STYLE": args.reference_style},
+        args.workers,
+    )
+    reference.wait_http(f"{base}/openapi.json", consecutive=4 * args.workers)
+    return reference, base
 
 
 def wait_case_known(
@@ -283,14 +296,7 @@ def measure(run: BenchRun, args: argparse.Namespace) -> IntakeResults:
     on_topic = sum(asyncio.run(end_offsets(run.infra.kafka, topics.signatures)).values())
     client_accepted = warm.ok + peak.ok + paced.ok + bulk.accepted_items
 
-    reference, ref_base = start_uvicorn(
-        run,
-        "reference",
-        REFERENCE_FACTORY,
-        {**env, "BENCH_REFERENCE_STYLE": args.reference_style},
-        args.workers,
-    )
-    reference.wait_http(f"{ref_base}/openapi.json", consecutive=4 * args.workers)
+    reference, ref_base = start_reference(run, env, args)
     run_wrk(
         ref_base, "signatures.lua", connections=args.connections, duration_s=args.warmup, env=load, log=log
     )
@@ -383,11 +389,8 @@ def report_rows(results: IntakeResults, args: argparse.Namespace) -> tuple[list[
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     facts = machine_facts()
-    try:
-        with BenchRun.open("intake", keep=args.keep, keep_infra=args.keep_infra) as run:
-            results = measure(run, args)
-    except BenchError as error:
-        say(f"error: {error}")
+    results = measured("intake", args, measure)
+    if results is None:
         return 2
     rows, exact = report_rows(results, args)
     setup = [

@@ -7,7 +7,7 @@
    path: notify's supporter consumer builds its list from them); notify started
    (``python -m notify``) and the bench waits until it recorded them all.
 3. A ``VictoryDeclared`` on the case-events topic; notify fans it out and sends to a
-   counting SMTP sink (``bench/smtp_sink.py``, its own process).  Sustained emails/s:
+   counting SMTP sink (``devstack/mailsink.py --stats``, its own process).  Sustained emails/s:
    messages / (last - first message at the sink).
 4. The sink's ceiling in the same run: a fresh sink and a plain aiosmtplib sender over
    the same number of connections as notify's pool, messages of the same mean size.
@@ -44,10 +44,10 @@ from bench.common import (
     wait_until,
 )
 from bench.infra import BenchRun, add_run_arguments, bench_case, load_topic, publish_events, service_env
-from bench.smtp_sink import read_stats
 from bench.synthetic import consenting_supporters
 from clameur.events import VictoryDeclared
 from clameur.settings import ClameurSettings
+from devstack.mailsink import read_stats
 
 GOAL_RATE = 800.0
 GOAL_RATIO = 0.7
@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def start_sink(run: BenchRun, name: str, sample: Path | None = None) -> tuple[Child, int, Path]:
     port = free_port()
     stats = run.folder / f"{name}.json"
-    command = [sys.executable, "-m", "bench.smtp_sink", "--port", str(port), "--stats", str(stats)]
+    command = [sys.executable, "-m", "devstack.mailsink", "--port", str(port), "--stats", str(stats)]
     if sample is not None:
         command += ["--sample", str(sample)]
     child = run.start(name, command, service_env(run.infra, topic_prefix=run.prefix))
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         f"notify: `python -m notify`, a fresh database; `CLAMEUR_NOTIFY_RATE_PER_S={args.rate_cap:.0f}` (the "
         f"providers' cap, set out of the way), `CLAMEUR_NOTIFY_SMTP_POOL_SIZE={args.pool_size}`, "
         f"`CLAMEUR_NOTIFY_CONCURRENCY={args.concurrency}`, other settings at their defaults",
-        "SMTP sink: `bench/smtp_sink.py` (aiosmtpd, its own process, counts and keeps nothing); "
+        "SMTP sink: `devstack/mailsink.py --stats` (aiosmtpd, its own process, counts and keeps nothing); "
         f"messages of {mean_size:,} bytes on average",
         f"ceiling: a fresh sink, `aiosmtplib.SMTP.sendmail` over {args.pool_size} reused connections, from "
         f"one process, of {count(supporters)} copies of the first email notify sent in this run (the sink "

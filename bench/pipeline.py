@@ -55,21 +55,21 @@ from bench.common import (
     subtract,
     total,
 )
-from bench.infra import BenchRun, add_run_arguments, read_topic, service_env
+from bench.infra import BenchRun, add_run_arguments, measured, read_topic, service_env
 from bench.intake import (
     INTAKE_FACTORY,
     INTAKE_SETUP,
-    REFERENCE_FACTORY,
     describe_reasons,
     intake_env,
     intake_rejections,
     signatures_env,
+    start_reference,
     start_uvicorn,
     wait_case_known,
 )
 from bench.notify import start_sink
-from bench.smtp_sink import read_stats
 from clameur.settings import ClameurSettings
+from devstack.mailsink import read_stats
 
 GOAL_RATE = 4_000.0
 GOAL_DURATION_S = 300.0
@@ -345,14 +345,7 @@ def measure(run: BenchRun, args: argparse.Namespace) -> PipelineResults:
     run.children.stop(sink)
     mail = read_stats(sink_stats)
 
-    reference, ref_base = start_uvicorn(
-        run,
-        "reference",
-        REFERENCE_FACTORY,
-        {**env, "BENCH_REFERENCE_STYLE": args.reference_style},
-        args.workers,
-    )
-    reference.wait_http(f"{ref_base}/openapi.json", consecutive=4 * args.workers)
+    reference, ref_base = start_reference(run, env, args)
     ref = run_wrk(
         ref_base,
         "signatures.lua",
@@ -478,11 +471,8 @@ def report_rows(results: PipelineResults, args: argparse.Namespace, problems: li
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     facts = machine_facts()
-    try:
-        with BenchRun.open("pipeline", keep=args.keep, keep_infra=args.keep_infra) as run:
-            results = measure(run, args)
-    except BenchError as error:
-        say(f"error: {error}")
+    results = measured("pipeline", args, measure)
+    if results is None:
         return 2
     problems = exactness(results)
     rows = report_rows(results, args, problems)

@@ -1,6 +1,6 @@
 """The batch consumer loop shared by tally and notify.
 
-Contract (see STYLE.md, "Consumers"): no auto-commit; a batch is bounded by size and
+Contract (see docs/architecture.md, "Guarantees"): no auto-commit; a batch is bounded by size and
 time; the applier stores the effect *and* each partition's next offset in one
 transaction, so the database, not Kafka, says where to resume.  On every assignment
 the loop seeks to the offsets the applier stored (the beginning where it stored none).

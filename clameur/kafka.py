@@ -1,4 +1,4 @@
-"""Kafka producers and the dead-letter queue, configured the way the design promises."""
+"""Kafka producers and the dead-letter queue, configured as docs/architecture.md promises."""
 
 from __future__ import annotations
 

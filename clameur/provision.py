@@ -1,6 +1,6 @@
 """One-shot provisioning: create the topics, migrate the schemas.
 
-    python -m clameur.provision topics    # the design's topics, with their settings
+    python -m clameur.provision topics    # the topics of docs/architecture.md, with their settings
     python -m clameur.provision migrate   # tally's and notify's schemas, to the newest
     python -m clameur.provision all
 

@@ -11,7 +11,11 @@ from typing import Any, TypeVar
 import uvicorn
 from pydantic import ValidationError
 
+from clameur.logs import configure_logging
+from clameur.settings import ClameurSettings
+
 S = TypeVar("S")
+ServiceSettings = TypeVar("ServiceSettings", bound=ClameurSettings)
 
 
 def load_settings(build: Callable[[], S], service: str) -> S | None:
@@ -61,6 +65,38 @@ def tune_garbage_collection() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(100_000, 50, 1000)
+
+
+def run_service(
+    service: str,
+    build: Callable[[], ServiceSettings],
+    create_app: Callable[[ServiceSettings], Any],
+    *,
+    port: Callable[[ServiceSettings], int],
+    workers: Callable[[ServiceSettings], int] | None = None,
+    factory: str | None = None,
+) -> int:
+    """What ``python -m <service>`` does: settings, logs, then serve until SIGTERM.
+
+    Returns the process's exit status: 0 after a clean stop, 2 when the settings are
+    invalid (what is wrong is printed, see :func:`load_settings`).  With ``workers``
+    above 1, uvicorn runs that many processes, each building its own app (and its own
+    producer) from the environment through ``factory`` (``"module:function"``).
+    """
+    settings = load_settings(build, service)
+    if settings is None:
+        return 2
+    configure_logging(service, level=settings.log_level, json=settings.log_json)
+    processes = workers(settings) if workers is not None else 1
+    if processes > 1:
+        if factory is None:
+            raise ValueError(f"{service}: several workers need an app factory")
+        uvicorn.run(
+            factory, factory=True, workers=processes, **uvicorn_options(settings.host, port(settings))
+        )
+        return 0
+    serve(create_app(settings), host=settings.host, port=port(settings))
+    return 0
 
 
 def serve(app: Any, *, host: str, port: int) -> None:

@@ -1,4 +1,4 @@
-"""The Kafka topics of the design, and how to create them with their settings."""
+"""The Kafka topics (docs/architecture.md, "Topics and events"), and how to create them."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class Topics:
 async def ensure_topics(
     bootstrap: str, topics: Topics, *, signature_partitions: int = 6, replication: int = 1
 ) -> list[str]:
-    """Create the design's topics that are missing; returns the names it created."""
+    """Create the topics that are missing; returns the names it created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:

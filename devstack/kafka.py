@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.layout import CACHE, KAFKA_LIBS, ROOT
-from devstack.processes import Managed, StackError, port_open, run, wait_for
+from devstack.processes import Managed, StackError, port_open, refuse_taken_port, run, wait_for
 
 POM = ROOT / "deploy" / "kafka" / "pom.xml"
 LOG4J = ROOT / "deploy" / "kafka" / "log4j2.properties"
@@ -144,11 +144,7 @@ class LocalKafka:
         """Start the broker (formatting its log dir the first time) and wait for its port."""
         if self.running():
             return
-        if port_open("127.0.0.1", self.port):
-            raise StackError(
-                f"port {self.port} is taken by a process this stack did not start; "
-                f"stop it, or point CLAMEUR_KAFKA at it"
-            )
+        refuse_taken_port(self.port, instead="point CLAMEUR_KAFKA at it")
         if not self.formatted():
             self.format()
         self._write_properties()

@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack.processes import StackError, port_open, run
+from devstack.processes import StackError, refuse_taken_port, run
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -133,11 +133,7 @@ class LocalPostgres:
             self.init()
         if self.running():
             return
-        if port_open("127.0.0.1", self.port):
-            raise StackError(
-                f"port {self.port} is taken by a process this stack did not start; "
-                f"stop it, or point CLAMEUR_DATABASE_URL at it"
-            )
+        refuse_taken_port(self.port, instead="point CLAMEUR_DATABASE_URL at it")
         _let_postgres_reach(self.log_file.parent)
         if os.geteuid() == 0 and not self.log_file.exists():
             self.log_file.touch()

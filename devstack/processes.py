@@ -24,12 +24,39 @@ def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
     return False
 
 
-def wait_for(what: str, ready: Callable[[], bool], *, timeout: float, log: Path | None = None) -> None:
+def refuse_taken_port(port: int, *, instead: str = "") -> None:
+    """:class:`StackError` when something (not started by this stack) already listens on ``port``.
+
+    ``instead`` says what else a person can do (point a variable at what is there).
+    """
+    if port_open("127.0.0.1", port):
+        hint = f"; stop it, or {instead}" if instead else ""
+        raise StackError(f"port {port} is taken by a process this stack did not start{hint}")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def poll(ready: Callable[[], bool], *, timeout: float, every: float = 0.2) -> bool:
+    """Call ``ready`` every ``every`` s until it is true (``True``) or ``timeout`` s passed (``False``).
+
+    The one polling loop of the stack, the benches and the tests; each says its own error.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ready():
-            return
-        time.sleep(0.2)
+            return True
+        time.sleep(every)
+    return False
+
+
+def wait_for(what: str, ready: Callable[[], bool], *, timeout: float, log: Path | None = None) -> None:
+    if poll(ready, timeout=timeout):
+        return
     hint = f"; see its log: {log}" if log else ""
     tail = ""
     if log and log.exists():

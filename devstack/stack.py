@@ -19,7 +19,7 @@ from clameur.topics import Topics, ensure_topics
 from devstack.kafka import LocalKafka
 from devstack.layout import ROOT, Profile
 from devstack.postgres import LocalPostgres, apt_install
-from devstack.processes import Managed, StackError, port_open, wait_for
+from devstack.processes import Managed, StackError, port_open, refuse_taken_port, wait_for
 
 SERVICES = ("intake", "tally", "notify")
 SCHEMAS = ("tally", "notify")
@@ -131,8 +131,7 @@ class Stack:
         if self.external_smtp or self.mailsink.running():
             return
         port = self.profile.smtp_port
-        if port_open("127.0.0.1", port):
-            raise StackError(f"port {port} is taken by a process this stack did not start")
+        refuse_taken_port(port, instead="point CLAMEUR_SMTP_URL at it")
         self.mailsink.start(
             [
                 sys.executable,

@@ -29,6 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from clameur.database import migrate
 from clameur.topics import Topics, ensure_topics
 from devstack.databases import create_database, drop_database
+from devstack.mailsink import SmtpSink, on_loopback
 from tests.support import base_env, free_port
 
 TEST_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
@@ -132,7 +133,7 @@ def new_id() -> Callable[..., str]:
 
 @pytest.fixture
 async def topics(infra: Infra) -> AsyncIterator[Topics]:
-    """The design's topics under a prefix of this test's own (signatures: 3 partitions)."""
+    """Every topic under a prefix of this test's own (signatures: 3 partitions)."""
     mine = Topics(prefix=f"t{uuid.uuid4().hex[:10]}.")
     await ensure_topics(infra.kafka, mine, signature_partitions=3)
     yield mine
@@ -162,6 +163,13 @@ def env_for(infra: Infra, topics: Topics) -> dict[str, str]:
 def service_env(infra: Infra, topics: Topics) -> dict[str, str]:
     """CLAMEUR_* variables for a service of this test (subprocess env or settings)."""
     return {**env_for(infra, topics), "CLAMEUR_LOG_JSON": "true"}
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    """A real SMTP server on loopback that keeps what it accepts (and can refuse: see SmtpSink)."""
+    with on_loopback() as sink:
+        yield sink
 
 
 @pytest.fixture

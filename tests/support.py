@@ -1,11 +1,10 @@
-"""Helpers for tests that run real services: free ports, waiting, service processes."""
+"""Helpers every test suite shares: free ports, waiting, service processes, settings, metrics, topics."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,26 +12,24 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic_settings import BaseSettings
+
+from devstack.processes import free_port as free_port  # the tests import it from here
+from devstack.processes import poll
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(
     predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1, what: str = ""
 ) -> None:
     """Poll ``predicate`` until it is true; fail the test with ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+    if not poll(predicate, timeout=timeout, every=interval):
+        raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
 
 
 async def eventually(
@@ -126,3 +123,69 @@ class ServiceProcess:
 def base_env() -> dict[str, str]:
     """The parent's environment less any CLAMEUR_* settings (tests set their own)."""
     return {key: value for key, value in os.environ.items() if not key.startswith("CLAMEUR_")}
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def settings_from(kind: type[SettingsT], env: Mapping[str, str], **overrides: Any) -> SettingsT:
+    """A service's settings from ``env``'s ``CLAMEUR_*`` variables alone, then ``overrides`` by field.
+
+    The test process's own environment is not read, so a test sees only what it set.
+    """
+    fields: dict[str, Any] = {
+        key.removeprefix("CLAMEUR_").lower(): value
+        for key, value in env.items()
+        if key.startswith("CLAMEUR_")
+    }
+    fields.update(overrides)
+    return kind.model_validate(fields)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of the samples named ``name`` whose labels include ``labels``, summed (0 if none).
+
+    ``text`` is a Prometheus text exposition, read by prometheus_client's own parser.
+    """
+    return sum(
+        float(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items())
+    )
+
+
+async def read_topic(bootstrap: str, topic: str, *, at_least: int = 0, within: float = 10.0) -> list[Any]:
+    """Every record on ``topic`` from its start.
+
+    Waits up to ``within`` s for ``at_least`` records, then reads a little longer, to see a
+    duplicate that should not be there.  With ``at_least=0`` it reads for a short moment
+    and returns what is there (to show that nothing was published).  The topic must exist.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    records: list[Any] = []
+
+    async def fetch(timeout_ms: int = 200) -> None:
+        for batch in (await consumer.getmany(timeout_ms=timeout_ms)).values():
+            records.extend(batch)
+
+    try:
+        assert topic in await consumer.topics(), f"no topic {topic}"
+        # No consumer group: the consumer takes every partition itself, from the start.
+        consumer.subscribe([topic])
+        loop = asyncio.get_running_loop()
+        assigned_by = loop.time() + 10.0
+        while not consumer.assignment():
+            assert loop.time() < assigned_by, f"no partition of {topic} assigned"
+            await fetch(100)
+        deadline = loop.time() + (within if at_least else 1.0)
+        while loop.time() < deadline and not (at_least and len(records) >= at_least):
+            await fetch()
+        if at_least:
+            await fetch(300)
+        return records
+    finally:
+        await consumer.stop()

@@ -9,30 +9,21 @@ from __future__ import annotations
 
 import sys
 
-import uvicorn
-
-from clameur.logs import configure_logging
-from clameur.serving import load_settings, serve, uvicorn_options
+from clameur.serving import run_service
 from intake.app import create_app
 from intake.settings import IntakeSettings
 
 
 def main() -> int:
-    settings = load_settings(IntakeSettings, "intake")
-    if settings is None:
-        return 2
-    configure_logging("intake", level=settings.log_level, json=settings.log_json)
-    if settings.intake_workers > 1:
+    return run_service(
+        "intake",
+        IntakeSettings,
+        create_app,
+        port=lambda settings: settings.intake_port,
         # Each worker process builds its own app (and producer) from the environment.
-        uvicorn.run(
-            "intake.app:app_from_environment",
-            factory=True,
-            workers=settings.intake_workers,
-            **uvicorn_options(settings.host, settings.intake_port),
-        )
-        return 0
-    serve(create_app(settings), host=settings.host, port=settings.intake_port)
-    return 0
+        workers=lambda settings: settings.intake_workers,
+        factory="intake.app:app_from_environment",
+    )
 
 
 if __name__ == "__main__":

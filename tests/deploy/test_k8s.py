@@ -22,7 +22,7 @@ K8S = ROOT / "deploy" / "k8s"
 NAMESPACE = "clameur"
 SERVICES = {"intake": 8001, "tally": 8002, "notify": 8003}
 DRAIN_SECONDS = 30
-# The configuration table of the design: every service reads these.
+# The shared variables of the README's configuration table: every service reads these.
 DESIGN_VARIABLES = {
     "CLAMEUR_KAFKA",
     "CLAMEUR_DATABASE_URL",

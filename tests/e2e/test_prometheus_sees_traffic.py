@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import TEST_ADMIN_TOKEN
+from tests.e2e.stack import create_case
 from tests.support import ROOT, ServiceProcess, free_port, wait_until
 
 pytestmark = pytest.mark.slow
@@ -64,13 +64,7 @@ def test_prometheus_shows_intake_rate_counted_rate_and_lag(
 ) -> None:
     intake, tally = stack["intake"].url, stack["tally"].url
     case_id = new_id("sengwer")
-    created = httpx.post(
-        f"{tally}/v1/admin/cases",
-        headers={"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"},
-        json={"id": case_id, "title": {"en": "The Sengwer"}, "goal": 1000, "default_locale": "en"},
-        timeout=10,
-    )
-    assert created.status_code == 201, created.text
+    create_case(tally, case_id, title={"en": "The Sengwer"}, goal=1000, default_locale="en")
 
     def sign(n: int) -> int:
         body = {"first_name": "Kiptum", "last_name": "Sengwer", "email": f"s{n}@example.org", "country": "KE"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -10,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from intake.app import create_app
@@ -18,7 +17,7 @@ from intake.settings import IntakeSettings
 
 from clameur.events import Action, CaseState, CaseStatus, Victory
 from clameur.topics import Topics
-from tests.support import eventually
+from tests.support import eventually, settings_from
 
 SIGNER = {
     "first_name": "Camille",
@@ -66,41 +65,9 @@ async def publish_cases(bootstrap: str, topics: Topics, *states: CaseState) -> N
         await producer.stop()
 
 
-async def read_topic(bootstrap: str, topic: str, *, at_least: int = 0, within: float = 10.0) -> list[Any]:
-    """Every record on ``topic`` from the start; waits up to ``within`` s for ``at_least``.
-
-    With ``at_least=0`` it reads for a short moment and returns what is there (to show
-    that nothing was published).
-    """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer._client.add_topic(topic)  # the consumer has no public metadata refresh
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        assert partitions, f"no topic {topic}"
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        records: list[Any] = []
-        deadline = asyncio.get_running_loop().time() + (within if at_least else 1.0)
-        while asyncio.get_running_loop().time() < deadline:
-            fetched = await consumer.getmany(timeout_ms=200)
-            for batch in fetched.values():
-                records.extend(batch)
-            if at_least and len(records) >= at_least:
-                break
-        return records
-    finally:
-        await consumer.stop()
-
-
 def settings_for(service_env: dict[str, str], **overrides: Any) -> IntakeSettings:
     """Intake settings for this test's broker and topics, plus ``overrides`` by field name."""
-    shared = {
-        key.removeprefix("CLAMEUR_").lower(): value
-        for key, value in service_env.items()
-        if key.startswith("CLAMEUR_")
-    }
-    return IntakeSettings(**{**shared, **overrides})
+    return settings_from(IntakeSettings, service_env, **overrides)
 
 
 @asynccontextmanager
@@ -132,19 +99,3 @@ def intake(service_env: dict[str, str]) -> Intake:
         return running(settings_for(service_env, **overrides))
 
     return start
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in a Prometheus text exposition (0 if absent)."""
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        sample, _, value = line.rpartition(" ")
-        sample_name, _, label_part = sample.partition("{")
-        if sample_name != name:
-            continue
-        found = ",".join(sorted(label_part.rstrip("}").split(","))) if label_part else ""
-        if found == wanted:
-            return float(value)
-    return 0.0

@@ -12,7 +12,8 @@ import pytest
 
 from clameur.events import decode_signature
 from clameur.topics import Topics, ensure_topics
-from tests.intake.conftest import SIGNER, case_state, metric, publish_cases, read_topic, running, settings_for
+from tests.intake.conftest import SIGNER, case_state, publish_cases, running, settings_for
+from tests.support import metric, read_topic
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,8 @@ import pytest
 from clameur.events import decode_signature
 from clameur.topics import Topics
 from tests.conftest import Infra
-from tests.intake.conftest import SIGNER, Intake, case_state, metric, publish_cases, read_topic, won_state
+from tests.intake.conftest import SIGNER, Intake, case_state, publish_cases, won_state
+from tests.support import metric, read_topic
 
 PARTNER = {"Authorization": "Bearer partner-key-amnesty-paper-0123456789"}
 

@@ -13,8 +13,8 @@ import pytest
 
 from clameur.topics import Topics
 from tests.conftest import Infra
-from tests.intake.conftest import SIGNER, Intake, case_state, metric, publish_cases, read_topic
-from tests.support import free_port
+from tests.intake.conftest import SIGNER, Intake, case_state, publish_cases
+from tests.support import free_port, metric, read_topic
 
 # Cloudflare's documented test secret keys (developers.cloudflare.com/turnstile/troubleshooting/testing/).
 ALWAYS_PASSES = "1x0000000000000000000000000000000AA"

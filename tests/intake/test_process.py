@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from clameur.events import decode_signature
 from clameur.topics import Topics
 from tests.conftest import Infra
-from tests.intake.conftest import SIGNER, case_state, publish_cases, read_topic
-from tests.support import ServiceProcess
+from tests.intake.conftest import SIGNER, case_state, publish_cases
+from tests.support import ServiceProcess, read_topic
 
 PARTNER_KEY = "partner-key-fuzz-0123456789"
 

@@ -27,7 +27,8 @@ from clameur.events import (
 )
 from clameur.kafka import create_producer
 from clameur.topics import Topics
-from tests.intake.conftest import case_state, read_topic
+from tests.intake.conftest import case_state
+from tests.support import read_topic
 
 
 def _signature(case_id: str, **changes: Any) -> SignatureAccepted:

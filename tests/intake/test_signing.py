@@ -13,7 +13,8 @@ from clameur.events import CaseStatus, decode_signature
 from clameur.supporters import SupporterKeys, normalise_email
 from clameur.topics import Topics
 from tests.conftest import TEST_SECRET, Infra
-from tests.intake.conftest import SIGNER, Intake, case_state, metric, publish_cases, read_topic, won_state
+from tests.intake.conftest import SIGNER, Intake, case_state, publish_cases, won_state
+from tests.support import metric, read_topic
 
 
 @pytest.fixture

@@ -1,21 +1,15 @@
-"""Fixtures of notify's tests: a real SMTP server that can refuse, settings, the app in-process."""
+"""Fixtures of notify's tests: settings, the app in-process, events (the SMTP sink is tests/conftest.py's)."""
 
 from __future__ import annotations
 
-import email
-import email.policy
-import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.message import EmailMessage
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from notify.app import create_app
@@ -25,86 +19,9 @@ from notify.supporters import supporter_key
 from clameur.events import Consent, Event, MilestoneReached, SignatureAccepted, VictoryDeclared, utc_now
 from clameur.kafka import create_producer
 from clameur.topics import Topics
+from devstack.mailsink import SmtpSink
 from tests.conftest import TEST_SECRET, Infra
-from tests.support import free_port
-
-
-@dataclass(frozen=True)
-class Received:
-    mail_from: str
-    rcpt_tos: list[str]
-    raw: bytes
-
-    @property
-    def message(self) -> EmailMessage:
-        parsed = email.message_from_bytes(self.raw, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        return parsed
-
-
-@dataclass
-class Refusal:
-    code: int
-    times: int | None
-    """How many times to refuse; ``None`` for always."""
-
-
-@dataclass
-class SmtpSink:
-    """A real SMTP server (aiosmtpd) on loopback that keeps what it accepts.
-
-    ``refuse(address, 451, times=2)`` makes it answer RCPT for that address with the
-    code, ``times`` times (always when ``None``), then accept.
-    """
-
-    port: int = 0
-    received: list[Received] = field(default_factory=list)
-    refusals: dict[str, int] = field(default_factory=dict)
-    _rules: dict[str, Refusal] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def refuse(self, address: str, code: int, times: int | None = None) -> None:
-        with self._lock:
-            self._rules[address] = Refusal(code, times)
-
-    async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
-    ) -> str:
-        with self._lock:
-            rule = self._rules.get(address)
-            if rule is not None and (rule.times is None or rule.times > 0):
-                if rule.times is not None:
-                    rule.times -= 1
-                self.refusals[address] = self.refusals.get(address, 0) + 1
-                kind = "try again later" if rule.code < 500 else "no such mailbox"
-                return f"{rule.code} {kind}"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        raw = envelope.original_content or b""
-        with self._lock:
-            self.received.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos), raw))
-        return "250 Message accepted for delivery"
-
-    def to(self, address: str) -> list[Received]:
-        with self._lock:
-            return [mail for mail in self.received if address in mail.rcpt_tos]
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.received)
-
-
-@pytest.fixture
-def smtp_sink() -> Iterator[SmtpSink]:
-    sink = SmtpSink(port=free_port())
-    controller = Controller(sink, hostname="127.0.0.1", port=sink.port)
-    controller.start()
-    try:
-        yield sink
-    finally:
-        controller.stop()
+from tests.support import settings_from
 
 
 @pytest.fixture
@@ -123,15 +40,6 @@ def notify_env(service_env: dict[str, str], smtp_sink: SmtpSink) -> dict[str, st
         "CLAMEUR_NOTIFY_RATE_PER_S": "1000",
         "CLAMEUR_LOG_JSON": "false",
     }
-
-
-def settings_from(env: dict[str, str]) -> NotifySettings:
-    fields = {
-        key.removeprefix("CLAMEUR_").lower(): value
-        for key, value in env.items()
-        if key.startswith("CLAMEUR_")
-    }
-    return NotifySettings.model_validate(fields)
 
 
 @dataclass
@@ -154,7 +62,7 @@ class RunningNotify:
 @pytest.fixture
 async def notify(notify_env: dict[str, str], infra: Infra) -> AsyncIterator[RunningNotify]:
     """Notify in this process (lifespan and all), with an HTTP client and a database pool."""
-    settings = settings_from(notify_env)
+    settings = settings_from(NotifySettings, notify_env)
     app = create_app(settings)
     database = await asyncpg.create_pool(infra.database_url, min_size=1, max_size=2)
     assert database is not None
@@ -173,21 +81,6 @@ async def scrape(client: httpx.AsyncClient) -> str:
     response = await client.get("/metrics")
     assert response.status_code == 200
     return response.text
-
-
-def sample(metrics_text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text (0 when absent)."""
-    for line in metrics_text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        metric, _, label_text = head.partition("{")
-        if metric != name:
-            continue
-        found = dict(part.split("=", 1) for part in label_text.rstrip("}").split(",") if "=" in part)
-        if all(found.get(key, "").strip('"') == wanted for key, wanted in labels.items()):
-            return float(value)
-    return 0.0
 
 
 def email_of(name: str, case_id: str) -> str:

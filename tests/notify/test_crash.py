@@ -12,9 +12,9 @@ import asyncpg
 import pytest
 
 from clameur.topics import Topics
+from devstack.mailsink import SmtpSink
 from tests.conftest import Infra
 from tests.notify.conftest import (
-    SmtpSink,
     email_of,
     milestone,
     publish_case_events,

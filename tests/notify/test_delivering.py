@@ -8,21 +8,20 @@ from datetime import timedelta
 
 from clameur.events import utc_now
 from clameur.topics import Topics
+from devstack.mailsink import SmtpSink
 from tests.conftest import Infra
 from tests.notify.conftest import (
     RunningNotify,
-    SmtpSink,
     email_of,
     milestone,
     publish_case_events,
     publish_milestone_after,
     publish_signatures,
-    sample,
     scrape,
     signature,
     victory,
 )
-from tests.support import eventually
+from tests.support import eventually, metric
 
 SETTLE_S = 1.5
 """After the expected mail arrived, how long an unexpected extra one gets to show up."""
@@ -85,10 +84,10 @@ async def test_a_milestone_reaches_exactly_the_subscribed_supporters_once_in_the
     rows = await notify.deliveries(event.event_id)
     assert [row["state"] for row in rows] == ["sent", "sent"]
     metrics = await scrape(notify.client)
-    assert sample(metrics, "clameur_notify_emails_sent_total", kind="milestone") == 2
-    assert sample(metrics, "clameur_notify_email_attempts_total", kind="milestone") == 2
+    assert metric(metrics, "clameur_notify_emails_sent_total", kind="milestone") == 2
+    assert metric(metrics, "clameur_notify_email_attempts_total", kind="milestone") == 2
     # New (case, supporter) subscriptions: amina (once), ben, dara, emma.
-    assert sample(metrics, "clameur_notify_supporters_recorded_total") == 4
+    assert metric(metrics, "clameur_notify_supporters_recorded_total") == 4
 
 
 async def test_the_same_event_twice_on_the_topic_sends_once(
@@ -145,8 +144,8 @@ async def test_an_smtp_451_is_retried_then_delivered(
     [row] = await notify.deliveries(event.event_id)
     assert (row["state"], row["attempts"]) == ("sent", 3)
     metrics = await scrape(notify.client)
-    assert sample(metrics, "clameur_notify_emails_failed_total", kind="milestone", reason="temporary") == 2
-    assert sample(metrics, "clameur_notify_email_attempts_total", kind="milestone") == 3
+    assert metric(metrics, "clameur_notify_emails_failed_total", kind="milestone", reason="temporary") == 2
+    assert metric(metrics, "clameur_notify_email_attempts_total", kind="milestone") == 3
 
 
 async def test_an_smtp_550_is_recorded_failed_and_not_retried(
@@ -171,8 +170,8 @@ async def test_an_smtp_550_is_recorded_failed_and_not_retried(
     }
     assert states == {email_of("amina", case_id): ("failed", 1), email_of("ben", case_id): ("sent", 1)}
     metrics = await scrape(notify.client)
-    assert sample(metrics, "clameur_notify_emails_failed_total", kind="milestone", reason="permanent") == 1
-    assert sample(metrics, "clameur_notify_emails_sent_total", kind="milestone") == 1
+    assert metric(metrics, "clameur_notify_emails_failed_total", kind="milestone", reason="permanent") == 1
+    assert metric(metrics, "clameur_notify_emails_sent_total", kind="milestone") == 1
 
 
 async def test_a_one_click_unsubscribe_before_a_victory_means_no_victory_mail(
@@ -208,7 +207,7 @@ async def test_a_one_click_unsubscribe_before_a_victory_means_no_victory_mail(
     ]
     assert victory_mail.message["Subject"] == "Nawal is free: thank you!"
     metrics = await scrape(notify.client)
-    assert sample(metrics, "clameur_notify_unsubscribes_total", scope="all") == 1
+    assert metric(metrics, "clameur_notify_unsubscribes_total", scope="all") == 1
 
 
 async def test_a_forged_or_altered_unsubscribe_token_is_refused(

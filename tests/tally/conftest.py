@@ -18,7 +18,7 @@ from tally.app import create_app
 from tally.settings import TallySettings
 
 from clameur.database import create_pool
-from tests.support import free_port
+from tests.support import free_port, settings_from
 
 
 @pytest.fixture
@@ -32,19 +32,9 @@ def tally_env(service_env: dict[str, str]) -> dict[str, str]:
     }
 
 
-def settings_from(env: dict[str, str], **overrides: Any) -> TallySettings:
-    fields: dict[str, Any] = {
-        key.removeprefix("CLAMEUR_").lower(): value
-        for key, value in env.items()
-        if key.startswith("CLAMEUR_")
-    }
-    fields.update(overrides)
-    return TallySettings(**fields)
-
-
 @pytest.fixture
 def tally_settings(tally_env: dict[str, str]) -> TallySettings:
-    return settings_from(tally_env)
+    return settings_from(TallySettings, tally_env)
 
 
 @pytest.fixture

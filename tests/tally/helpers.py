@@ -101,29 +101,3 @@ def case_body(case_id: str, **overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
-
-
-async def read_topic(bootstrap: str, topic: str, *, at_least: int, within: float = 20.0) -> list[Any]:
-    """Every record of ``topic`` from the beginning, once there are ``at_least`` (or time is up)."""
-    import time
-
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        deadline = time.monotonic() + within
-        while len(records) < at_least and time.monotonic() < deadline:
-            fetched = await consumer.getmany(timeout_ms=200)
-            for chunk in fetched.values():
-                records.extend(chunk)
-        # A little longer: to see a duplicate that should not be there.
-        fetched = await consumer.getmany(timeout_ms=300)
-        for chunk in fetched.values():
-            records.extend(chunk)
-    finally:
-        await consumer.stop()
-    return records

@@ -9,8 +9,8 @@ from tally.settings import TallySettings
 
 from clameur.events import Action, decode_case_event, decode_case_state
 from clameur.topics import Topics
-from tests.support import eventually
-from tests.tally.helpers import ADMIN, case_body, counters, many, produce, read_topic, signature, total
+from tests.support import eventually, metric, read_topic
+from tests.tally.helpers import ADMIN, case_body, counters, many, produce, signature, total
 
 
 async def test_duplicates_count_once(
@@ -40,10 +40,7 @@ async def test_duplicates_count_once(
         ("action", "signature"): 40,
         **{("country", c): n for c, n in document["by_country"].items()},
     }
-    duplicates = next(
-        line for line in metrics.splitlines() if line.startswith("clameur_tally_duplicates_total ")
-    )
-    assert float(duplicates.split()[1]) >= 52
+    assert metric(metrics, "clameur_tally_duplicates_total") >= 52
 
 
 async def test_poison_goes_to_the_dlq_and_later_records_still_count(
@@ -112,7 +109,4 @@ async def _total_is(infra: Any, case_id: str, expected: int) -> bool:
 
 async def _all_read(client: Any, expected: int) -> bool:
     # At least: a rebalance at start may hand a few records over twice (they count once).
-    for line in (await client.get("/metrics")).text.splitlines():
-        if line.startswith("clameur_tally_records_consumed_total "):
-            return float(line.split()[1]) >= expected
-    return False
+    return metric((await client.get("/metrics")).text, "clameur_tally_records_consumed_total") >= expected

@@ -15,11 +15,11 @@ from typing import Any
 import asyncpg
 import pytest
 from tally.reconcile import check_counters
+from tally.settings import TallySettings
 
 from clameur.database import create_pool
 from clameur.topics import Topics
-from tests.support import ServiceProcess, eventually
-from tests.tally.conftest import settings_from
+from tests.support import ServiceProcess, eventually, settings_from
 from tests.tally.helpers import counters, many, produce, signature, total
 
 pytestmark = pytest.mark.slow
@@ -112,7 +112,7 @@ async def _produce_waves(bootstrap: str, topic: str, waves: list[list[Any]]) -> 
 async def test_postgres_restarted_mid_stream_loses_nothing_and_tally_recovers_alone(
     tally: Any, tally_env: dict[str, str], topics: Topics, infra: Any, new_id: Any, spare_postgres: Any
 ) -> None:
-    settings = settings_from(tally_env, database_url=spare_postgres.dsn)
+    settings = settings_from(TallySettings, tally_env, database_url=spare_postgres.dsn)
     case_id = new_id("nawal")
     before, during, after = (
         many(case_id, 100, tag="a"),

@@ -10,7 +10,8 @@ import orjson
 from tally.settings import TallySettings
 
 from clameur.topics import Topics
-from tests.tally.conftest import served, settings_from
+from tests.support import settings_from
+from tests.tally.conftest import served
 from tests.tally.helpers import ADMIN, case_body, many, produce
 
 
@@ -29,7 +30,7 @@ async def _events(response: httpx.Response) -> Any:
 async def test_the_live_stream_pushes_the_count_when_it_changes(
     tally_env: dict[str, str], topics: Topics, infra: Any, new_id: Any
 ) -> None:
-    settings: TallySettings = settings_from(tally_env, tally_live_interval_s=0.2)
+    settings: TallySettings = settings_from(TallySettings, tally_env, tally_live_interval_s=0.2)
     case_id = new_id("nawal")
     async with served(settings) as url, httpx.AsyncClient(base_url=url, timeout=20) as client:
         assert (

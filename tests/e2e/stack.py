@@ -1,0 +1,87 @@
+"""The three services as real processes on one test's topics, and the traffic the tests drive.
+
+Shared by the end-to-end tests and the metrics checks, which need the services to have
+handled real traffic before their labelled series exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import TEST_ADMIN_TOKEN
+from tests.support import ServiceProcess, free_port, wait_until
+
+ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
+
+
+@contextmanager
+def running_stack(
+    service_env: Mapping[str, str], smtp_port: int, log_dir: Path
+) -> Iterator[dict[str, ServiceProcess]]:
+    """Tally, intake and notify started (and ready), mailing through ``smtp_port``; stopped on exit."""
+    notify_port = free_port()
+    env = {
+        **service_env,
+        "CLAMEUR_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}",
+        "CLAMEUR_PUBLIC_URL": f"http://127.0.0.1:{notify_port}",
+        "CLAMEUR_TALLY_GROUP_ID": f"{service_env['CLAMEUR_TOPIC_PREFIX']}tally",
+        # As behind a load balancer: supporters are told apart by X-Forwarded-For.
+        "CLAMEUR_TRUSTED_PROXIES": '["127.0.0.1/32"]',
+    }
+    services = {
+        "tally": ServiceProcess("tally", env, log_dir),
+        "intake": ServiceProcess("intake", env, log_dir),
+        "notify": ServiceProcess("notify", env, log_dir, port=notify_port),
+    }
+    try:
+        for service in services.values():
+            service.start(wait_ready=False)
+        for service in services.values():
+            service.wait_ready(timeout=90)
+        yield services
+    finally:
+        for service in services.values():
+            service.stop()
+
+
+def create_case(tally: str, case_id: str, **fields: Any) -> None:
+    """A new case through tally's admin API (``fields`` complete or replace the defaults)."""
+    body = {
+        "id": case_id,
+        "title": {"fr": "Nawal Benaissa : stop au harcèlement", "en": "Nawal Benaissa: stop the harassment"},
+        "goal": 50,
+        "default_locale": "fr",
+        **fields,
+    }
+    created = httpx.post(f"{tally}/v1/admin/cases", headers=ADMIN, json=body, timeout=10)
+    assert created.status_code == 201, created.text
+
+
+def sign(
+    intake: str, case_id: str, n: int, *, email_of: Callable[[int], str], **fields: object
+) -> httpx.Response:
+    """Supporter ``n``'s signature (``fields`` complete or replace the form's)."""
+    body = {
+        "first_name": f"Supporter{n}",
+        "last_name": "Test",
+        "email": email_of(n),
+        "country": ["FR", "MA", "BE"][n % 3],
+        **fields,
+    }
+    return httpx.post(f"{intake}/v1/cases/{case_id}/signatures", json=body, timeout=10)
+
+
+def until_intake_answers(
+    status: int, intake: str, case_id: str, n: int, *, email_of: Callable[[int], str], timeout: float
+) -> None:
+    """Sign as supporter ``n`` until intake answers ``status`` (it learns of cases from cases.v1)."""
+    wait_until(
+        lambda: sign(intake, case_id, n, email_of=email_of).status_code == status,
+        timeout=timeout,
+        what=f"intake to answer {status} for {case_id}",
+    )
