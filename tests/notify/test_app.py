@@ -5,12 +5,13 @@ from __future__ import annotations
 import httpx
 from asgi_lifespan import LifespanManager
 from notify.app import create_app
+from notify.settings import NotifySettings
 
-from tests.notify.conftest import settings_from
+from tests.support import settings_from
 
 
 async def test_readiness_follows_the_lifespan(notify_env: dict[str, str]) -> None:
-    app = create_app(settings_from(notify_env))
+    app = create_app(settings_from(NotifySettings, notify_env))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="https://clameur.example.org") as client:
         before = await client.get("/readyz")

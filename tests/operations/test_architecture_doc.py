@@ -46,7 +46,10 @@ def test_every_port_is_in_the_table_of_ports() -> None:
     ports = ARCHITECTURE.read_text().split("## Ports and adapters", 1)[1]
     protocols = _protocols()
     assert "BatchApplier" in protocols
-    assert not [name for name in sorted(protocols) if f"`{name}`" not in ports]
+    # A private protocol (a module's own typing aid, such as notify's appliers that also
+    # name their group) is not a port between services and adapters.
+    public = sorted(name for name in protocols if not name.startswith("_"))
+    assert not [name for name in public if f"`{name}`" not in ports]
 
 
 def test_no_source_cites_a_document_outside_the_repository() -> None:
