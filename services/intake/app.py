@@ -36,7 +36,7 @@ from intake.abuse import ClientAddresses, DomainLimits, RateLimit, TokenBuckets
 from intake.human_check import HumanCheck, TurnstileCheck
 from intake.idempotency import IdempotencyWindow, StoredAnswer
 from intake.metrics import IntakeMetrics
-from intake.publisher import KafkaSignaturePublisher, PublishMetrics
+from intake.publisher import KafkaSignaturePublisher, PublishMetrics, PublishTimings
 from intake.settings import IntakeSettings
 from intake.signing import PartnerKeys, SigningDesk
 from intake.validation import SignatureFields, SignatureForm
@@ -151,9 +151,11 @@ def create_app(settings: IntakeSettings) -> FastAPI:
                 client_id="intake",
             ),
             metrics=publish_metrics,
-            ack_timeout=settings.broker_ack_timeout,
-            probe_interval=settings.broker_probe_interval,
-            reset_after=settings.producer_reset_after,
+            timings=PublishTimings(
+                ack_timeout=settings.broker_ack_timeout,
+                probe_interval=settings.broker_probe_interval,
+                reset_after=settings.producer_reset_after,
+            ),
         )
         async with contextlib.AsyncExitStack() as stack:
             human_check: HumanCheck | None = None
