@@ -6,9 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from asgi_lifespan import LifespanManager
@@ -148,3 +150,13 @@ def metric(text: str, name: str, **labels: str) -> float:
         if found == wanted:
             return float(value)
     return 0.0
+
+
+def answer_json(handler: BaseHTTPRequestHandler, document: dict[str, Any]) -> None:
+    """Answer ``handler``'s request with 200 and ``document`` as JSON (fake remote services)."""
+    body = orjson.dumps(document)
+    handler.send_response(200)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import httpx
-import orjson
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 from clameur.events import decode_signature
 from clameur.topics import Topics
 from tests.conftest import Infra
-from tests.intake.conftest import SIGNER, case_state, publish_cases, read_topic
+from tests.intake.conftest import SIGNER, answer_json, case_state, publish_cases, read_topic
 from tests.support import ServiceProcess, eventually, free_port
 
 PARTNER_KEY = "partner-key-fuzz-0123456789"
@@ -41,12 +40,7 @@ class _HeldSiteverify(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("content-length", "0")))
         type(self).arrived.release()
         type(self).release.wait(timeout=30)
-        body = orjson.dumps({"success": True, "error-codes": []})
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        answer_json(self, {"success": True, "error-codes": []})
 
     def log_message(self, format: str, *args: object) -> None:
         pass
