@@ -25,14 +25,18 @@ class DirectRoute(APIRoute):
 
     The handler's signature is ``(request) -> Response``; it reads its path parameters
     from ``request.path_params`` and its body itself, so what the document says about
-    them is declared (``openapi_extra``), not inferred.  Dependencies are refused: they
-    would be documented and never run.
+    them is declared (``openapi_extra``), not inferred.  Dependencies and a body limit are
+    refused: they would be documented and never applied.  Mount it among the app's own
+    routes; through ``include_router`` FastAPI's per-request wrapper comes back.
     """
 
     def __init__(self, path: str, endpoint: Handler, **documentation: Any) -> None:
         super().__init__(path, endpoint, **documentation)
-        if self.dependencies:
-            raise TypeError(f"{path}: a DirectRoute runs no dependencies; check the request in its handler")
+        if self.dependencies or self.max_body_size is not None:
+            raise TypeError(
+                f"{path}: a DirectRoute applies no dependencies and no body limit; "
+                "check and limit the request in its handler"
+            )
         # Starlette's wrapper, not FastAPI's: the same exception handling, without the
         # exit stacks kept for dependencies this route does not have.
         self.app = request_response(endpoint)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
@@ -46,9 +48,15 @@ async def test_a_direct_route_hands_the_request_to_its_handler_unsolved() -> Non
     assert app.openapi()["paths"]["/echo/{slug}"]["post"]["summary"] == "Echo"
 
 
-def test_a_direct_route_refuses_dependencies_it_would_never_run() -> None:
-    def guard() -> None:
-        raise AssertionError("never called")
+def _guard() -> None:
+    raise AssertionError("never called")
 
-    with pytest.raises(TypeError, match="runs no dependencies"):
-        DirectRoute("/echo/{slug}", _echo, methods=["POST"], dependencies=[Depends(guard)])
+
+@pytest.mark.parametrize(
+    "unapplied",
+    [{"dependencies": [Depends(_guard)]}, {"max_body_size": 1024}],
+    ids=["dependencies", "body limit"],
+)
+def test_a_direct_route_refuses_what_it_would_never_apply(unapplied: dict[str, Any]) -> None:
+    with pytest.raises(TypeError, match="applies no dependencies and no body limit"):
+        DirectRoute("/echo/{slug}", _echo, methods=["POST"], **unapplied)
