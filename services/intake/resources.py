@@ -64,6 +64,7 @@ class Running:
 
     @asynccontextmanager
     async def serving(self, resources: IntakeResources) -> AsyncIterator[None]:
+        """The routes answer with ``resources`` until the block ends."""
         self._resources = resources
         try:
             yield
@@ -87,7 +88,10 @@ class Running:
 async def open_intake(
     settings: IntakeSettings, registry: CollectorRegistry
 ) -> AsyncIterator[IntakeResources]:
-    """Every resource of intake, started; on exit the producer is flushed and all is closed."""
+    """Every resource of intake, started; on exit the producer is flushed and all is closed.
+
+    Intake's metrics are registered on ``registry`` here: one ``open_intake`` per registry.
+    """
     cases = CaseRegistry()
     publisher = _publisher(settings, PublishMetrics(registry))
     async with AsyncExitStack() as stack:
