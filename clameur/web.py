@@ -16,6 +16,7 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -103,13 +104,31 @@ class Problem(Exception):
         )
 
 
-def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
-    """Pydantic errors as ``{"field": "consent.updates", "message": "..."}``, no input echoed."""
+def field_errors(
+    error: ValidationError | RequestValidationError, *, messages: Mapping[str, str] | None = None
+) -> list[dict[str, str]]:
+    """Pydantic's errors as ``{"field": "consent.updates", "message": "..."}``; no input echoed.
+
+    A request's errors (FastAPI's) are named without the part of the request they are in
+    (``body``, ``query``, ``path``); a model's by its fields alone; ``body`` when there is
+    no field.  A validator's message keeps its own words, without pydantic's "Value error, ";
+    ``messages`` replaces the message of an error type (e.g. ``extra_forbidden``).
+    """
+    request_parts: tuple[str, ...] = ()
+    if isinstance(error, RequestValidationError):
+        details, request_parts = error.errors(), _REQUEST_PARTS
+    else:
+        details = error.errors(include_url=False, include_input=False)
     result = []
-    for error in errors:
-        location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
-        result.append({"field": ".".join(location) or "body", "message": str(error.get("msg", ""))})
+    for detail in details:
+        location = [str(part) for part in detail.get("loc", ()) if part not in request_parts]
+        message = (messages or {}).get(detail.get("type", "")) or str(detail.get("msg", ""))
+        message = message.removeprefix("Value error, ")
+        result.append({"field": ".".join(location) or "body", "message": message})
     return result
+
+
+_REQUEST_PARTS = ("body", "query", "path")
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -121,7 +140,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        errors = field_errors(exc.errors())
+        errors = field_errors(exc)
         fields = ", ".join(sorted({error["field"] for error in errors}))
         return problem(422, f"Some fields are missing or invalid: {fields}.", errors=errors)
 

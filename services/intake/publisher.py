@@ -22,13 +22,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from clameur.events import SignatureAccepted
+from clameur.retry import Backoff, RetryPolicy
+from intake.producer_internals import sender_stopped, stop_sender
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +74,21 @@ class PublishMetrics:
         )
 
 
+@dataclass(frozen=True)
+class PublishTimings:
+    """Seconds: the wait for an ack, the probe gate, the replacement of a failing producer,
+    how often the producer's health is looked at."""
+
+    ack_timeout: float
+    probe_interval: float
+    reset_after: float
+    check_interval: float = 0.5
+
+
+# Reconnecting a producer while the broker is down: from 0.2 s, doubling, jittered, at most 5 s.
+RECONNECT = RetryPolicy(initial_s=0.2, maximum_s=5.0)
+
+
 class KafkaSignaturePublisher:
     """Signatures to Kafka, keyed by case id; see the module docstring for the promises."""
 
@@ -80,20 +98,14 @@ class KafkaSignaturePublisher:
         topic: str,
         producer_factory: ProducerFactory,
         metrics: PublishMetrics,
-        ack_timeout: float,
-        probe_interval: float,
-        reset_after: float,
+        timings: PublishTimings,
         clock: Callable[[], float] = time.monotonic,
-        check_interval: float = 0.5,
     ) -> None:
         self._topic = topic
         self._new_producer = producer_factory
         self._metrics = metrics
-        self._ack_timeout = ack_timeout
-        self._probe_interval = probe_interval
-        self._reset_after = reset_after
+        self._timings = timings
         self._clock = clock
-        self._check_interval = check_interval
         self._producer: AIOKafkaProducer | None = None
         self._lanes: PartitionLanes | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -128,7 +140,7 @@ class KafkaSignaturePublisher:
         producer = self._producer
         if producer is None:
             raise BrokerUnavailable("the producer is not connected to the broker yet")
-        if _sender_died(producer):
+        if sender_stopped(producer):
             raise BrokerUnavailable("the producer stopped; a new one is being started")
 
     # -- the hot path --------------------------------------------------------------------
@@ -143,7 +155,7 @@ class KafkaSignaturePublisher:
             # not one per request.  Only an unknown topic's metadata is waited for here.
             partition_of = lanes.partitioner()
             if partition_of is None:
-                async with asyncio.timeout(self._ack_timeout):
+                async with asyncio.timeout(self._timings.ack_timeout):
                     partition_of = await lanes.fetch_partitioner()
             if len(events) == 1:
                 event = events[0]
@@ -177,7 +189,7 @@ class KafkaSignaturePublisher:
             self._metrics.errors.inc()
             raise BrokerUnavailable("the broker is failing; waiting for it to come back")
         self._probing = True
-        self._next_probe = now + self._probe_interval
+        self._next_probe = now + self._timings.probe_interval
         return lanes
 
     def _failed(self) -> None:
@@ -185,7 +197,7 @@ class KafkaSignaturePublisher:
         if self._failing_since is None:
             self._failing_since = now
             logger.warning("the broker stopped acknowledging signatures")
-        self._next_probe = now + self._probe_interval
+        self._next_probe = now + self._timings.probe_interval
         self._probing = False
 
     def _succeeded(self) -> None:
@@ -197,12 +209,15 @@ class KafkaSignaturePublisher:
     # -- recovery ----------------------------------------------------------------------
 
     def _stuck(self, producer: AIOKafkaProducer) -> bool:
-        if _sender_died(producer):
+        if sender_stopped(producer):
             return True
-        return self._failing_since is not None and self._clock() - self._failing_since >= self._reset_after
+        return (
+            self._failing_since is not None
+            and self._clock() - self._failing_since >= self._timings.reset_after
+        )
 
     async def _supervise(self) -> None:
-        backoff = 0.2
+        backoff = Backoff(RECONNECT)
         while True:
             if self._producer is None:
                 producer = self._new_producer()
@@ -211,16 +226,15 @@ class KafkaSignaturePublisher:
                 except Exception as exc:  # noqa: BLE001 - broker down at start: retry with backoff
                     logger.warning("cannot connect the producer yet: %s", type(exc).__name__)
                     await _stop_quietly(producer, 1.0)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    await asyncio.sleep(backoff.failed())
                     continue
-                backoff = 0.2
+                backoff.succeeded()
                 self._failing_since = None
                 self._probing = False
                 self._producer = producer
-                self._lanes = PartitionLanes(producer, self._topic, self._ack_timeout)
+                self._lanes = PartitionLanes(producer, self._topic, self._timings.ack_timeout)
                 logger.info("producer connected", extra={"topic": self._topic})
-            await asyncio.sleep(self._check_interval)
+            await asyncio.sleep(self._timings.check_interval)
             current = self._producer
             if current is not None and self._stuck(current):
                 logger.warning("replacing a producer that keeps failing")
@@ -230,13 +244,6 @@ class KafkaSignaturePublisher:
                 retiring = asyncio.create_task(_stop_quietly(current, 5.0))
                 self._retiring.add(retiring)
                 retiring.add_done_callback(self._retiring.discard)
-
-
-def _sender_died(producer: AIOKafkaProducer) -> bool:
-    # aiokafka keeps its sender loop in a task; if that task ended, nothing will ever be sent.
-    sender = getattr(producer, "_sender", None)
-    task = getattr(sender, "sender_task", None)
-    return task is not None and task.done()
 
 
 async def _stop_quietly(producer: AIOKafkaProducer, within: float) -> None:
@@ -253,9 +260,7 @@ async def _stop_quietly(producer: AIOKafkaProducer, within: float) -> None:
         logger.warning("producer did not stop cleanly: %s", type(exc).__name__)
     try:
         async with asyncio.timeout(within):
-            sender = getattr(producer, "_sender", None)
-            if sender is not None:
-                await sender.close()  # cancels the sender loop, which would retry forever
+            await stop_sender(producer)  # the sender loop would retry forever
             await producer.client.close()
     except Exception as exc:  # noqa: BLE001 - best effort: the process must go on serving
         logger.warning("producer connections did not close: %s", type(exc).__name__)
@@ -276,12 +281,17 @@ class PartitionLanes:
     partition and its order; a lane sends one batch after another, in arrival order.
     """
 
+    # What ``create_producer`` leaves the producer with; a key's partition is computed
+    # once per partition count and remembered (the hash is pure Python).
+    _partitioner = DefaultPartitioner()
+
     def __init__(self, producer: AIOKafkaProducer, topic: str, ack_timeout: float) -> None:
         self._producer = producer
         self._topic = topic
         self._ack_timeout = ack_timeout
         self._lanes: dict[int, _Lane] = {}
         self._partitions: set[int] | None = None
+        self._ordered: list[int] = []
         self._partition_of: dict[bytes, int] = {}
 
     def partitioner(self) -> Callable[[bytes], int] | None:
@@ -292,6 +302,7 @@ class PartitionLanes:
         if partitions != self._partitions:
             # More partitions (or the first look): compute every key's partition again.
             self._partitions = set(partitions)
+            self._ordered = sorted(partitions)
             self._partition_of = {}
         return self._partition
 
@@ -306,11 +317,10 @@ class PartitionLanes:
     def _partition(self, key: bytes) -> int:
         partition = self._partition_of.get(key)
         if partition is None:
-            assert self._partitions is not None
             if len(self._partition_of) >= _MAX_KEYS_REMEMBERED:
                 self._partition_of.clear()
-            ordered = sorted(self._partitions)
-            partition = ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)]
+            # As the producer calls it: (key, all partitions by id, those available).
+            partition = int(self._partitioner(key, self._ordered, self._ordered))
             self._partition_of[key] = partition
         return partition
 

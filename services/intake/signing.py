@@ -12,7 +12,6 @@ a socket of its own.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -27,7 +26,7 @@ from starlette.requests import Request
 from clameur.case_registry import CaseRegistry
 from clameur.events import CaseState, SignatureAccepted
 from clameur.supporters import SupporterKeys, email_domain
-from clameur.web import PROBLEM_JSON, Problem
+from clameur.web import PROBLEM_JSON, Problem, bearer_token, field_errors, token_matches
 from intake.abuse import ClientAddresses, DomainLimits, TokenBuckets, retry_after
 from intake.cases import refusal
 from intake.human_check import HumanCheck
@@ -35,10 +34,10 @@ from intake.idempotency import MAX_KEY_LENGTH, IdempotencyWindow, StoredAnswer
 from intake.metrics import IntakeMetrics, Rejection
 from intake.publisher import BrokerUnavailable, SignaturePublisher
 from intake.validation import (
+    SIGNATURE_MESSAGES,
     InvalidSignature,
     Receipt,
     SignatureBatch,
-    field_errors,
     parse_fields,
     parse_form,
     signature_event,
@@ -104,18 +103,15 @@ class PartnerKeys:
     """Bearer partner keys to partner names, compared in constant time."""
 
     def __init__(self, keys: Mapping[str, str]) -> None:
-        self._keys = [(key.encode(), name) for key, name in keys.items()]
+        self._keys = list(keys.items())
 
     def partner(self, authorization: str | None) -> str | None:
-        if not authorization:
-            return None
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return None
-        presented = token.strip().encode()
+        """The partner whose key is the ``Authorization: Bearer`` token, or None."""
+        presented = bearer_token(authorization)
         found = None
+        # Every key is compared, found or not: the time says nothing about which matched.
         for key, name in self._keys:
-            if hmac.compare_digest(key, presented):
+            if token_matches(presented, key):
                 found = name
         return found
 
@@ -259,7 +255,7 @@ class SigningDesk:
             batch = SignatureBatch.model_validate_json(body)
         except ValidationError as exc:
             self.metrics.reject(Rejection.VALIDATION)
-            return stored_problem(_invalid(field_errors(exc)))
+            return stored_problem(_invalid(field_errors(exc, messages=SIGNATURE_MESSAGES)))
         if len(batch.signatures) > self.batch_max_items:
             self.metrics.reject(Rejection.VALIDATION)
             return stored_problem(

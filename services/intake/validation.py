@@ -30,6 +30,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from clameur.events import Action, CaseState, Consent, SignatureAccepted, SignatureSource
 from clameur.supporters import SupporterKeys, normalise_email
+from clameur.web import field_errors
 
 NAME_MAX = 100
 
@@ -44,6 +45,13 @@ _URL = re.compile(
     r"\b[a-z0-9\-]+\.(?:com|net|org|info|biz|io|co|ru|cn|xyz|top|online|site|click|link|ly|me|app|shop)\b",
     re.IGNORECASE,
 )
+
+
+SIGNATURE_MESSAGES = {
+    "json_invalid": "the body is not valid JSON",
+    "extra_forbidden": "is not a field of a signature",
+}
+"""Pydantic's words replaced, by error type, in a signature's ``errors``."""
 
 
 class InvalidSignature(Exception):
@@ -170,7 +178,7 @@ def parse_form(body: bytes) -> SignatureForm:
     try:
         return SignatureForm.model_validate_json(body)
     except ValidationError as exc:
-        raise InvalidSignature(field_errors(exc)) from None
+        raise InvalidSignature(field_errors(exc, messages=SIGNATURE_MESSAGES)) from None
 
 
 def parse_fields(raw: Any) -> SignatureFields:
@@ -178,23 +186,7 @@ def parse_fields(raw: Any) -> SignatureFields:
     try:
         return SignatureFields.model_validate(raw)
     except ValidationError as exc:
-        raise InvalidSignature(field_errors(exc)) from None
-
-
-def field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    """Pydantic errors as ``{"field": "consent.updates", "message": ...}``, input never echoed."""
-    errors = []
-    for error in exc.errors(include_url=False, include_input=False):
-        field = ".".join(str(part) for part in error["loc"]) or "body"
-        message = error["msg"]
-        if message.startswith("Value error, "):
-            message = message.removeprefix("Value error, ")
-        if error["type"] == "json_invalid":
-            message = "the body is not valid JSON"
-        elif error["type"] == "extra_forbidden":
-            message = "is not a field of a signature"
-        errors.append({"field": field, "message": message})
-    return errors
+        raise InvalidSignature(field_errors(exc, messages=SIGNATURE_MESSAGES)) from None
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from asgi_lifespan import LifespanManager
@@ -99,3 +101,13 @@ def intake(service_env: dict[str, str]) -> Intake:
         return running(settings_for(service_env, **overrides))
 
     return start
+
+
+def answer_json(handler: BaseHTTPRequestHandler, document: dict[str, Any]) -> None:
+    """Answer ``handler``'s request with 200 and ``document`` as JSON (fake remote services)."""
+    body = orjson.dumps(document)
+    handler.send_response(200)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)

@@ -8,12 +8,11 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import orjson
 import pytest
 
 from clameur.topics import Topics
 from tests.conftest import Infra
-from tests.intake.conftest import SIGNER, Intake, case_state, publish_cases
+from tests.intake.conftest import SIGNER, Intake, answer_json, case_state, publish_cases
 from tests.support import free_port, metric, read_topic
 
 # Cloudflare's documented test secret keys (developers.cloudflare.com/turnstile/troubleshooting/testing/).
@@ -50,12 +49,7 @@ class Siteverify(BaseHTTPRequestHandler):
             verdict = {"success": False, "error-codes": ["timeout-or-duplicate"]}
         else:
             verdict = {"success": False, "error-codes": ["invalid-input-secret"]}
-        body = orjson.dumps(verdict)
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        answer_json(self, verdict)
 
     def log_message(self, format: str, *args: object) -> None:
         pass

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -16,32 +19,97 @@ from hypothesis import strategies as st
 from clameur.events import decode_signature
 from clameur.topics import Topics
 from tests.conftest import Infra
-from tests.intake.conftest import SIGNER, case_state, publish_cases
-from tests.support import ServiceProcess, read_topic
+from tests.intake.conftest import SIGNER, answer_json, case_state, publish_cases
+from tests.support import ServiceProcess, eventually, free_port, read_topic
 
 PARTNER_KEY = "partner-key-fuzz-0123456789"
 
 
+class _HeldSiteverify(BaseHTTPRequestHandler):
+    """A Turnstile siteverify that passes every token, once ``release`` is set.
+
+    While it holds, a signing request is known to be inside intake's handler (its human
+    check waits for this answer) and not answered.
+    """
+
+    release: ClassVar[threading.Event] = threading.Event()
+    arrived: ClassVar[threading.Semaphore] = threading.Semaphore(0)
+    url: ClassVar[str] = ""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        type(self).arrived.release()
+        type(self).release.wait(timeout=30)
+        answer_json(self, {"success": True, "error-codes": []})
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def held_siteverify() -> Iterator[type[_HeldSiteverify]]:
+    _HeldSiteverify.release = threading.Event()
+    _HeldSiteverify.arrived = threading.Semaphore(0)
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _HeldSiteverify)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _HeldSiteverify.url = f"http://127.0.0.1:{server.server_port}/siteverify"
+    try:
+        yield _HeldSiteverify
+    finally:
+        _HeldSiteverify.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def _arrivals(siteverify: type[_HeldSiteverify], count: int, within: float) -> bool:
+    return all(siteverify.arrived.acquire(timeout=within) for _ in range(count))
+
+
 @pytest.mark.slow
 async def test_sigterm_finishes_requests_in_flight_and_flushes(
-    service_env: dict[str, str], infra: Infra, topics: Topics, new_id: Callable[[str], str], tmp_path: Path
+    service_env: dict[str, str],
+    infra: Infra,
+    topics: Topics,
+    new_id: Callable[[str], str],
+    tmp_path: Path,
+    held_siteverify: type[_HeldSiteverify],
 ) -> None:
     case_id = new_id("nawal")
     await publish_cases(infra.kafka, topics, case_state(case_id))
-    # A long linger keeps requests waiting for their ack when SIGTERM comes.
-    env = {**service_env, "CLAMEUR_PRODUCER_LINGER_MS": "80", "CLAMEUR_RATE_LIMIT_IP_BURST": "0"}
+    # The human check's answer is held: requests wait inside the handler when SIGTERM comes.
+    env = {
+        **service_env,
+        "CLAMEUR_RATE_LIMIT_IP_BURST": "0",
+        "CLAMEUR_TURNSTILE_SECRET": "held-siteverify-secret",
+        "CLAMEUR_TURNSTILE_VERIFY_URL": held_siteverify.url,
+        "CLAMEUR_TURNSTILE_TIMEOUT": "20",
+    }
+    signer = {**SIGNER, "turnstile_token": "XXXX.DUMMY.TOKEN.XXXX"}
     intake = ServiceProcess("intake", env, tmp_path)
     await asyncio.to_thread(intake.start)
     try:
-        async with httpx.AsyncClient(base_url=intake.url, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=intake.url, timeout=20) as client:
             url = f"/v1/cases/{case_id}/signatures"
-            warm = await client.post(url, json=SIGNER)
+            held_siteverify.release.set()
+            warm = await client.post(url, json=signer)
             assert warm.status_code == 202
-            posts = [asyncio.create_task(client.post(url, json=SIGNER)) for _ in range(30)]
-            await asyncio.sleep(0.03)
-            code = await asyncio.to_thread(intake.kill, signal.SIGTERM)
+            assert await asyncio.to_thread(_arrivals, held_siteverify, 1, 5)
+            held_siteverify.release.clear()
+            posts = [asyncio.create_task(client.post(url, json=signer)) for _ in range(5)]
+            # The fault: every request is inside the handler, unanswered, when SIGTERM comes.
+            assert await asyncio.to_thread(_arrivals, held_siteverify, len(posts), 15), intake.tail()
+            assert not any(post.done() for post in posts)
+            stopping = asyncio.create_task(asyncio.to_thread(intake.kill, signal.SIGTERM))
+            await eventually(lambda: _refuses_connections(intake.url), within=10, what="intake stopping")
+            assert not any(post.done() for post in posts), "answered before the drain began"
+            held_siteverify.release.set()
             answers = await asyncio.gather(*posts, return_exceptions=True)
+            code = await stopping
     finally:
+        held_siteverify.release.set()
         intake.kill()
     assert code == 0, intake.tail()
     accepted = {warm.json()["signature_id"]} | {
@@ -60,6 +128,16 @@ async def test_sigterm_finishes_requests_in_flight_and_flushes(
     records = await read_topic(infra.kafka, topics.signatures, at_least=len(accepted), within=15)
     assert accepted <= {str(decode_signature(record.value).signature_id) for record in records}
     assert "Durand" not in intake.tail(200) and "camille" not in intake.tail(200).lower()
+
+
+async def _refuses_connections(url: str) -> bool:
+    """True once the server no longer accepts a new connection (uvicorn's drain began)."""
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=1) as fresh:
+            await fresh.get("/healthz")
+    except httpx.TransportError:
+        return True
+    return False
 
 
 def test_fuzzing_the_openapi_finds_no_server_error(

@@ -27,6 +27,7 @@ from clameur.events import (
 )
 from clameur.kafka import create_producer
 from clameur.topics import Topics
+from tests.conftest import Infra
 from tests.intake.conftest import case_state
 from tests.support import read_topic
 
@@ -150,3 +151,20 @@ async def test_concurrent_signatures_share_batches_keep_their_partition_and_orde
     for case_id in cases:
         sent = [event.first_name for event in events if event.case_id == case_id]
         assert by_case[case_id] == sent
+
+
+async def test_our_partition_is_the_one_the_producer_chooses(infra: Infra, topics: Topics) -> None:
+    producer: AIOKafkaProducer = create_producer(infra.kafka, client_id="test-partitions")
+    await producer.start()
+    try:
+        lanes = PartitionLanes(producer, topics.signatures, 5.0)
+        partition_of = await lanes.fetch_partitioner()
+        assert len(await producer.partitions_for(topics.signatures)) > 1
+        keys = [f"case-{n}".encode() for n in range(60)] + [b"nawal-benaissa", b"a", b""]
+        # send() lets the producer's own partitioner choose; its answer says where it went.
+        sent = [await producer.send(topics.signatures, value=b"{}", key=key) for key in keys]
+        chosen = [metadata.partition for metadata in await asyncio.gather(*sent)]
+    finally:
+        await producer.stop()
+    assert [partition_of(key) for key in keys] == chosen
+    assert len(set(chosen)) > 1
