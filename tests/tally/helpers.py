@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -12,15 +10,17 @@ import asyncpg
 
 from clameur.events import Action, SignatureAccepted
 from clameur.kafka import create_producer
+from clameur.supporters import SupporterKeys, normalise_email
 from tests.conftest import TEST_ADMIN_TOKEN, TEST_SECRET
 
 ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
 
+_KEYS = SupporterKeys(TEST_SECRET.encode())
+
 
 def supporter_key(email: str) -> str:
-    """Intake's dedupe key: HMAC-SHA256 of the normalised email (trimmed, lower case)."""
-    normalised = email.strip().lower()
-    return hmac.new(TEST_SECRET.encode(), normalised.encode(), hashlib.sha256).hexdigest()
+    """Intake's dedupe key of ``email``, computed by the same code as intake's."""
+    return _KEYS.of(normalise_email(email))
 
 
 def signature(
