@@ -32,6 +32,7 @@ import asyncpg
 
 from clameur.consumer import Batch
 from clameur.events import CaseStatus, Event, MilestoneReached
+from clameur.offsets import OffsetTable
 from tally.counting import (
     TOTAL,
     Countable,
@@ -105,14 +106,8 @@ FROM upserted u LEFT JOIN tally.cases k ON k.id = u.case_id
 WHERE u.dimension = 'total'
 """
 
-_STORE_OFFSETS = """
-INSERT INTO tally.offsets AS o (topic, partition, next_offset)
-SELECT $1, partition, next_offset
-FROM unnest($2::int[], $3::bigint[]) WITH ORDINALITY AS p(partition, next_offset, n)
-ORDER BY n
-ON CONFLICT (topic, partition)
-    DO UPDATE SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), updated_at = now()
-"""
+# Where each partition resumes, written in the transaction of the counts it led to.
+OFFSETS = OffsetTable("tally.offsets")
 
 
 class PostgresCounterStore:
@@ -140,13 +135,7 @@ class PostgresCounterStore:
         self._warned: set[str] = set()
 
     async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
-        rows = await self._pool.fetch(
-            "SELECT partition, next_offset FROM tally.offsets "
-            "WHERE topic = $1 AND partition = ANY($2::int[])",
-            topic,
-            list(partitions),
-        )
-        return {row["partition"]: row["next_offset"] for row in rows}
+        return await OFFSETS.read(self._pool, topic, partitions)
 
     async def apply(self, batch: Batch[Countable]) -> None:
         """Count the batch's new signatures and store its offsets, in one transaction.
@@ -200,14 +189,7 @@ class PostgresCounterStore:
                     milestones = 0
                     if groups:
                         milestones = await self._count(connection, deltas_of_groups(groups))
-                    if batch.next_offsets:
-                        partitions = sorted(batch.next_offsets)
-                        await connection.execute(
-                            _STORE_OFFSETS,
-                            batch.topic,
-                            partitions,
-                            [batch.next_offsets[partition] for partition in partitions],
-                        )
+                    await OFFSETS.store(connection, batch.topic, batch.next_offsets)
                     if signatures:
                         self._maybe_crash("before_db_commit")
         except Exception:
