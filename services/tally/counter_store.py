@@ -40,9 +40,10 @@ from tally.counting import (
     deltas_of_groups,
     milestones_crossed,
 )
-from tally.metrics import TallyMetrics, observe_many
+from tally.metrics import TallyMetrics
 from tally.outbox import Connection, stage_many
 from tally.settings import CrashPoint
+from tally.weighted_observe import observe_many
 
 logger = logging.getLogger(__name__)
 
