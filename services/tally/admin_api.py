@@ -7,6 +7,7 @@ or a change the case's status forbids, 422 invalid fields: all problem+json.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends
@@ -20,7 +21,8 @@ from tally.case_store import CaseStore, Change, DuplicateCase, UnknownCase
 from tally.cases import CaseConflict, CaseCreate, CasePatch, InvalidCase, VictoryRequest
 
 
-def admin_router(store: CaseStore, token: SecretStr) -> APIRouter:
+def admin_router(store: Callable[[], CaseStore], token: SecretStr) -> APIRouter:
+    """The operators' routes; ``store()`` gives the running app's case store at each request."""
     guard = bearer_guard(token.get_secret_value())
     router = APIRouter(prefix="/v1/admin/cases", dependencies=[Depends(guard)])
 
@@ -28,7 +30,7 @@ def admin_router(store: CaseStore, token: SecretStr) -> APIRouter:
         if not is_case_id(case_id):
             raise Problem(404, f"There is no case {case_id!r}.")
         try:
-            state = await store.change(case_id, change)
+            state = await store().change(case_id, change)
         except UnknownCase:
             raise Problem(404, f"There is no case {case_id!r}.") from None
         except CaseConflict as conflict:
@@ -41,7 +43,7 @@ def admin_router(store: CaseStore, token: SecretStr) -> APIRouter:
     async def create(request: CaseCreate) -> JSONResponse:
         try:
             state = cases.new_case(request, datetime.now(UTC))
-            await store.create(state)
+            await store().create(state)
         except InvalidCase as invalid:
             raise _invalid(invalid) from None
         except DuplicateCase:
