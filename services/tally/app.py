@@ -50,6 +50,7 @@ _READY_TIMEOUT_S = 5.0
 _DRAIN_TIMEOUT_S = 25.0
 # The consumer's restarts when it fails (the broker away at start): forever, at most 10 s apart.
 _RESTARTS = RetryPolicy(initial_s=0.5, maximum_s=10.0)
+_NOT_STARTED = "Tally is starting or stopping; try again in a few seconds."
 # Any page may read the counts (the widget); only reads, revalidated by ETag.
 _PUBLIC_READS_CORS: dict[str, Any] = {
     "allow_origins": ["*"],
@@ -63,8 +64,9 @@ _PUBLIC_READS_CORS: dict[str, Any] = {
 def create_app(settings: TallySettings) -> FastAPI:
     """Tally's ASGI app; its lifespan connects to Kafka and Postgres and starts the loops."""
     registry = CollectorRegistry()
+    metrics = TallyMetrics(registry)
     started = Started()
-    app = FastAPI(title="Clameur tally", lifespan=started.lifespan(settings, registry))
+    app = FastAPI(title="Clameur tally", lifespan=started.lifespan(settings, registry, metrics))
     install_problem_handlers(app)
     app.include_router(
         public_router(
@@ -103,15 +105,15 @@ class Started:
     @property
     def tally(self) -> Tally:
         if self._tally is None:
-            raise Problem(503, "Tally is starting or stopping; try again in a few seconds.")
+            raise Problem(503, _NOT_STARTED, headers={"Retry-After": "5"})
         return self._tally
 
     def lifespan(
-        self, settings: TallySettings, registry: CollectorRegistry
+        self, settings: TallySettings, registry: CollectorRegistry, metrics: TallyMetrics
     ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
         @asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-            async with started_tally(settings, registry) as tally:
+            async with started_tally(settings, registry, metrics) as tally:
                 self._tally = tally
                 try:
                     yield
@@ -123,9 +125,10 @@ class Started:
 
 
 @asynccontextmanager
-async def started_tally(settings: TallySettings, registry: CollectorRegistry) -> AsyncIterator[Tally]:
+async def started_tally(
+    settings: TallySettings, registry: CollectorRegistry, metrics: TallyMetrics
+) -> AsyncIterator[Tally]:
     """Tally's pool, producer, consumer and relay, started; stopped in reverse on exit."""
-    metrics = TallyMetrics(registry)
     topics = settings.topics
     async with AsyncExitStack() as stack:
         pool = await create_pool(settings.database_url, min_size=2, max_size=10)

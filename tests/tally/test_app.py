@@ -22,6 +22,7 @@ async def test_before_the_start_every_route_is_there_and_answers_503(tally_setti
         alive = await client.get("/healthz")
     for answer in (read, created, ready):
         assert answer.status_code == 503 and answer.headers["content-type"] == PROBLEM, answer.text
+    assert read.headers["retry-after"] == "5"
     assert alive.status_code == 200
 
 
