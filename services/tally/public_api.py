@@ -56,10 +56,10 @@ def public_router(reader: Callable[[], CaseReader], *, max_age_s: int, live_inte
 
     @router.get("/v1/cases/{case_id}/live")
     async def live(case_id: str) -> EventSourceResponse:
-        cases = reader()
-        first = await _find(cases, case_id)
+        case_reader = reader()  # the stream's, until it ends
+        first = await _find(case_reader, case_id)
         return EventSourceResponse(
-            _counts(cases, case_id, first, live_interval_s),
+            _counts(case_reader, case_id, first, live_interval_s),
             ping=15,
             headers={"Cache-Control": "no-store"},
         )
