@@ -91,6 +91,31 @@ async def total(database_url: str, case_id: str) -> int:
     return (await counters(database_url, case_id)).get(("total", ""), 0)
 
 
+async def stored_offsets(database_url: str, topic: str) -> int:
+    """How many records of ``topic`` tally has applied: its stored next offsets, summed."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        return sum((await OFFSETS.read(connection, topic)).values())
+    finally:
+        await connection.close()
+
+
+async def scrape(url: str) -> str:
+    """The Prometheus text of a service running at ``url``."""
+    async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
+        return (await client.get("/metrics")).text
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of the samples named ``name`` whose labels include ``labels``, summed (0 if none)."""
+    return sum(
+        float(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items())
+    )
+
+
 def case_body(case_id: str, **overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": case_id,
@@ -130,28 +155,3 @@ async def read_topic(bootstrap: str, topic: str, *, at_least: int, within: float
     finally:
         await consumer.stop()
     return records
-
-
-async def stored_offsets(database_url: str, topic: str) -> int:
-    """How many records of ``topic`` tally has applied: its stored next offsets, summed."""
-    connection = await asyncpg.connect(database_url)
-    try:
-        return sum((await OFFSETS.read(connection, topic)).values())
-    finally:
-        await connection.close()
-
-
-async def scrape(url: str) -> str:
-    """The Prometheus text of a service running at ``url``."""
-    async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
-        return (await client.get("/metrics")).text
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of the samples named ``name`` whose labels include ``labels``, summed (0 if none)."""
-    return sum(
-        float(sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items())
-    )
