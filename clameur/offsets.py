@@ -34,14 +34,16 @@ class OffsetTable:
             return "", "", []
         return "group_id, ", f"${first_param}, ", [self.group_id]
 
-    async def read(self, executor: Executor, topic: str, partitions: Collection[int]) -> dict[int, int]:
-        """The next offset to read per partition; partitions never stored are absent."""
+    async def read(
+        self, executor: Executor, topic: str, partitions: Collection[int] | None = None
+    ) -> dict[int, int]:
+        """The next offset to read per partition stored (of ``partitions``, or all when None)."""
         where = "" if self.group_id is None else " AND group_id = $3"
         rows = await executor.fetch(
             f"SELECT partition, next_offset FROM {self.table}"  # noqa: S608 - table is ours, not input
-            f" WHERE topic = $1 AND partition = ANY($2::int[]){where}",
+            f" WHERE topic = $1 AND ($2::int[] IS NULL OR partition = ANY($2::int[])){where}",
             topic,
-            list(partitions),
+            None if partitions is None else list(partitions),
             *self._scope(3)[2],
         )
         return {row["partition"]: row["next_offset"] for row in rows}

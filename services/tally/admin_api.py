@@ -1,53 +1,36 @@
 """The operators' API: create, edit, declare victory, close.  Bearer token, constant-time.
 
-401 without a bearer token, 403 with a wrong one, 404 unknown case, 409 duplicate id
+401 with ``WWW-Authenticate`` without the right bearer token (missing or wrong: the
+same answer, :func:`clameur.web.bearer_guard`), 404 unknown case, 409 duplicate id
 or a change the case's status forbids, 422 invalid fields: all problem+json.
 """
 
 from __future__ import annotations
 
-import hmac
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from pydantic import SecretStr
 from starlette.responses import JSONResponse
 
 from clameur.events import is_case_id
-from clameur.web import Problem
+from clameur.web import Problem, bearer_guard
 from tally import cases
 from tally.case_store import CaseStore, Change, DuplicateCase, UnknownCase
 from tally.cases import CaseConflict, CaseCreate, CasePatch, InvalidCase, VictoryRequest
 
 
-def bearer_guard(token: SecretStr) -> Any:
-    """A dependency that lets a request through only with ``Authorization: Bearer <token>``."""
-    expected = token.get_secret_value().encode()
-
-    async def require_admin(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            raise Problem(
-                401,
-                "This is the operators' API: send the admin token as `Authorization: Bearer <token>`.",
-                headers={"WWW-Authenticate": 'Bearer realm="clameur-admin"'},
-            )
-        if not hmac.compare_digest(presented.strip().encode(), expected):
-            raise Problem(403, "The admin token is not the right one; check CLAMEUR_ADMIN_TOKEN.")
-
-    return require_admin
-
-
-def admin_router(store: CaseStore, token: SecretStr) -> APIRouter:
-    router = APIRouter(prefix="/v1/admin/cases", dependencies=[Depends(bearer_guard(token))])
+def admin_router(store: Callable[[], CaseStore], token: SecretStr) -> APIRouter:
+    """The operators' routes; ``store()`` gives the running app's case store at each request."""
+    guard = bearer_guard(token.get_secret_value())
+    router = APIRouter(prefix="/v1/admin/cases", dependencies=[Depends(guard)])
 
     async def change(case_id: str, change: Change) -> JSONResponse:
         if not is_case_id(case_id):
             raise Problem(404, f"There is no case {case_id!r}.")
         try:
-            state = await store.change(case_id, change)
+            state = await store().change(case_id, change)
         except UnknownCase:
             raise Problem(404, f"There is no case {case_id!r}.") from None
         except CaseConflict as conflict:
@@ -60,7 +43,7 @@ def admin_router(store: CaseStore, token: SecretStr) -> APIRouter:
     async def create(request: CaseCreate) -> JSONResponse:
         try:
             state = cases.new_case(request, datetime.now(UTC))
-            await store.create(state)
+            await store().create(state)
         except InvalidCase as invalid:
             raise _invalid(invalid) from None
         except DuplicateCase:

@@ -1,17 +1,19 @@
 """Tally's application: the counting consumer, the outbox relay and the HTTP API, wired.
 
-Everything is built in the lifespan and torn down in reverse: on shutdown the consumer
-finishes its batch, commits it and leaves the group, the relay stops, the producer
-flushes, the pool closes.
+The routes are mounted when the app is made; what they use is built when it starts
+(:func:`started_tally`) and reached through :class:`Started`.  Everything is torn down
+in reverse: on shutdown the consumer finishes its batch, commits it and leaves the group,
+the relay stops, the producer flushes, the pool closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -23,41 +25,117 @@ from starlette.middleware.cors import CORSMiddleware
 from clameur.consumer import BatchConsumer, BatchLimits, ConsumerMetrics
 from clameur.database import create_pool
 from clameur.kafka import create_producer
-from clameur.web import HttpMetrics, HttpMetricsMiddleware, install_problem_handlers, operations_router
+from clameur.retry import RetryPolicy, retry
+from clameur.web import (
+    HttpMetrics,
+    HttpMetricsMiddleware,
+    Problem,
+    ReadinessCheck,
+    install_problem_handlers,
+    operations_router,
+)
 from tally.admin_api import admin_router
-from tally.case_store import PostgresCaseStore
+from tally.case_store import CaseStore, PostgresCaseStore
 from tally.counter_store import PostgresCounterStore
 from tally.counting import Countable, decode_countable
 from tally.metrics import SERVICE, TallyMetrics
 from tally.outbox import OutboxRelay
 from tally.public_api import public_router
 from tally.settings import TallySettings
-from tally.views import PostgresCaseReader
+from tally.views import CaseReader, PostgresCaseReader
 
 logger = logging.getLogger(__name__)
 
 _READY_TIMEOUT_S = 5.0
 _DRAIN_TIMEOUT_S = 25.0
+# The consumer's restarts when it fails (the broker away at start): forever, at most 10 s apart.
+_RESTARTS = RetryPolicy(initial_s=0.5, maximum_s=10.0)
+_NOT_STARTED = "Tally is starting or stopping; try again in a few seconds."
+# Any page may read the counts (the widget); only reads, revalidated by ETag.
+_PUBLIC_READS_CORS: dict[str, Any] = {
+    "allow_origins": ["*"],
+    "allow_methods": ["GET"],
+    "allow_headers": ["If-None-Match"],
+    "expose_headers": ["ETag"],
+    "max_age": 600,
+}
 
 
 def create_app(settings: TallySettings) -> FastAPI:
-    """Tally's ASGI app; its lifespan connects to Kafka and Postgres and starts the loops.
-
-    Routes that need the database are mounted in the lifespan, once it is reachable.
-    """
+    """Tally's ASGI app; its lifespan connects to Kafka and Postgres and starts the loops."""
     registry = CollectorRegistry()
     metrics = TallyMetrics(registry)
+    started = Started()
+    app = FastAPI(title="Clameur tally", lifespan=started.lifespan(settings, registry, metrics))
+    install_problem_handlers(app)
+    app.include_router(
+        public_router(
+            lambda: started.tally.reader,
+            max_age_s=settings.tally_cache_max_age_s,
+            live_interval_s=settings.tally_live_interval_s,
+        )
+    )
+    app.include_router(admin_router(lambda: started.tally.cases, settings.admin_token))
+    app.include_router(operations_router(registry, readiness_checks(started)))
+    app.add_middleware(CORSMiddleware, **_PUBLIC_READS_CORS)
+    app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry, SERVICE))
+    return app
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+
+@dataclass(frozen=True)
+class Tally:
+    """What the routes use of a started tally."""
+
+    pool: asyncpg.Pool[Any]
+    producer: AIOKafkaProducer
+    cases: CaseStore
+    reader: CaseReader
+
+
+class Started:
+    """The running :class:`Tally`, for routes mounted before it exists.
+
+    Set by :meth:`lifespan` once Kafka and Postgres answer, unset when it ends; a request
+    outside it gets a 503 problem.
+    """
+
+    def __init__(self) -> None:
+        self._tally: Tally | None = None
+
+    @property
+    def tally(self) -> Tally:
+        if self._tally is None:
+            raise Problem(503, _NOT_STARTED, headers={"Retry-After": "5"})
+        return self._tally
+
+    def lifespan(
+        self, settings: TallySettings, registry: CollectorRegistry, metrics: TallyMetrics
+    ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+        @asynccontextmanager
+        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+            async with started_tally(settings, registry, metrics) as tally:
+                self._tally = tally
+                try:
+                    yield
+                finally:
+                    self._tally = None
+            logger.info("tally stopped")
+
+        return lifespan
+
+
+@asynccontextmanager
+async def started_tally(
+    settings: TallySettings, registry: CollectorRegistry, metrics: TallyMetrics
+) -> AsyncIterator[Tally]:
+    """Tally's pool, producer, consumer and relay, started; stopped in reverse on exit."""
+    topics = settings.topics
+    async with AsyncExitStack() as stack:
         pool = await create_pool(settings.database_url, min_size=2, max_size=10)
+        stack.push_async_callback(pool.close)
         producer = create_producer(settings.kafka, client_id="tally")
-        try:
-            await producer.start()
-        except BaseException:
-            await pool.close()
-            raise
-        topics = settings.topics
+        await producer.start()
+        stack.push_async_callback(producer.stop)
         relay = OutboxRelay(
             pool, producer, [topics.cases, topics.case_events], metrics, poll_s=settings.tally_relay_poll_s
         )
@@ -68,95 +146,95 @@ def create_app(settings: TallySettings) -> FastAPI:
             crash_at=settings.tally_crash_at if settings.env == "test" else None,
             on_outbox_written=relay.wake,
         )
-        consumer: BatchConsumer[Countable] = BatchConsumer(
-            bootstrap=settings.kafka,
-            topic=topics.signatures,
-            group_id=settings.tally_group_id,
-            decode=decode_countable,
-            applier=counter_store,
-            dlq_producer=producer,
-            metrics=ConsumerMetrics(registry, SERVICE),
-            limits=BatchLimits(
-                max_records=settings.tally_batch_max_records,
-                max_wait_s=settings.tally_batch_max_wait_s,
-                applies_in_flight=settings.tally_batches_in_flight,
-            ),
-            lag=metrics.consumer_lag,
-            client_id="tally",
-        )
-        stopping = asyncio.Event()
-        case_store = PostgresCaseStore(pool, topics, on_outbox_written=relay.wake)
-        reader = PostgresCaseReader(pool, cache_s=settings.tally_read_cache_s)
-        app.include_router(
-            public_router(
-                reader,
-                max_age_s=settings.tally_cache_max_age_s,
-                live_interval_s=settings.tally_live_interval_s,
-            )
-        )
-        app.include_router(admin_router(case_store, settings.admin_token))
-        app.include_router(operations_router(registry, readiness_checks(pool, producer)))
-        consuming = asyncio.create_task(_supervised(consumer.run, stopping, "signature consumer"))
-        relaying = asyncio.create_task(relay.run())
+        consumer = signature_consumer(settings, counter_store, producer, registry, metrics)
+        await stack.enter_async_context(_running(consumer, relay))
         logger.info("tally started", extra={"topic": topics.signatures, "group": settings.tally_group_id})
-        try:
-            yield
-        finally:
-            stopping.set()
-            consumer.stop()
-            relay.stop()
-            try:
-                await asyncio.wait_for(asyncio.shield(consuming), _DRAIN_TIMEOUT_S)
-            except TimeoutError:
-                logger.error("the consumer did not drain in time; its batch will be replayed")
-                consuming.cancel()
-            await asyncio.gather(consuming, relaying, return_exceptions=True)
-            await producer.stop()
-            await pool.close()
-            logger.info("tally stopped")
+        yield Tally(
+            pool,
+            producer,
+            PostgresCaseStore(pool, topics, on_outbox_written=relay.wake),
+            PostgresCaseReader(pool, cache_s=settings.tally_read_cache_s),
+        )
 
-    app = FastAPI(title="Clameur tally", lifespan=lifespan)
-    install_problem_handlers(app)
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=["*"],
-        allow_methods=["GET"],
-        allow_headers=["If-None-Match"],
-        expose_headers=["ETag"],
-        max_age=600,
+
+def signature_consumer(
+    settings: TallySettings,
+    counter_store: PostgresCounterStore,
+    producer: AIOKafkaProducer,
+    registry: CollectorRegistry,
+    metrics: TallyMetrics,
+) -> BatchConsumer[Countable]:
+    """The consumer of signatures.v1 that counts into ``counter_store``; poison goes out by ``producer``."""
+    return BatchConsumer(
+        bootstrap=settings.kafka,
+        topic=settings.topics.signatures,
+        group_id=settings.tally_group_id,
+        decode=decode_countable,
+        applier=counter_store,
+        dlq_producer=producer,
+        metrics=ConsumerMetrics(registry, SERVICE),
+        limits=BatchLimits(
+            max_records=settings.tally_batch_max_records,
+            max_wait_s=settings.tally_batch_max_wait_s,
+            applies_in_flight=settings.tally_batches_in_flight,
+        ),
+        lag=metrics.consumer_lag,
+        client_id="tally",
     )
-    app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry, SERVICE))
-    return app
 
 
-def readiness_checks(
-    pool: asyncpg.Pool[Any], producer: AIOKafkaProducer
-) -> dict[str, Callable[[], Awaitable[None]]]:
+@asynccontextmanager
+async def _running(consumer: BatchConsumer[Countable], relay: OutboxRelay) -> AsyncIterator[None]:
+    """The consumer and the relay run until exit.
+
+    On exit the consumer finishes its batch, commits it and leaves the group (if it takes
+    longer than ``_DRAIN_TIMEOUT_S`` it is cancelled, and its batch is read again by
+    whoever gets the partitions), and the relay stops.
+    """
+    stopping = asyncio.Event()
+    consuming = asyncio.create_task(_supervised(consumer.run, stopping, "signature consumer"))
+    relaying = asyncio.create_task(relay.run())
+    try:
+        yield
+    finally:
+        stopping.set()
+        consumer.stop()
+        relay.stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(consuming), _DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            logger.error("the consumer did not drain in time; its batch will be replayed")
+            consuming.cancel()
+        await asyncio.gather(consuming, relaying, return_exceptions=True)
+
+
+def readiness_checks(started: Started) -> dict[str, ReadinessCheck]:
     async def postgres() -> None:
-        await asyncio.wait_for(pool.fetchval("SELECT 1"), _READY_TIMEOUT_S)
+        await asyncio.wait_for(started.tally.pool.fetchval("SELECT 1"), _READY_TIMEOUT_S)
 
     async def kafka() -> None:
-        await asyncio.wait_for(producer.client.fetch_all_metadata(), _READY_TIMEOUT_S)
+        await asyncio.wait_for(started.tally.producer.client.fetch_all_metadata(), _READY_TIMEOUT_S)
 
     return {"postgres": postgres, "kafka": kafka}
 
 
 async def _supervised(run: Callable[[], Awaitable[None]], stopping: asyncio.Event, what: str) -> None:
-    """Run ``run`` until ``stopping``; restart it with backoff if it fails (broker away at start)."""
-    delay = 0.5
-    while not stopping.is_set():
-        try:
+    """Run ``run`` to its end; restart it with backoff if it fails (the broker away at start).
+
+    Once ``stopping`` is set nothing is restarted, and a failure ends it quietly.
+    """
+
+    async def unless_stopping() -> None:
+        if not stopping.is_set():
             await run()
-        except Exception as error:  # noqa: BLE001 - transient: logged, retried
-            if stopping.is_set():
-                return
-            logger.warning(
-                "%s failed; restarting in %.1f s",
-                what,
-                delay,
-                extra={"error": f"{type(error).__name__}: {error}"},
-            )
-            await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
-            delay = min(delay * 2, 10.0)
-        else:
-            return
+
+    async def pause(seconds: float) -> None:  # cut short by a shutdown
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), seconds)
+
+    try:
+        await retry(what, unless_stopping, _RESTARTS, stopping=stopping.is_set, sleep=pause)
+    except Exception:
+        # retry gives up only when stopping (the policy retries forever): nothing to restart.
+        if not stopping.is_set():
+            raise

@@ -26,12 +26,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
 from clameur.consumer import Batch
 from clameur.events import CaseStatus, Event, MilestoneReached
+from clameur.offsets import OffsetTable
 from tally.counting import (
     TOTAL,
     Countable,
@@ -39,9 +40,10 @@ from tally.counting import (
     deltas_of_groups,
     milestones_crossed,
 )
-from tally.metrics import TallyMetrics, observe_many
+from tally.metrics import TallyMetrics
 from tally.outbox import Connection, stage_many
 from tally.settings import CrashPoint
+from tally.weighted_observe import observe_many
 
 logger = logging.getLogger(__name__)
 
@@ -105,14 +107,36 @@ FROM upserted u LEFT JOIN tally.cases k ON k.id = u.case_id
 WHERE u.dimension = 'total'
 """
 
-_STORE_OFFSETS = """
-INSERT INTO tally.offsets AS o (topic, partition, next_offset)
-SELECT $1, partition, next_offset
-FROM unnest($2::int[], $3::bigint[]) WITH ORDINALITY AS p(partition, next_offset, n)
-ORDER BY n
-ON CONFLICT (topic, partition)
-    DO UPDATE SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), updated_at = now()
-"""
+# Where each partition resumes, written in the transaction of the counts it led to.
+OFFSETS = OffsetTable("tally.offsets")
+
+
+class _Counted(NamedTuple):
+    """What one batch's transaction added.
+
+    Its new signatures by (case, country, action) and by millisecond of receipt (never
+    one entry a signature), and how many milestone rows it staged.
+    """
+
+    by_group: dict[tuple[str, str, str], int]
+    by_receipt: list[tuple[datetime, int]]
+    milestones: int
+
+
+_NOTHING_COUNTED = _Counted({}, [], 0)
+
+
+async def _stage(connection: Connection, signatures: list[Countable]) -> None:
+    """COPY the signatures, in batch order ``n``, into this connection's temporary table."""
+    await connection.copy_records_to_table(
+        _STAGE,
+        schema_name="pg_temp",
+        columns=_STAGE_COLUMNS,
+        records=[
+            (s.case_id, s.supporter_key, s.action, s.signature_id, s.country, s.locale, s.received_at, n)
+            for n, s in enumerate(signatures)
+        ],  # action is a StrEnum: written as its value
+    )
 
 
 class PostgresCounterStore:
@@ -140,13 +164,7 @@ class PostgresCounterStore:
         self._warned: set[str] = set()
 
     async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
-        rows = await self._pool.fetch(
-            "SELECT partition, next_offset FROM tally.offsets "
-            "WHERE topic = $1 AND partition = ANY($2::int[])",
-            topic,
-            list(partitions),
-        )
-        return {row["partition"]: row["next_offset"] for row in rows}
+        return await OFFSETS.read(self._pool, topic, partitions)
 
     async def apply(self, batch: Batch[Countable]) -> None:
         """Count the batch's new signatures and store its offsets, in one transaction.
@@ -159,79 +177,66 @@ class PostgresCounterStore:
         self._metrics.batches.inc()
         started = time.perf_counter()
         signatures = [consumed.event for consumed in batch.events]
-        groups: dict[tuple[str, str, str], int] = {}
-        received: list[tuple[datetime, int]] = []
         try:
-            async with self._pool.acquire() as connection:
-                if signatures:
-                    # In its own implicit transaction: creating the table reads the definition
-                    # of tally.signatures under a lock that a batch waiting for the one before
-                    # it must not hold (a migration queued behind it would block that one).
-                    await connection.execute(_CREATE_STAGE)
-                async with connection.transaction():
-                    if signatures:
-                        await connection.copy_records_to_table(
-                            _STAGE,
-                            schema_name="pg_temp",
-                            columns=_STAGE_COLUMNS,
-                            records=[
-                                (
-                                    s.case_id,
-                                    s.supporter_key,
-                                    s.action,
-                                    s.signature_id,
-                                    s.country,
-                                    s.locale,
-                                    s.received_at,
-                                    n,
-                                )
-                                for n, s in enumerate(signatures)
-                            ],  # action is a StrEnum: written as its value
-                        )
-                    await batch.previous_applied()
-                    if signatures:
-                        rows = await connection.fetch(_INSERT_SIGNATURES)
-                        for row in rows:
-                            case_id, country, action, received_at, count = row
-                            if case_id is not None:
-                                groups[(case_id, country, action)] = count
-                            else:
-                                received.append((received_at, count))
-                    milestones = 0
-                    if groups:
-                        milestones = await self._count(connection, deltas_of_groups(groups))
-                    if batch.next_offsets:
-                        partitions = sorted(batch.next_offsets)
-                        await connection.execute(
-                            _STORE_OFFSETS,
-                            batch.topic,
-                            partitions,
-                            [batch.next_offsets[partition] for partition in partitions],
-                        )
-                    if signatures:
-                        self._maybe_crash("before_db_commit")
+            counted = await self._commit(batch, signatures)
         except Exception:
             self._metrics.batch_failures.inc()
             raise
         if signatures:
             self._maybe_crash("after_db_commit")
+        self._report(batch, counted, started)
+
+    async def _commit(self, batch: Batch[Countable], signatures: list[Countable]) -> _Counted:
+        """Stage, wait for the batch before, then insert, count and store the offsets; commit."""
+        async with self._pool.acquire() as connection:
+            if signatures:
+                # In its own implicit transaction: creating the table reads the definition
+                # of tally.signatures under a lock that a batch waiting for the one before
+                # it must not hold (a migration queued behind it would block that one).
+                await connection.execute(_CREATE_STAGE)
+            async with connection.transaction():
+                if signatures:
+                    await _stage(connection, signatures)
+                await batch.previous_applied()
+                counted = await self._count_staged(connection) if signatures else _NOTHING_COUNTED
+                await OFFSETS.store(connection, batch.topic, batch.next_offsets)
+                if signatures:
+                    self._maybe_crash("before_db_commit")
+        return counted
+
+    async def _count_staged(self, connection: Connection) -> _Counted:
+        """Insert the staged signatures; add the new ones to the counters and stage the milestones."""
+        by_group: dict[tuple[str, str, str], int] = {}
+        by_receipt: list[tuple[datetime, int]] = []
+        for case_id, country, action, received_at, count in await connection.fetch(_INSERT_SIGNATURES):
+            # GROUPING SETS: a row has the (case, country, action) group, or the millisecond.
+            if case_id is not None:
+                by_group[(case_id, country, action)] = count
+            else:
+                by_receipt.append((received_at, count))
+        milestones = await self._count(connection, deltas_of_groups(by_group)) if by_group else 0
+        return _Counted(by_group, by_receipt, milestones)
+
+    def _report(self, batch: Batch[Countable], counted: _Counted, started: float) -> None:
+        """The metrics of a committed batch."""
         committed = datetime.now(UTC)
-        new = sum(groups.values())
-        self._metrics.batch_apply_duration.observe(time.perf_counter() - started)
-        self._metrics.batch_size.observe(len(batch.events) + batch.poisoned)
-        self._metrics.records_consumed.inc(len(batch.events) + batch.poisoned)
-        self._metrics.duplicates.inc(len(batch.events) - new)
+        metrics = self._metrics
+        records = len(batch.events) + batch.poisoned
+        metrics.batch_apply_duration.observe(time.perf_counter() - started)
+        metrics.batch_size.observe(records)
+        metrics.records_consumed.inc(records)
+        metrics.duplicates.inc(len(batch.events) - sum(counted.by_group.values()))
         by_action: Counter[str] = Counter()
-        for (_, _, action), count in groups.items():
+        for (_, _, action), count in counted.by_group.items():
             by_action[action] += count
         for action, count in by_action.items():
-            self._metrics.signatures_counted.labels(action).inc(count)
-        for received_at, count in received:
+            metrics.signatures_counted.labels(action).inc(count)
+        for received_at, count in counted.by_receipt:
             # Signatures received in the same millisecond share one latency.
             latency = max(0.0, (committed - received_at).total_seconds())
-            observe_many(self._metrics.accept_to_counted, latency, count)
-        if milestones:
-            self._metrics.milestones_emitted.inc(milestones)
+            observe_many(metrics.accept_to_counted, latency, count)
+        if counted.milestones:
+            metrics.milestones_emitted.inc(counted.milestones)
             if self._on_outbox_written is not None:
                 self._on_outbox_written()
 

@@ -2,26 +2,9 @@
 
 from __future__ import annotations
 
-from bisect import bisect_left
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 SERVICE = "tally"
-
-
-def observe_many(histogram: Histogram, amount: float, times: int) -> None:
-    """``histogram.observe(amount)``, ``times`` times over, in one step (unlabelled histograms).
-
-    A batch's signatures share a latency per millisecond of receipt: thousands of
-    observations, dozens of distinct values.  prometheus_client has no weighted
-    observation, so this adds to the bucket and the sum ``observe`` would (its buckets
-    are kept per bound and summed when collected); tests/tally/test_metrics.py checks the
-    exposition against ``observe`` so an upgrade that changes this fails there.
-    """
-    if times <= 0:
-        return
-    histogram._sum.inc(amount * times)
-    histogram._buckets[bisect_left(histogram._upper_bounds, amount)].inc(times)
 
 
 class TallyMetrics:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
@@ -21,6 +20,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from clameur.events import Event
+from clameur.retry import Backoff, RetryPolicy
 from tally.metrics import SERVICE, TallyMetrics
 
 logger = logging.getLogger(__name__)
@@ -110,20 +110,21 @@ class OutboxRelay:
         self._wakeup.set()
 
     async def run(self) -> None:
-        delay = self._poll_s
+        # From one poll's wait, doubling up to 5 s: rows stay pending, nothing is lost by waiting.
+        backoff = Backoff(RetryPolicy(initial_s=self._poll_s, maximum_s=max(self._poll_s, 5.0)))
         while not self._stopping.is_set():
             try:
                 published = await self.publish_pending()
             except Exception as error:  # noqa: BLE001 - transient: broker or database away, retry
+                delay = backoff.failed()
                 logger.warning(
                     "outbox relay failed; retrying in %.1f s",
                     delay,
                     extra={"error": f"{type(error).__name__}: {error}"},
                 )
-                await self._sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
-                delay = min(delay * 2, 5.0)
+                await self._sleep(delay)
                 continue
-            delay = self._poll_s
+            backoff.succeeded()
             if published < self._batch_size:
                 await self._sleep(self._poll_s)
 

@@ -8,7 +8,7 @@ they move, at most every ``live_interval_s``, and end when the server shuts down
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -29,7 +29,8 @@ def _not_found(case_id: str) -> Problem:
     return Problem(404, f"There is no case {case_id!r}; check the case id in the widget's settings.")
 
 
-def public_router(reader: CaseReader, *, max_age_s: int, live_interval_s: float) -> APIRouter:
+def public_router(reader: Callable[[], CaseReader], *, max_age_s: int, live_interval_s: float) -> APIRouter:
+    """The public reads; ``reader()`` gives the running app's reader at each request."""
     router = APIRouter()
     cache_control = f"public, max-age={max_age_s}"
 
@@ -41,7 +42,7 @@ def public_router(reader: CaseReader, *, max_age_s: int, live_interval_s: float)
 
     @router.get("/v1/cases")
     async def list_cases(request: Request) -> Response:
-        views = await reader.cases()
+        views = await reader().cases()
         etag = etag_of(
             [(v.version, v.total, v.document["by_country"], v.document["by_action"]) for v in views]
             + [(len(views), 0, {}, {})]
@@ -50,14 +51,15 @@ def public_router(reader: CaseReader, *, max_age_s: int, live_interval_s: float)
 
     @router.get("/v1/cases/{case_id}")
     async def read_case(case_id: str, request: Request) -> Response:
-        view = await _find(reader, case_id)
+        view = await _find(reader(), case_id)
         return cached(request, view.etag, view.document)
 
     @router.get("/v1/cases/{case_id}/live")
     async def live(case_id: str) -> EventSourceResponse:
-        first = await _find(reader, case_id)
+        case_reader = reader()  # the stream's, until it ends
+        first = await _find(case_reader, case_id)
         return EventSourceResponse(
-            _counts(reader, case_id, first, live_interval_s),
+            _counts(case_reader, case_id, first, live_interval_s),
             ping=15,
             headers={"Cache-Control": "no-store"},
         )

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from clameur.database import create_pool
 from clameur.settings import ClameurSettings
+from tally.counter_store import OFFSETS
 from tally.counting import (
     ACTION,
     COUNTRY,
@@ -104,12 +105,7 @@ async def rebuild_counters(
     """Replay ``topic`` up to the stored offsets into fresh counters and compare with the stored ones."""
     async with pool.acquire() as connection, connection.transaction(isolation="repeatable_read"):
         stored = await _stored_counters(connection, cases)
-        offsets = {
-            row["partition"]: row["next_offset"]
-            for row in await connection.fetch(
-                "SELECT partition, next_offset FROM tally.offsets WHERE topic = $1", topic
-            )
-        }
+        offsets = await OFFSETS.read(connection, topic)
     tally, records, poisoned = await _replay(bootstrap, topic, offsets, cases)
     return Rebuild(drift(stored, tally.as_mapping()), records, poisoned, len(tally.counted))
 

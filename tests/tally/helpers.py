@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import httpx
+from tally.counter_store import OFFSETS
 
 from clameur.events import Action, SignatureAccepted
 from clameur.kafka import create_producer
+from clameur.supporters import SupporterKeys, normalise_email
 from tests.conftest import TEST_ADMIN_TOKEN, TEST_SECRET
 
 ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
 
+_KEYS = SupporterKeys(TEST_SECRET.encode())
+
 
 def supporter_key(email: str) -> str:
-    """Intake's dedupe key: HMAC-SHA256 of the normalised email (trimmed, lower case)."""
-    normalised = email.strip().lower()
-    return hmac.new(TEST_SECRET.encode(), normalised.encode(), hashlib.sha256).hexdigest()
+    """Intake's dedupe key of ``email``, computed by the same code as intake's."""
+    return _KEYS.of(normalise_email(email))
 
 
 def signature(
@@ -86,6 +88,21 @@ async def counters(database_url: str, case_id: str) -> dict[tuple[str, str], int
 
 async def total(database_url: str, case_id: str) -> int:
     return (await counters(database_url, case_id)).get(("total", ""), 0)
+
+
+async def stored_offsets(database_url: str, topic: str) -> int:
+    """How many records of ``topic`` tally has applied: its stored next offsets, summed."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        return sum((await OFFSETS.read(connection, topic)).values())
+    finally:
+        await connection.close()
+
+
+async def scrape(url: str) -> str:
+    """The Prometheus text of a service running at ``url``."""
+    async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
+        return (await client.get("/metrics")).text
 
 
 def case_body(case_id: str, **overrides: Any) -> dict[str, Any]:

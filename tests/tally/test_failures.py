@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,8 @@ from tally.settings import TallySettings
 
 from clameur.database import create_pool
 from clameur.topics import Topics
-from tests.support import ServiceProcess, eventually, settings_from
-from tests.tally.helpers import counters, many, produce, signature, total
+from tests.support import ServiceProcess, eventually, metric, settings_from
+from tests.tally.helpers import counters, many, produce, scrape, signature, stored_offsets, total
 
 pytestmark = pytest.mark.slow
 
@@ -47,18 +48,31 @@ async def test_kill_9_around_the_commit_then_restart_counts_exactly(
         doomed.kill()
     assert exit_code == -signal.SIGKILL, doomed.tail()
     counted_at_crash = await total(infra.database_url, case_id)
+    applied_at_crash = await stored_offsets(infra.database_url, topics.signatures)
     if crash_at == "before_db_commit":
         assert counted_at_crash == 0
+        assert applied_at_crash == 0  # the crashed batch's offsets were not stored with it
     else:
         assert 0 < counted_at_crash <= 300
+        assert counted_at_crash <= applied_at_crash <= 350  # stored with the counts, in one commit
 
     survivor = ServiceProcess("tally", tally_env, tmp_path).start()
     try:
         await eventually(lambda: _total_is(infra, case_id, 300), within=30, what="300 counted after restart")
         await produce(infra.kafka, topics.signatures, distinct[:100])  # and replays still count nothing
-        await asyncio.sleep(1.5)
+        # The survivor reads from the stored offsets: what the crash left unapplied, then the 100.
+        replayed = 350 - applied_at_crash + 100
+        await eventually(
+            lambda: _applied_at_least(scrape(survivor.url), replayed),
+            within=30,
+            what=f"{replayed} records applied",
+        )
+        survivor_metrics = await scrape(survivor.url)
     finally:
         survivor.stop()
+    # Proof the replays were read before the counts are checked: it applied more records than
+    # it found new signatures, and every other one was a duplicate.
+    assert metric(survivor_metrics, "clameur_tally_duplicates_total") >= replayed - (300 - counted_at_crash)
     found = await counters(infra.database_url, case_id)
     assert found[("total", "")] == 300
     assert found[("action", "signature")] == 300
@@ -84,6 +98,15 @@ async def test_two_instances_with_rebalances_under_load_count_exactly(
         await loading
         await produce(infra.kafka, topics.signatures, waves[0][:300])  # replays of counted ones
         await eventually(lambda: _all_total(infra, cases, 750), within=60, what="750 for every case")
+        # Proof the replays were read before the counts are checked: every record's offset is
+        # stored (4,500 distinct, then the 300), and the second, alone since the first died,
+        # found the 300 counted already.
+        await eventually(
+            lambda: _stored_at(infra.database_url, topics.signatures, 4800),
+            within=60,
+            what="the 4800 records applied",
+        )
+        assert metric(await scrape(second.url), "clameur_tally_duplicates_total") >= 300
         await asyncio.to_thread(third.start)  # and one more rebalance, by SIGTERM
         _stopped_cleanly(second)  # SIGTERM: finish the batch, commit, leave the group
         await asyncio.sleep(2)
@@ -133,11 +156,20 @@ async def test_postgres_restarted_mid_stream_loses_nothing_and_tally_recovers_al
         spare_postgres.start()
         await produce(infra.kafka, topics.signatures, after)
         await eventually(
-            lambda: _total_is_at(spare_postgres.dsn, case_id, 350), within=60, what="350 counted"
+            lambda: _stored_at(spare_postgres.dsn, topics.signatures, 351),
+            within=60,
+            what="the 351 records applied",
         )
         assert (await client.get("/readyz")).status_code == 200
         metrics = (await client.get("/metrics")).text
-    assert "clameur_tally_batch_failures_total 0.0" not in metrics
+    # Proof the records were applied again before the counts are checked: every record's
+    # offset is stored, batches failed while Postgres was away (and were applied later),
+    # and of the records applied, more than the 350 distinct ones, one at least (the
+    # replay of supporterb1) was found counted already.
+    assert metric(metrics, "clameur_tally_batch_failures_total") > 0
+    assert metric(metrics, "clameur_tally_records_consumed_total") >= 351
+    assert metric(metrics, "clameur_tally_duplicates_total") >= 1
+    assert await total(spare_postgres.dsn, case_id) == 350
     await _no_drift(spare_postgres.dsn, [case_id])
 
 
@@ -147,6 +179,17 @@ async def _all_total(infra: Any, cases: list[str], expected: int) -> bool:
 
 async def _total_is(infra: Any, case_id: str, expected: int) -> bool:
     return await total(infra.database_url, case_id) == expected
+
+
+async def _applied_at_least(metrics: Awaitable[str], expected: int) -> bool:
+    return metric(await metrics, "clameur_tally_records_consumed_total") >= expected
+
+
+async def _stored_at(dsn: str, topic: str, expected: int) -> bool:
+    try:
+        return await stored_offsets(dsn, topic) == expected
+    except (OSError, asyncpg.PostgresError):
+        return False
 
 
 async def _total_is_at(dsn: str, case_id: str, expected: int) -> bool:
