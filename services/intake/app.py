@@ -40,6 +40,7 @@ from intake.publisher import KafkaSignaturePublisher, PublishMetrics
 from intake.settings import IntakeSettings
 from intake.signing import PartnerKeys, SigningDesk
 from intake.validation import SignatureFields, SignatureForm
+from intake.widget_script import load_widget_script, widget_router
 from intake.widgets import WidgetKeys
 
 logger = logging.getLogger(__name__)
@@ -235,6 +236,7 @@ def create_app(settings: IntakeSettings) -> FastAPI:
         await publisher.check()
 
     app.include_router(operations_router(registry, {"cases": cases_ready, "broker": broker_ready}))
+    app.include_router(widget_router(load_widget_script(settings.widget_script, settings.public_reads_url)))
 
     async def sign_unwrapped(request: Request) -> Response:
         answer, extra_headers = await state["desk"].sign(request.path_params["case_id"], request)
