@@ -33,6 +33,11 @@ if (process.argv.includes("--tests")) {
   const bundle = readFileSync("dist/widget.js");
   const gzipped = gzipSync(bundle, { level: 9 }).length;
   console.log(`widget: dist/widget.js ${bundle.length} bytes, ${gzipped} bytes gzipped (budget ${BUDGET_GZIP_BYTES})`);
+  const placeholders = bundle.toString().split("__CLAMEUR_READS_URL__").length - 1;
+  if (placeholders !== 1) {
+    console.error(`widget: the reads URL placeholder appears ${placeholders} times, not once (intake replaces it)`);
+    process.exit(1);
+  }
   if (gzipped > BUDGET_GZIP_BYTES) {
     console.error("widget: over budget");
     process.exit(1);

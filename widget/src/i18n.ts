@@ -5,7 +5,8 @@ export type Lang = "fr" | "en";
 export const LANGS: readonly Lang[] = ["fr", "en"];
 
 export interface Catalogue {
-  signatures: (count: string) => string;
+  /** `count` is `n` written the reader's way. */
+  signatures: (count: string, n: number) => string;
   nextMilestone: (target: string) => string;
   goal: (target: string) => string;
   goalReached: string;
@@ -42,7 +43,7 @@ export interface Catalogue {
 }
 
 const fr: Catalogue = {
-  signatures: (count) => `${count} signatures`,
+  signatures: (count, n) => `${count} signature${n < 2 ? "" : "s"}`,
   nextMilestone: (target) => `Prochain objectif : ${target}`,
   goal: (target) => `Objectif : ${target}`,
   goalReached: "Objectif atteint, merci !",
@@ -93,7 +94,7 @@ const fr: Catalogue = {
 };
 
 const en: Catalogue = {
-  signatures: (count) => `${count} signatures`,
+  signatures: (count, n) => `${count} signature${n === 1 ? "" : "s"}`,
   nextMilestone: (target) => `Next milestone: ${target}`,
   goal: (target) => `Goal: ${target}`,
   goalReached: "Goal reached, thank you!",

@@ -50,7 +50,7 @@ class CaseWatcher {
 
   /** Read the whole document again now (after a victory answer, say). */
   async refresh(): Promise<void> {
-    await this.fetchDocument();
+    await this.fetchDocument(true);
   }
 
   private get url(): string {
@@ -69,9 +69,11 @@ class CaseWatcher {
     for (const listener of this.listeners) listener(this.document, error);
   }
 
-  private async fetchDocument(): Promise<boolean> {
+  /** `fresh`: revalidate (ETag) rather than take the browser's cached copy, which may
+   * predate the change the stream just announced. */
+  private async fetchDocument(fresh = false): Promise<boolean> {
     try {
-      const response = await fetch(this.url, { mode: "cors", credentials: "omit" });
+      const response = await fetch(this.url, { mode: "cors", credentials: "omit", cache: fresh ? "no-cache" : "default" });
       if (response.status === 404) {
         this.emit("unknown");
         return false;
@@ -105,7 +107,7 @@ class CaseWatcher {
       const { next, refetch } = mergeCount(this.document, data);
       this.document = next;
       this.emit();
-      if (refetch) void this.fetchDocument();
+      if (refetch) void this.fetchDocument(true);
     });
     stream.addEventListener("error", () => {
       // EventSource reconnects by itself; after repeated failures poll instead.

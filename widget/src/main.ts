@@ -10,7 +10,8 @@
 import { pickLang } from "./i18n";
 import { Petition, type WidgetConfig, mountCounter } from "./widget";
 
-const READS_PLACEHOLDER = "__CLAMEUR_READS_URL__";
+// Intake replaces this string when it serves the bundle (build.mjs checks it survives
+// minification).  Served unreplaced (a bare build), the reads are asked of intake's origin.
 const READS: string = "__CLAMEUR_READS_URL__";
 const MOUNTED = "data-clameur-mounted";
 
@@ -29,7 +30,7 @@ function configOf(host: HTMLElement, intake: string): WidgetConfig | null {
     lang: pickLang(host.dataset.lang, document.documentElement.lang, navigator.language),
     widgetKey: host.dataset.key || null,
     intake,
-    reads: READS === READS_PLACEHOLDER ? intake : READS.replace(/\/$/, ""),
+    reads: /^https?:\/\//.test(READS) ? READS.replace(/\/$/, "") : intake,
     postalCode: postal === "required" || postal === "optional" ? postal : null,
     turnstileSiteKey: host.dataset.turnstile || null,
     widgetName: host.dataset.widget || null,

@@ -1,5 +1,6 @@
 // The widget's styles, inside its shadow root: nothing leaks out, the page's rules do
-// not reach in (`all: initial` also stops inherited fonts and colours).  Campaigners may
+// not reach in.  The page's rules still style the host element itself (they beat
+// `:host`), so fonts and colours are set on the inner box, not inherited from the host.  Campaigners may
 // set `--clameur-accent` on the page (custom properties cross the shadow boundary).
 //
 // Under a strict CSP (`style-src` without 'unsafe-inline') a <style> element is refused,
@@ -7,9 +8,9 @@
 // <style> is the fallback for browsers without constructable stylesheets.
 
 export const CSS = `
-:host{all:initial;display:block;font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;font-size:16px;line-height:1.5;color:#1a1a1a;--accent:var(--clameur-accent,#1f3fbf)}
+:host{all:initial;display:block;--accent:var(--clameur-accent,#1f3fbf)}
 *{box-sizing:border-box}
-.box{background:#fff;border:1px solid #c4c4c4;border-radius:10px;padding:1rem 1.1rem;max-width:38rem}
+.box{margin:0 0 1rem;font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;font-size:16px;line-height:1.5;color:#1a1a1a;text-align:start;background:#fff;border:1px solid #c4c4c4;border-radius:10px;padding:1rem 1.1rem;max-width:38rem}
 h2{font-size:1.3rem;line-height:1.25;margin:0 0 .6rem}
 h3{font-size:1.15rem;margin:0 0 .4rem}
 p{margin:0 0 .6rem}
@@ -17,7 +18,10 @@ p{margin:0 0 .6rem}
 .count strong{font-size:1.6rem;font-weight:800;margin-right:.2rem}
 .bar{height:.75rem;background:#e2e2e2;border-radius:.4rem;overflow:hidden;border:1px solid #767676}
 .fill{height:100%;width:0;background:var(--accent);transition:width .5s ease}
-.next{font-size:.9rem;color:#4a4a4a;margin:.3rem 0 .9rem}
+.next[hidden]{display:none}
+.next{font-size:.9rem;color:#4a4a4a;margin:.3rem 0 0}
+.counter{margin-bottom:.9rem}
+.counter:last-child{margin-bottom:0}
 form{display:flex;flex-wrap:wrap;gap:.75rem 1rem}
 .field{flex:1 1 100%;min-width:0}
 .half{flex:1 1 13rem}

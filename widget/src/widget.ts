@@ -50,7 +50,7 @@ class CounterView {
   update(document: CaseDocument): void {
     const total = document.total || 0;
     const formatted = formatCount(total, this.lang);
-    const [number, ...rest] = this.t.signatures(formatted).split(formatted);
+    const [number, ...rest] = this.t.signatures(formatted, total).split(formatted);
     this.count.replaceChildren(number, h("strong", {}, formatted), rest.join(formatted));
     const progress = progressOf(total, document.milestones || [], document.goal || 0);
     // Set through the CSSOM: allowed under a CSP that refuses inline style attributes.
@@ -59,6 +59,8 @@ class CounterView {
     this.bar.setAttribute("aria-valuenow", String(Math.min(total, progress.target)));
     this.bar.setAttribute("aria-valuetext", `${formatted} / ${formatCount(progress.target, this.lang)}`);
     const target = formatCount(progress.target, this.lang);
+    // A won or closed case has no next step to show.
+    this.next.hidden = document.status !== "open";
     this.next.textContent =
       progress.kind === "milestone" ? this.t.nextMilestone(target) : progress.kind === "goal" ? this.t.goal(target) : this.t.goalReached;
   }
@@ -96,7 +98,7 @@ export class Petition {
   private form: HTMLFormElement | null = null;
   private statusLine: HTMLElement | null = null;
   private submitButton: HTMLButtonElement | null = null;
-  private ended = false;
+  private endedPanel: HTMLElement | null = null;
   private sending = false;
   private pending: { body: string; key: string } | null = null;
   private turnstileToken: string | null = null;
@@ -119,11 +121,12 @@ export class Petition {
     this.title.textContent = localized(document.title, this.config.lang, document.default_locale);
     if (!this.title.isConnected) this.box.replaceChildren(this.title, this.counter.element);
     this.counter.update(document);
+    if (document.status === "won" && !document.victory) return; // its headline is being fetched
     if (document.status !== "open") {
       this.showEnded(document.status, document.victory?.headline || null, document.victory?.message || null);
       return;
     }
-    if (!this.form && !this.ended) this.box.append(this.buildForm(document));
+    if (!this.form && !this.endedPanel && !this.box.querySelector(".done")) this.box.append(this.buildForm(document));
   }
 
   // -- the form ------------------------------------------------------------------------------
@@ -375,8 +378,6 @@ export class Petition {
   }
 
   private showEnded(status: string, headline: Record<string, string> | null, message: Record<string, string> | null): void {
-    if (this.ended) return;
-    this.ended = true;
     const lang = this.config.lang;
     const panel =
       status === "won"
@@ -388,11 +389,16 @@ export class Petition {
             h("p", {}, this.t.noNeed),
           )
         : h("div", { class: "ended closed", role: "status" }, h("p", { tabindex: "-1" }, this.t.closed));
-    const hadFocus = this.host.shadowRoot?.activeElement !== null && this.host.shadowRoot?.activeElement !== undefined;
-    if (this.form || this.box.querySelector(".done")) {
-      (this.form || this.box.querySelector(".done"))!.replaceWith(panel);
-      this.form = null;
-    } else this.box.append(panel);
+    if (this.endedPanel && this.endedPanel.textContent === panel.textContent) return;
+    const root = this.host.shadowRoot;
+    const hadFocus = Boolean(root && root.activeElement);
+    // The victory takes the place of the form, the thank-you, or an earlier panel.
+    const previous = this.endedPanel || this.form || this.box.querySelector(".done");
+    if (previous) previous.replaceWith(panel);
+    else this.box.append(panel);
+    this.form = null;
+    this.statusLine = null;
+    this.endedPanel = panel;
     if (hadFocus) (panel.querySelector("[tabindex]") as HTMLElement | null)?.focus();
   }
 }

@@ -8,6 +8,14 @@ test("numbers are written the reader's way", () => {
   assert.equal(formatCount(115100, "en"), "115,100");
 });
 
+test("plurals follow each language's rule", () => {
+  assert.equal(CATALOGUES.fr.signatures("0", 0), "0 signature");
+  assert.equal(CATALOGUES.fr.signatures("1", 1), "1 signature");
+  assert.equal(CATALOGUES.fr.signatures("2", 2), "2 signatures");
+  assert.equal(CATALOGUES.en.signatures("0", 0), "0 signatures");
+  assert.equal(CATALOGUES.en.signatures("1", 1), "1 signature");
+});
+
 test("the language: data-lang first, then the page's, then the browser's, else English", () => {
   assert.equal(pickLang("fr", "en"), "fr");
   assert.equal(pickLang(undefined, "fr-FR"), "fr");
