@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import os
 import shutil
 import subprocess
@@ -143,6 +144,7 @@ class WidgetStack:
     host: HostPages
     widget_key: str
     infra: Infra
+    demo_page_port: int
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def create_case(self, case_id: str, **changes: Any) -> dict[str, Any]:
@@ -234,15 +236,16 @@ def widget_stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iter
     inbox.start()
     host = HostPages()
     host.thread.start()
-    tally_port, notify_port = free_port(), free_port()
+    tally_port, notify_port, demo_page_port = free_port(), free_port(), free_port()
     widget_key = f"pk_test_{uuid.uuid4().hex[:12]}"
+    origins = [host.origin, f"http://127.0.0.1:{demo_page_port}"]
     env = {
         **env_for(infra, topics),
         "CLAMEUR_LOG_JSON": "true",
         "CLAMEUR_SMTP_URL": f"smtp://127.0.0.1:{inbox.port}",
         "CLAMEUR_PUBLIC_URL": f"http://127.0.0.1:{notify_port}",
         "CLAMEUR_TALLY_GROUP_ID": f"{topics.prefix}tally",
-        "CLAMEUR_WIDGET_KEYS": f'{{"{widget_key}": ["{host.origin}"]}}',
+        "CLAMEUR_WIDGET_KEYS": json.dumps({widget_key: origins}),
         "CLAMEUR_PUBLIC_READS_URL": f"http://127.0.0.1:{tally_port}",
     }
     services = {
@@ -269,6 +272,7 @@ def widget_stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iter
             host=host,
             widget_key=widget_key,
             infra=infra,
+            demo_page_port=demo_page_port,
             services=services,
         )
     finally:
