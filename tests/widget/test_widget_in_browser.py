@@ -14,7 +14,7 @@ from playwright.sync_api import Locator, Page, expect
 
 from clameur.supporters import SupporterKeys, normalise_email
 from tests.conftest import TEST_SECRET
-from tests.widget.conftest import AXE, Visit, WidgetStack, eventually_true
+from tests.widget.conftest import ADMIN, AXE, Visit, WidgetStack, eventually_true
 
 SIGNATURES = re.compile(r"/v1/cases/[^/]+/signatures")
 
@@ -178,6 +178,26 @@ def test_a_victory_replaces_the_form_with_its_headline(
     page.reload()
     expect(_widget(page).locator(".ended h3")).to_be_visible()
     expect(_widget(page).locator("form")).to_have_count(0)
+
+
+def test_a_closed_case_says_so_and_shows_no_form(
+    widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]
+) -> None:
+    case_id = new_id("closed")
+    widget_stack.create_case(case_id)
+    page = visit.page
+    page.goto(widget_stack.host.add(widget_stack.page_html(widget_stack.petition(case_id))))
+    widget = _widget(page)
+    expect(widget.locator("form")).to_be_visible()
+    _fill(widget, "Amina", "Diallo", "amina.diallo@example.org")
+    closed = httpx.post(f"{widget_stack.tally}/v1/admin/cases/{case_id}/close", headers=ADMIN, timeout=10)
+    assert closed.status_code == 200, closed.text
+    # Whichever comes first, the live stream or intake's 410, the form gives way.
+    expect(widget.locator(".ended.closed")).to_have_text(
+        "Cette pétition est close : elle ne reçoit plus de signatures.", timeout=10_000
+    )
+    expect(widget.locator("form")).to_have_count(0)
+    visit.shoot("1-closed")
 
 
 def test_consent_is_stored_as_it_was_ticked(

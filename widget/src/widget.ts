@@ -54,7 +54,9 @@ class CounterView {
     this.count.replaceChildren(number, h("strong", {}, formatted), rest.join(formatted));
     const progress = progressOf(total, document.milestones || [], document.goal || 0);
     // Set through the CSSOM: allowed under a CSP that refuses inline style attributes.
-    this.fill.style.width = `${(progress.ratio * 100).toFixed(1)}%`;
+    // The first signatures of a large goal still show as a sliver of colour.
+    const percent = progress.ratio > 0 ? Math.max(progress.ratio * 100, 1.5) : 0;
+    this.fill.style.width = `${percent.toFixed(1)}%`;
     this.bar.setAttribute("aria-valuemax", String(progress.target));
     this.bar.setAttribute("aria-valuenow", String(Math.min(total, progress.target)));
     this.bar.setAttribute("aria-valuetext", `${formatted} / ${formatCount(progress.target, this.lang)}`);
