@@ -93,7 +93,7 @@ class HostPages:
     """The campaign site: pages by path, served on its own port with a strict CSP."""
 
     def __init__(self) -> None:
-        self.pages: dict[str, bytes] = {}
+        self.pages: dict[str, tuple[bytes, str | None]] = {}
         self.csp = "default-src 'none'"
         self.port = free_port()
         pages = self
@@ -106,7 +106,8 @@ class HostPages:
                 elif path == "/page.css":
                     self._send(200, "text/css", PAGE_CSS)
                 elif path in pages.pages:
-                    self._send(200, "text/html; charset=utf-8", pages.pages[path], csp=pages.csp)
+                    page, csp = pages.pages[path]
+                    self._send(200, "text/html; charset=utf-8", page, csp=csp or pages.csp)
                 else:
                     self._send(404, "text/plain", b"not found")
 
@@ -129,10 +130,10 @@ class HostPages:
     def origin(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def add(self, html: str) -> str:
-        """Serve ``html`` at a new path; returns its URL."""
+    def add(self, html: str, csp: str | None = None) -> str:
+        """Serve ``html`` at a new path (under ``csp``, else the site's); returns its URL."""
         path = f"/{uuid.uuid4().hex[:8]}.html"
-        self.pages[path] = html.encode()
+        self.pages[path] = (html.encode(), csp)
         return self.origin + path
 
 

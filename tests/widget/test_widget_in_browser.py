@@ -408,3 +408,34 @@ def test_several_widgets_and_the_versioned_script_under_sri(
     expect(_widget(page, 0).locator(".count strong")).to_have_text("0")
     visit.shoot("1-two-widgets-and-a-counter")
     _only_clameur_and_no_csp_error(visit, widget_stack)
+
+
+TURNSTILE = "https://challenges.cloudflare.com/turnstile/v0/api.js?render=explicit"
+# Stands in for Cloudflare's script (no internet in tests): renders nothing, passes at once.
+FAKE_TURNSTILE = """
+window.turnstile = { render: function (element, options) {
+  element.setAttribute("data-rendered-with", options.sitekey);
+  setTimeout(function () { options.callback("token-from-turnstile"); }, 0);
+} };
+"""
+
+
+def test_with_a_site_key_the_turnstile_token_is_sent(
+    widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]
+) -> None:
+    case_id = new_id("nawal")
+    widget_stack.create_case(case_id)
+    page = visit.page
+    page.route(TURNSTILE, lambda route: route.fulfill(content_type="text/javascript", body=FAKE_TURNSTILE))
+    csp = widget_stack.host.csp.replace("script-src ", "script-src https://challenges.cloudflare.com ")
+    petition = widget_stack.petition(case_id, turnstile="1x00000000000000000000AA")
+    page.goto(widget_stack.host.add(widget_stack.page_html(petition), csp=csp))
+    widget = _widget(page)
+    expect(widget.locator('[data-rendered-with="1x00000000000000000000AA"]')).to_have_count(1)
+    _fill(widget, "Hugo", "Martin", "hugo.martin@example.org")
+    with page.expect_response(
+        lambda r: bool(SIGNATURES.search(r.url)) and r.request.method == "POST"
+    ) as sent:
+        widget.locator('button[type="submit"]').click()
+    assert sent.value.status == 202
+    assert json.loads(sent.value.request.post_data or "{}")["turnstile_token"] == "token-from-turnstile"
