@@ -439,3 +439,31 @@ def test_with_a_site_key_the_turnstile_token_is_sent(
         widget.locator('button[type="submit"]').click()
     assert sent.value.status == 202
     assert json.loads(sent.value.request.post_data or "{}")["turnstile_token"] == "token-from-turnstile"
+
+
+def test_without_the_live_stream_the_counter_polls(
+    widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]
+) -> None:
+    case_id = new_id("nawal")
+    widget_stack.create_case(case_id)
+    page = visit.page
+    streams: list[str] = []
+
+    def refuse(route: Any) -> None:
+        streams.append(route.request.url)
+        route.abort()
+
+    # As behind a proxy that will not stream: every /live request fails.
+    page.route(re.compile(r"/v1/cases/[^/]+/live$"), refuse)
+    page.goto(
+        widget_stack.host.add(widget_stack.page_html(widget_stack.petition(case_id, lang="en"), lang="en"))
+    )
+    widget = _widget(page)
+    expect(widget.locator(".count strong")).to_have_text("0")
+    _fill(widget, "Lucas", "Fournier", "lucas.fournier@example.org")
+    assert _submit(page, widget) == 202
+    eventually_true(lambda: widget_stack.total(case_id) == 1, within=10, what="tally to count it")
+    assert streams, "the widget tried the live stream first"
+    # Stream failed twice (EventSource retries once by itself), then a poll every 5 s.
+    eventually_true(_counter_shows(widget, 1), within=15, what="a poll to bring the new count")
+    visit.console_errors.clear()  # the browser logs the refused stream itself

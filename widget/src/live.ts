@@ -18,7 +18,7 @@ export interface CaseDocument {
 
 export type CaseListener = (document: CaseDocument | null, error?: "unknown" | "unreachable") => void;
 
-export const POLL_INTERVAL_MS = 10_000;
+export const POLL_INTERVAL_MS = 5_000;
 const STREAM_FAILURES_BEFORE_POLLING = 2;
 
 /** A count event's moving parts merged into the document; true when a full refetch is due. */

@@ -51,5 +51,14 @@ function mountAll(intake: string): void {
 const intake = scriptOrigin();
 if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", () => mountAll(intake));
 else mountAll(intake);
-// Pages that add widgets later (single-page sites) get them mounted too.
-new MutationObserver(() => mountAll(intake)).observe(document.documentElement, { childList: true, subtree: true });
+// Pages that add widgets later (single-page sites) get them mounted too, looked for at
+// most once a frame however busy the page's own DOM is.
+let looking = false;
+new MutationObserver(() => {
+  if (looking) return;
+  looking = true;
+  requestAnimationFrame(() => {
+    looking = false;
+    mountAll(intake);
+  });
+}).observe(document.documentElement, { childList: true, subtree: true });
