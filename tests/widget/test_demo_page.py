@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import expect
 
 from devstack.demo_page import content_security_policy, render
@@ -28,6 +29,7 @@ def test_the_page_has_no_inline_script_or_style_and_one_widget_per_case() -> Non
     assert "make demo" in render("http://127.0.0.1:8001", "pk_dev_demo", []).decode()
 
 
+@pytest.mark.slow
 def test_a_person_signs_on_the_demo_page_and_watches_the_counter(
     widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str], tmp_path: Path
 ) -> None:

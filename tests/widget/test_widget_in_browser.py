@@ -10,12 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from playwright.sync_api import Locator, Page, expect
 
 from clameur.supporters import SupporterKeys, normalise_email
 from tests.conftest import TEST_SECRET
 from tests.widget.conftest import ADMIN, AXE, Visit, WidgetStack, eventually_true
 
+pytestmark = pytest.mark.slow
 SIGNATURES = re.compile(r"/v1/cases/[^/]+/signatures")
 
 
@@ -467,3 +469,24 @@ def test_without_the_live_stream_the_counter_polls(
     # Stream failed twice (EventSource retries once by itself), then a poll every 5 s.
     eventually_true(_counter_shows(widget, 1), within=15, what="a poll to bring the new count")
     visit.console_errors.clear()  # the browser logs the refused stream itself
+
+
+def test_a_reader_in_a_language_the_case_does_not_speak_can_sign(
+    widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]
+) -> None:
+    case_id = new_id("germain")
+    widget_stack.create_case(case_id, title={"fr": "Libérez Germain Rukuki"})
+    page = visit.page
+    page.goto(
+        widget_stack.host.add(widget_stack.page_html(widget_stack.petition(case_id, lang="en"), lang="en"))
+    )
+    widget = _widget(page)
+    expect(widget.locator("h2")).to_have_text("Libérez Germain Rukuki")
+    expect(widget.locator("label[for=f-email]")).to_contain_text("Email address")
+    _fill(widget, "Chloé", "Girard", "chloe.girard@example.org")
+    with page.expect_response(
+        lambda r: bool(SIGNATURES.search(r.url)) and r.request.method == "POST"
+    ) as sent:
+        widget.locator('button[type="submit"]').click()
+    assert sent.value.status == 202, sent.value.text()
+    assert "locale" not in json.loads(sent.value.request.post_data or "{}")

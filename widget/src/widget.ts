@@ -104,6 +104,7 @@ export class Petition {
   private sending = false;
   private pending: { body: string; key: string } | null = null;
   private turnstileToken: string | null = null;
+  private caseLocales: string[] = [];
 
   constructor(private readonly host: HTMLElement, private readonly config: WidgetConfig) {
     this.t = CATALOGUES[config.lang];
@@ -120,6 +121,7 @@ export class Petition {
       return;
     }
     if (!document) return;
+    this.caseLocales = document.locales || [];
     this.title.textContent = localized(document.title, this.config.lang, document.default_locale);
     if (!this.title.isConnected) this.box.replaceChildren(this.title, this.counter.element);
     this.counter.update(document);
@@ -238,7 +240,8 @@ export class Petition {
       email: value("email"),
       country: value("country"),
       consent: { updates: (this.input("consent") as HTMLInputElement).checked },
-      locale: this.config.lang,
+      // A language the case does not speak is refused; the case's default is then used.
+      locale: this.caseLocales.includes(this.config.lang) ? this.config.lang : undefined,
       source: {
         widget: (this.config.widgetName || this.config.widgetKey || "clameur-widget").slice(0, 100),
         // The page without its query string: campaign pages' queries may carry tokens.
