@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .cache/bootstrap.stamp
 
-.PHONY: up down reset status mail test test-fast check fmt bench bench-intake bench-tally bench-notify demo reconcile bootstrap
+.PHONY: up down reset status mail test test-fast check fmt bench bench-intake bench-tally bench-notify demo reconcile bootstrap widget test-widget
 
 $(STAMP): pyproject.toml uv.lock scripts/bootstrap
 	@bash scripts/bootstrap
@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml uv.lock scripts/bootstrap
 bootstrap: $(STAMP)
 
 ## up: start Kafka, Postgres, the mail sink, Prometheus and the three services; wait for /readyz
-up: $(STAMP)
+up: $(STAMP) widget
 	@$(PY) -m devstack up
 
 ## down: stop everything `make up` started (data kept)
@@ -30,7 +30,7 @@ mail: $(STAMP)
 	@$(PY) -m devstack mail
 
 ## test: the whole suite against a real Kafka and Postgres (see tests/conftest.py for where they come from)
-test: $(STAMP)
+test: $(STAMP) test-widget
 	@status=0; $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
 	if [ -z "$$CLAMEUR_TEST_KEEP_STACK" ]; then $(PY) -m devstack down --profile test >/dev/null || true; fi; \
 	exit $$status
@@ -65,3 +65,11 @@ bench-tally: $(STAMP)
 
 bench-notify: $(STAMP)
 	@$(PY) -m bench.notify
+
+## widget: build the petition widget intake serves (widget/dist/widget.js) with the locked npm toolchain
+widget: $(STAMP)
+	@bash scripts/build-widget
+
+## test-widget: build the widget, type-check it and run its unit tests (node --test)
+test-widget: $(STAMP)
+	@bash scripts/build-widget --test

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import sys
@@ -340,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         cases[case.slug] = case_id
         print(f"  {case_id}: {case.title['en']} (milestones {body['milestones']})")
+
+    # The demo page (`make up` prints its address) shows these cases' widgets.
+    DEV.demo_cases.parent.mkdir(parents=True, exist_ok=True)
+    DEV.demo_cases.write_text(json.dumps(list(cases.values())))
+    print(f"  their widgets: http://127.0.0.1:{DEV.demo_page_port}")
 
     def intake_knows_all() -> bool:
         probes = [httpx.get(f"{tally_url}/v1/cases/{case_id}", timeout=5) for case_id in cases.values()]

@@ -27,6 +27,7 @@ class Profile:
     intake_port: int = 8001
     tally_port: int = 8002
     notify_port: int = 8003
+    demo_page_port: int = 8080
 
     @property
     def home(self) -> Path:
@@ -53,6 +54,11 @@ class Profile:
         return self.home / "mail"
 
     @property
+    def demo_cases(self) -> Path:
+        """The case ids of the last ``make demo``, which the demo page shows."""
+        return self.home / "demo-cases.json"
+
+    @property
     def prometheus_data(self) -> Path:
         return self.home / "prometheus"
 
@@ -75,5 +81,6 @@ TEST = Profile(
     postgres_port=15433,
     smtp_port=11025,
     prometheus_port=19090,
+    demo_page_port=18080,
 )
 PROFILES = {profile.name: profile for profile in (DEV, TEST)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import shutil
 import sys
@@ -32,6 +33,9 @@ PASSED_THROUGH = (
     "CLAMEUR_PUBLIC_URL",
 )
 
+# The demo page's widget key: public, and only good for the demo page's own origin.
+DEMO_WIDGET_KEY = "pk_dev_demo"
+
 
 @dataclass(frozen=True)
 class Stack:
@@ -57,6 +61,15 @@ class Stack:
     @property
     def prometheus(self) -> Managed:
         return Managed("prometheus", self.profile.run_dir, self.profile.log_dir)
+
+    @property
+    def demopage(self) -> Managed:
+        return Managed("demopage", self.profile.run_dir, self.profile.log_dir)
+
+    @property
+    def demo_page_origins(self) -> list[str]:
+        port = self.profile.demo_page_port
+        return [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
 
     def service(self, name: str) -> Managed:
         return Managed(name, self.profile.run_dir, self.profile.log_dir)
@@ -102,6 +115,9 @@ class Stack:
         # Locally, the demo and benchmarks stand in for a load balancer on loopback:
         # supporters are told apart by the X-Forwarded-For it sets.
         env.setdefault("CLAMEUR_TRUSTED_PROXIES", '["127.0.0.1/32"]')
+        # The widget: the demo page's origin may sign; counts are read from the local tally.
+        env.setdefault("CLAMEUR_WIDGET_KEYS", json.dumps({DEMO_WIDGET_KEY: self.demo_page_origins}))
+        env.setdefault("CLAMEUR_PUBLIC_READS_URL", f"http://127.0.0.1:{p.tally_port}")
         for name in PASSED_THROUGH:
             if name in self.environ:
                 env[name] = self.environ[name]
@@ -201,6 +217,39 @@ class Stack:
                     log=self.service(name).log,
                 )
 
+    def start_demo_page(self) -> None:
+        """The campaign page of ``make demo``'s cases, on its own origin (see devstack.demo_page)."""
+        if self.demopage.running():
+            return
+        port = self.profile.demo_page_port
+        if port_open("127.0.0.1", port):
+            raise StackError(f"port {port} is taken by a process this stack did not start")
+        p = self.profile
+        self.demopage.start(
+            [
+                sys.executable,
+                "-m",
+                "devstack.demo_page",
+                "--port",
+                str(port),
+                "--intake",
+                f"http://127.0.0.1:{p.intake_port}",
+                "--tally",
+                f"http://127.0.0.1:{p.tally_port}",
+                "--key",
+                DEMO_WIDGET_KEY,
+                "--cases",
+                str(p.demo_cases),
+            ],
+            cwd=ROOT,
+        )
+        wait_for(
+            f"the demo page on 127.0.0.1:{port}",
+            lambda: port_open("127.0.0.1", port),
+            timeout=20,
+            log=self.demopage.log,
+        )
+
     def up(self, *, with_prometheus: bool = True) -> None:
         started = time.monotonic()
         self.start_infrastructure()
@@ -208,6 +257,7 @@ class Stack:
         if with_prometheus:
             self.start_prometheus()
         self.start_services()
+        self.start_demo_page()
         print(f"\nClameur is up ({time.monotonic() - started:.1f} s).")
         self.print_where()
 
@@ -215,7 +265,7 @@ class Stack:
         for name in reversed(SERVICES):
             if self.service(name).stop(timeout=40):
                 print(f"{name}: stopped")
-        for managed in (self.prometheus, self.mailsink):
+        for managed in (self.demopage, self.prometheus, self.mailsink):
             if managed.stop():
                 print(f"{managed.name}: stopped")
         if self.kafka.stop():
@@ -236,6 +286,10 @@ class Stack:
             ("intake", f"http://127.0.0.1:{p.intake_port}  (docs: /docs)"),
             ("tally", f"http://127.0.0.1:{p.tally_port}  (cases: /v1/cases)"),
             ("notify", f"http://127.0.0.1:{p.notify_port}"),
+            (
+                "demo page",
+                f"http://127.0.0.1:{p.demo_page_port}  (the widget of each case `make demo` creates)",
+            ),
             ("kafka", self.kafka_bootstrap),
             ("postgres", self.database_url),
             (
@@ -257,6 +311,7 @@ class Stack:
             ("postgres", self.postgres.running() if not self.external_database else True),
             ("mailsink", self.mailsink.running()),
             ("prometheus", self.prometheus.running()),
+            ("demo page", self.demopage.running()),
         ]
         for name in SERVICES:
             checks.append((name, http_ok(f"http://127.0.0.1:{self.service_port(name)}/readyz")))

@@ -19,6 +19,7 @@ from intake import openapi
 from intake.resources import Running, open_intake
 from intake.routes import signature_routes
 from intake.settings import IntakeSettings
+from intake.widget_script import load_widget_script, widget_router
 
 
 def create_app(settings: IntakeSettings) -> FastAPI:
@@ -38,6 +39,7 @@ def create_app(settings: IntakeSettings) -> FastAPI:
     install_problem_handlers(app)
     app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry, "intake"))
     app.include_router(operations_router(registry, running.readiness_checks()))
+    app.include_router(widget_router(load_widget_script(settings.widget_script, settings.public_reads_url)))
     openapi.document(app)
     return app
 

@@ -8,6 +8,7 @@ list fields are JSON in the environment, e.g.
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Self
 
 from pydantic import Field, SecretStr, model_validator
@@ -88,6 +89,11 @@ class IntakeSettings(ClameurSettings):
         default=False,
         description="refuse requests without a widget key even when they carry no Origin",
     )
+
+    # The petition widget's script (built by `make widget`) and the public reads (tally's
+    # counts and live stream) it is told to read from.
+    widget_script: Path = Path(__file__).resolve().parents[2] / "widget" / "dist" / "widget.js"
+    public_reads_url: str = "http://127.0.0.1:8002"
 
     # Partners' bulk import: secret partner key -> partner name.
     partner_keys: dict[str, str] = Field(default_factory=dict, repr=False)
