@@ -156,7 +156,7 @@ def _desk(
     return SigningDesk(
         cases=cases,
         publisher=publisher,
-        keys=SupporterKeys(settings.secret.get_secret_value().encode()),
+        keys=SupporterKeys.from_master(settings.secret.get_secret_value()),
         metrics=metrics,
         widgets=WidgetKeys(settings.widget_keys, required=settings.widget_key_required),
         addresses=ClientAddresses(settings.trusted_proxies),

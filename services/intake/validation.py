@@ -228,7 +228,7 @@ def signature_event(fields: SignatureFields, receipt: Receipt, keys: SupporterKe
         country=fields.country,
         postal_code=fields.postal_code or None,
         locale=locale,
-        supporter_key=keys.of(fields.email),
+        supporter_key=keys.of_address(fields.email),
         email=fields.email if fields.consent.updates else None,
         consent=_CONSENTED if fields.consent.updates else _NOT_CONSENTED,
         source=SignatureSource(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from clameur.events import SignatureAccepted
-from clameur.supporters import SupporterKeys, normalise_email
+from clameur.supporters import SupporterKeys
 
 
 def supporter_key(secret: str, email: str) -> str:
@@ -20,7 +20,7 @@ def supporter_key(secret: str, email: str) -> str:
 
     Raises ``ValueError`` when ``email`` is not an address.
     """
-    return SupporterKeys(secret.encode()).of(normalise_email(email))
+    return SupporterKeys.from_master(secret).of_address(email)
 
 
 @dataclass(frozen=True)

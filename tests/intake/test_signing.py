@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from clameur.events import CaseStatus, decode_signature
-from clameur.supporters import SupporterKeys, normalise_email
+from clameur.supporters import SupporterKeys
 from clameur.topics import Topics
 from tests.conftest import TEST_SECRET, Infra
 from tests.intake.conftest import SIGNER, Intake, case_state, publish_cases, won_state
@@ -56,10 +56,10 @@ async def test_an_accepted_signature_is_on_the_topic_keyed_by_case(
     second = by_id[loud.json()["signature_id"]]
     assert first.key == second.key == nawal.encode()
 
-    keys = SupporterKeys(TEST_SECRET.encode())
+    keys = SupporterKeys.from_master(TEST_SECRET)
     quiet_event = decode_signature(first.value)
     assert quiet_event.email is None  # no consent, no email
-    assert quiet_event.supporter_key == keys.of(normalise_email(SIGNER["email"]))
+    assert quiet_event.supporter_key == keys.of_address(SIGNER["email"])
     assert (quiet_event.locale, quiet_event.action, quiet_event.country) == ("fr", "signature", "FR")
 
     loud_event = decode_signature(second.value)

@@ -12,17 +12,17 @@ from tally.counter_store import OFFSETS
 
 from clameur.events import Action, SignatureAccepted
 from clameur.kafka import create_producer
-from clameur.supporters import SupporterKeys, normalise_email
+from clameur.supporters import SupporterKeys
 from tests.conftest import TEST_ADMIN_TOKEN, TEST_SECRET
 
 ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
 
-_KEYS = SupporterKeys(TEST_SECRET.encode())
+_KEYS = SupporterKeys.from_master(TEST_SECRET)
 
 
 def supporter_key(email: str) -> str:
     """Intake's dedupe key of ``email``, computed by the same code as intake's."""
-    return _KEYS.of(normalise_email(email))
+    return _KEYS.of_address(email)
 
 
 def signature(

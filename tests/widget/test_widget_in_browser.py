@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from clameur.supporters import SupporterKeys, normalise_email
+from clameur.supporters import SupporterKeys
 from tests.conftest import TEST_SECRET
 from tests.widget.conftest import ADMIN, AXE, Visit, WidgetStack, eventually_true
 
@@ -209,7 +209,7 @@ def test_consent_is_stored_as_it_was_ticked(
     widget_stack.create_case(case_id)
     page = visit.page
     url = widget_stack.host.add(widget_stack.page_html(widget_stack.petition(case_id)))
-    keys = SupporterKeys(TEST_SECRET.encode())
+    keys = SupporterKeys.from_master(TEST_SECRET)
     unticked, ticked = f"lea.{case_id}@example.org", f"hugo.{case_id}@example.org"
 
     page.goto(url)
@@ -233,13 +233,13 @@ def test_consent_is_stored_as_it_was_ticked(
 
     # Notify reads signatures in order: once the second is stored, the first was read.
     eventually_true(
-        lambda: keys.of(normalise_email(ticked)) in subscribed(), within=20, what="notify to store the ticked"
+        lambda: keys.of_address(ticked) in subscribed(), within=20, what="notify to store the ticked"
     )
     eventually_true(lambda: widget_stack.total(case_id) == 2, within=10, what="both signatures counted")
-    assert keys.of(normalise_email(unticked)) not in subscribed()
+    assert keys.of_address(unticked) not in subscribed()
     stored = widget_stack.fetch_rows(
         "SELECT email FROM notify.supporters WHERE supporter_key = ANY($1::text[])",
-        [keys.of(normalise_email(unticked)), keys.of(normalise_email(ticked))],
+        [keys.of_address(unticked), keys.of_address(ticked)],
     )
     assert [row["email"] for row in stored] == [ticked]
 
