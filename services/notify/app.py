@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from clameur.consumer import BatchConsumer, BatchLimits, ConsumerMetrics
 from clameur.database import create_pool
 from clameur.events import CaseEvent, SignatureAccepted, decode_case_event, decode_signature
-from clameur.kafka import create_producer
+from clameur.kafka import create_producer, partitions_of
 from clameur.web import HttpMetrics, HttpMetricsMiddleware, install_problem_handlers, operations_router
 from notify.erasure import ErasureDesk, erasure_router
 from notify.ledger import CaseNewsApplier, DeliveryLedger, Preferences, SupporterListApplier, stored_offsets
@@ -46,6 +46,8 @@ class TopicEnds:
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.topic = topic
+        self._bootstrap = bootstrap
+        self._partitions: list[TopicPartition] = []
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, client_id="clameur-notify-ends", enable_auto_commit=False
         )
@@ -57,14 +59,10 @@ class TopicEnds:
         await self._consumer.stop()
 
     async def end_offsets(self) -> dict[int, int]:
-        partitions = self._consumer.partitions_for_topic(self.topic)
-        if not partitions:
-            # Asking for partition 0 makes the client learn the topic's metadata.
-            await self._consumer.end_offsets([TopicPartition(self.topic, 0)])
-            partitions = self._consumer.partitions_for_topic(self.topic)
-        if not partitions:
-            raise RuntimeError(f"topic {self.topic} does not exist; run `python -m clameur.provision topics`")
-        ends = await self._consumer.end_offsets([TopicPartition(self.topic, p) for p in sorted(partitions)])
+        if not self._partitions:  # learnt once: raises UnknownTopic until it is provisioned
+            found = await partitions_of(self._bootstrap, self.topic, client_id="clameur-notify-ends")
+            self._partitions = [TopicPartition(self.topic, partition) for partition in found]
+        ends = await self._consumer.end_offsets(self._partitions)
         return {tp.partition: offset for tp, offset in ends.items()}
 
 

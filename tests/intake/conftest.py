@@ -17,6 +17,7 @@ from intake.app import create_app
 from intake.settings import IntakeSettings
 
 from clameur.events import Action, CaseState, CaseStatus, Victory
+from clameur.kafka import partitions_of
 from clameur.topics import Topics
 from tests.support import eventually
 
@@ -75,9 +76,7 @@ async def read_topic(bootstrap: str, topic: str, *, at_least: int = 0, within: f
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        await consumer._client.add_topic(topic)  # the consumer has no public metadata refresh
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        assert partitions, f"no topic {topic}"
+        partitions = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         records: list[Any] = []
