@@ -46,6 +46,10 @@ class InMemoryApplier(Generic[T]):
     meanwhile), waits for the batch before to be applied, then commits.  ``fail_every``:
     every n-th attempt fails after preparing, as a transaction cut by a database restart
     would.  Offsets outside Kafka's ranges are refused before anything is kept.
+
+    As instruments for tests, it also keeps the partitions each :meth:`stored_offsets`
+    call asked for (a consumer asks once per assignment, before its seek) and how many
+    records this applier committed.
     """
 
     def __init__(
@@ -56,8 +60,11 @@ class InMemoryApplier(Generic[T]):
         self.fail_every = fail_every
         self.attempts = 0
         self.failures = 0
+        self.asked: list[list[int]] = []
+        self.committed = 0
 
     async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
+        self.asked.append(sorted(partitions))
         offsets = self.store.offsets
         return {
             partition: offsets[topic, partition] for partition in partitions if (topic, partition) in offsets
@@ -81,6 +88,7 @@ class InMemoryApplier(Generic[T]):
         for consumed in batch.events:
             store.effect[batch.topic, consumed.partition, consumed.offset] = consumed.event
         store.deliveries.update((consumed.partition, consumed.offset) for consumed in batch.events)
+        self.committed += len(batch.events)
         for partition, offset in batch.next_offsets.items():
             stored = store.offsets.get((batch.topic, partition), 0)
             store.gaps.extend(
