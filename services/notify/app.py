@@ -48,6 +48,7 @@ class TopicEnds:
         self.topic = topic
         self._bootstrap = bootstrap
         self._partitions: list[TopicPartition] = []
+        self._partitions_learnt_at = 0.0
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, client_id="clameur-notify-ends", enable_auto_commit=False
         )
@@ -59,9 +60,12 @@ class TopicEnds:
         await self._consumer.stop()
 
     async def end_offsets(self) -> dict[int, int]:
-        if not self._partitions:  # learnt once: raises UnknownTopic until it is provisioned
+        # Learnt again every 5 minutes (as often as aiokafka refreshes its metadata), so
+        # partitions added to the topic count too; raises UnknownTopic until it exists.
+        if not self._partitions or time.monotonic() - self._partitions_learnt_at > 300:
             found = await partitions_of(self._bootstrap, self.topic, client_id="clameur-notify-ends")
             self._partitions = [TopicPartition(self.topic, partition) for partition in found]
+            self._partitions_learnt_at = time.monotonic()
         ends = await self._consumer.end_offsets(self._partitions)
         return {tp.partition: offset for tp, offset in ends.items()}
 
