@@ -29,6 +29,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from bench.common import BenchError, Child, Children, new_run_id, port_open, run_dir, say
 from clameur.database import migrate
 from clameur.events import Action, CaseState, Event
+from clameur.kafka import partitions_of
 from clameur.topics import Topics, ensure_topics
 from devstack import databases
 from devstack.layout import DEV
@@ -125,19 +126,6 @@ async def delete_topics(bootstrap: str, topics: Topics) -> None:
         say(f"could not delete the run's topics ({type(error).__name__}); delete {topics.prefix}* by hand")
     finally:
         await admin.close()
-
-
-async def partitions_of(bootstrap: str, topic: str) -> list[int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    partitions = sorted(int(p["partition"]) for d in described for p in d.get("partitions", ()))
-    if not partitions:
-        raise ValueError(f"topic {topic} does not exist")
-    return partitions
 
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:

@@ -17,6 +17,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from clameur.events import CaseState, decode_case_state
+from clameur.kafka import partitions_of
+from clameur.retry import RetryPolicy, Sleep, retry
 
 logger = logging.getLogger(__name__)
 
@@ -52,22 +54,36 @@ class CaseRegistry:
         return True
 
 
-async def follow_cases_forever(bootstrap: str, topic: str, registry: CaseRegistry, *, client_id: str) -> None:
+# A follower that failed starts again after 0.5 s, then up to 10 s between attempts.
+FOLLOW_RETRY = RetryPolicy(initial_s=0.5, maximum_s=10.0)
+
+
+class _Interrupted(Exception):
+    """aiokafka surfaced a CancelledError of its own (from ``stop()``): not ours, so retried."""
+
+
+async def follow_cases_forever(
+    bootstrap: str,
+    topic: str,
+    registry: CaseRegistry,
+    *,
+    client_id: str,
+    policy: RetryPolicy = FOLLOW_RETRY,
+    sleep: Sleep = asyncio.sleep,
+) -> None:
     """Follow ``topic`` into ``registry`` until cancelled, reading it again after a failure."""
-    backoff = 0.5
-    while True:
+
+    async def follow_once() -> None:
         try:
             await follow_cases(bootstrap, topic, registry, client_id=client_id)
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise
-            # aiokafka may surface a CancelledError of its own from stop(): not ours, retry.
-            logger.warning("following cases.v1 was interrupted; retrying")
-        except Exception as exc:  # noqa: BLE001 - broker down: read the topic again when it is back
-            logger.warning("following cases.v1 failed; retrying: %s", type(exc).__name__)
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, 10.0)
+            raise _Interrupted("interrupted") from None
+
+    # follow_cases returns only if cancelled: every failure (broker down) is retried.
+    await retry(f"following {topic}", follow_once, policy, sleep=sleep)
 
 
 async def follow_cases(bootstrap: str, topic: str, registry: CaseRegistry, *, client_id: str) -> None:
@@ -76,7 +92,10 @@ async def follow_cases(bootstrap: str, topic: str, registry: CaseRegistry, *, cl
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id=client_id, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = await _partitions_of(consumer, topic)
+        partitions = [
+            TopicPartition(topic, partition)
+            for partition in await partitions_of(bootstrap, topic, client_id=client_id)
+        ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         end = await consumer.end_offsets(partitions)
@@ -105,16 +124,3 @@ async def follow_cases(bootstrap: str, topic: str, registry: CaseRegistry, *, cl
                     logger.info("case registry caught up", extra={"cases": len(registry)})
     finally:
         await consumer.stop()
-
-
-async def _partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    # The consumer exposes no metadata refresh; its client does (aiokafka 0.14).
-    client = consumer._client
-    await client.add_topic(topic)
-    for _ in range(60):
-        found = consumer.partitions_for_topic(topic)
-        if found:
-            return [TopicPartition(topic, partition) for partition in sorted(found)]
-        await client.force_metadata_update()
-        await asyncio.sleep(0.5)
-    raise RuntimeError(f"topic {topic} does not exist; run `make up` or `python -m clameur.provision topics`")

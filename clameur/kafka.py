@@ -1,9 +1,14 @@
-"""Kafka producers and the dead-letter queue, configured as docs/architecture.md promises."""
+"""Kafka producers, the dead-letter queue and a topic's partitions, as docs/architecture.md promises."""
 
 from __future__ import annotations
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
+
+
+class UnknownTopic(LookupError):
+    """The cluster does not know the topic: it was never provisioned."""
 
 
 def create_producer(
@@ -50,3 +55,30 @@ async def send_to_dlq(
         key=record.key,
         headers=dlq_headers(record, error),
     )
+
+
+async def partitions_of(bootstrap: str, topic: str, *, client_id: str = "clameur") -> list[int]:
+    """The partition numbers of ``topic``, sorted, as the cluster's metadata says now.
+
+    The one way we list a topic's partitions: asked with the admin client's public
+    ``describe_topics``, so it needs no consumer or producer, and no private attribute of
+    one.  Raises :class:`UnknownTopic` (with what to do) when the topic does not exist,
+    and aiokafka's ``KafkaError`` when the cluster cannot be reached.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = sorted(
+        int(partition["partition"])
+        for description in described
+        if description.get("topic") == topic
+        for partition in description.get("partitions", ())
+    )
+    if not partitions:
+        raise UnknownTopic(
+            f"topic {topic} does not exist; run `make up` or `python -m clameur.provision topics`"
+        )
+    return partitions

@@ -7,10 +7,12 @@ ended after the event was recorded (see its docstring).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from clameur.kafka import partitions_of
 from notify.ledger import SupporterListApplier
 
 
@@ -19,6 +21,9 @@ class TopicEnds:
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.topic = topic
+        self._bootstrap = bootstrap
+        self._partitions: list[TopicPartition] = []
+        self._partitions_learnt_at = 0.0
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, client_id="clameur-notify-ends", enable_auto_commit=False
         )
@@ -30,15 +35,14 @@ class TopicEnds:
         await self._consumer.stop()
 
     async def end_offsets(self) -> dict[int, int]:
-        """The next offset past each partition's last record; raises when the topic is missing."""
-        partitions = self._consumer.partitions_for_topic(self.topic)
-        if not partitions:
-            # Asking for partition 0 makes the client learn the topic's metadata.
-            await self._consumer.end_offsets([TopicPartition(self.topic, 0)])
-            partitions = self._consumer.partitions_for_topic(self.topic)
-        if not partitions:
-            raise RuntimeError(f"topic {self.topic} does not exist; run `python -m clameur.provision topics`")
-        ends = await self._consumer.end_offsets([TopicPartition(self.topic, p) for p in sorted(partitions)])
+        """The next offset past each partition's last record; raises UnknownTopic when it is missing."""
+        # Learnt again every 5 minutes (as often as aiokafka refreshes its metadata), so
+        # partitions added to the topic count too.
+        if not self._partitions or time.monotonic() - self._partitions_learnt_at > 300:
+            found = await partitions_of(self._bootstrap, self.topic, client_id="clameur-notify-ends")
+            self._partitions = [TopicPartition(self.topic, partition) for partition in found]
+            self._partitions_learnt_at = time.monotonic()
+        ends = await self._consumer.end_offsets(self._partitions)
         return {tp.partition: offset for tp, offset in ends.items()}
 
 

@@ -1,8 +1,9 @@
 """The batch consumer against a real broker: every record applied once, across a rebalance.
 
-The applier here keeps its effect and its offsets together in memory, as tally and notify
-keep theirs in one Postgres transaction; it stands in for them behind the same
-:class:`clameur.consumer.BatchApplier` protocol.  A record applied twice (read before the
+The applier here (:class:`tests.clameur.in_memory.InMemoryApplier`) keeps its effect and
+its offsets together in memory, as tally and notify keep theirs in one Postgres
+transaction; it stands in for them behind the same :class:`clameur.consumer.BatchApplier`
+protocol and passes the same contract suite.  A record applied twice (read before the
 seek to stored offsets, or prefetched before a rebalance and applied after it) or never
 applied fails these tests.  With two batches in flight, so does a batch committed ahead
 of the one before it: stored offsets would pass records not applied yet.
@@ -11,8 +12,6 @@ of the one before it: stored offsets would pass records not applied yet.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from collections.abc import Collection
 from typing import Any
 
 import pytest
@@ -28,65 +27,29 @@ from clameur.consumer import (
 )
 from clameur.kafka import create_producer
 from clameur.topics import Topics
+from tests.clameur.in_memory import InMemoryApplier, InMemoryStore
 from tests.support import eventually
 
-
-class RecordingApplier:
-    """Applies a batch by remembering its records; the offsets are stored with them.
-
-    Like tally's: it prepares (``delay_s``), waits for the batch before to be applied, then
-    "commits".  ``fail_every``: every n-th attempt fails after preparing, as a transaction
-    cut by a database restart would.  Each commit checks that the offsets it stores pass
-    only records applied (the topic's offsets are contiguous: no transactions).
-    """
-
-    def __init__(
-        self, applied: Counter[tuple[int, int]], offsets: dict[int, int], delay_s: float, fail_every: int = 0
-    ) -> None:
-        self.applied = applied
-        self.offsets = offsets
-        self.delay_s = delay_s
-        self.fail_every = fail_every
-        self.attempts = 0
-        self.failures = 0
-        self.gaps: list[tuple[int, int]] = []  # (partition, offset) passed by a stored offset, not applied
-        self.lock = asyncio.Lock()  # the "transaction": shared by the instances of a group
-
-    async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
-        return {partition: self.offsets[partition] for partition in partitions if partition in self.offsets}
-
-    async def apply(self, batch: Batch[bytes]) -> None:
-        self.attempts += 1
-        attempt = self.attempts
-        await asyncio.sleep(self.delay_s)  # the database's time: the next batch is read meanwhile
-        if self.fail_every and attempt % self.fail_every == 0:
-            self.failures += 1
-            raise ConnectionError("the database went away (test)")
-        await batch.previous_applied()
-        async with self.lock:
-            self.applied.update((consumed.partition, consumed.offset) for consumed in batch.events)
-            for partition, offset in batch.next_offsets.items():
-                stored = self.offsets.get(partition, 0)
-                self.gaps.extend(
-                    (partition, skipped)
-                    for skipped in range(stored, offset)
-                    if (partition, skipped) not in self.applied
-                )
-                self.offsets[partition] = max(stored, offset)
+PARTITIONS = [0, 1, 2]  # the signatures topic of the ``topics`` fixture
 
 
 async def _produce(bootstrap: str, topic: str, count: int) -> None:
     producer = create_producer(bootstrap, linger_ms=20)
     await producer.start()
     try:
-        acks = [await producer.send(topic, b"record %d" % n, key=b"key %d" % (n % 7)) for n in range(count)]
+        # Spread over every partition, whatever the keys hash to: each instance of a group
+        # then has records to apply after a rebalance.
+        acks = [
+            await producer.send(topic, b"record %d" % n, key=b"key %d" % n, partition=n % len(PARTITIONS))
+            for n in range(count)
+        ]
         await asyncio.gather(*acks)
     finally:
         await producer.stop()
 
 
 def _consumer(
-    infra: Any, topics: Topics, group: str, applier: RecordingApplier, name: str, in_flight: int = 1
+    infra: Any, topics: Topics, group: str, applier: InMemoryApplier[bytes], name: str, in_flight: int = 1
 ) -> BatchConsumer[bytes]:
     dlq = create_producer(infra.kafka)
     return BatchConsumer(
@@ -121,18 +84,18 @@ async def test_a_backlog_is_applied_once_each(
     infra: Any, topics: Topics, new_id: Any, in_flight: int
 ) -> None:
     await _produce(infra.kafka, topics.signatures, 2_000)  # there before the first assignment
-    applied: Counter[tuple[int, int]] = Counter()
-    applier = RecordingApplier(applied, {}, delay_s=0.02)
+    store: InMemoryStore[bytes] = InMemoryStore()
+    applier = InMemoryApplier(store, delay_s=0.02)
     consumer = _consumer(infra, topics, new_id("group"), applier, "one", in_flight)
     task = await _run(consumer)
     try:
-        await eventually(lambda: _total(applied, 2_000), within=60, what="2,000 records applied")
+        await eventually(lambda: _total(store, 2_000), within=60, what="2,000 records applied")
         # The topic is now idle: the last batch's offsets must show too, not wait for a next one.
         await eventually(lambda: _lag_is_zero(consumer), within=10, what="the lag gauge at zero")
     finally:
         await _stop(consumer, task)
-    assert sum(applied.values()) == len(applied) == 2_000, "a record was applied twice"
-    assert not applier.gaps
+    assert sum(store.deliveries.values()) == len(store.deliveries) == 2_000, "a record was applied twice"
+    assert not store.gaps
 
 
 async def test_with_two_batches_in_flight_a_failed_batch_is_never_overtaken(
@@ -141,54 +104,82 @@ async def test_with_two_batches_in_flight_a_failed_batch_is_never_overtaken(
     """Every third attempt fails after preparing, while the next batch is already in flight:
     that one must wait for the retry, or the stored offsets would pass the failed records."""
     await _produce(infra.kafka, topics.signatures, 1_000)
-    applied: Counter[tuple[int, int]] = Counter()
-    applier = RecordingApplier(applied, {}, delay_s=0.01, fail_every=3)
+    store: InMemoryStore[bytes] = InMemoryStore()
+    applier = InMemoryApplier(store, delay_s=0.01, fail_every=3)
     consumer = _consumer(infra, topics, new_id("group"), applier, "one", in_flight=2)
     task = await _run(consumer)
     try:
-        await eventually(lambda: _total(applied, 1_000), within=60, what="1,000 records applied")
+        await eventually(lambda: _total(store, 1_000), within=60, what="1,000 records applied")
     finally:
         await _stop(consumer, task)
     assert applier.failures >= 5, "the test did not fail enough batches to mean anything"
-    assert not applier.gaps, f"offsets stored past records not applied: {applier.gaps[:5]}"
-    assert sum(applied.values()) == len(applied) == 1_000, "a record was applied twice"
+    assert not store.gaps, f"offsets stored past records not applied: {store.gaps[:5]}"
+    assert sum(store.deliveries.values()) == len(store.deliveries) == 1_000, "a record was applied twice"
 
 
 @pytest.mark.parametrize("in_flight", [1, 2])
 async def test_a_rebalance_in_the_middle_applies_every_record_once(
     infra: Any, topics: Topics, new_id: Any, in_flight: int
 ) -> None:
+    """A second instance joins while the first applies a backlog slowly, so batches are
+    being applied and read ahead when the partitions move.  The test first proves that
+    this happened (the first instance gave partitions away and kept the rest, the second
+    took them and applied records while the first was still running), then that every
+    record was applied exactly once and no stored offset passed a record not applied."""
     group = new_id("group")
-    applied: Counter[tuple[int, int]] = Counter()
-    offsets: dict[int, int] = {}
-    shared_lock = asyncio.Lock()
+    store: InMemoryStore[bytes] = InMemoryStore()  # one "database" for the group
     # Slow applies: a batch read during the rebalance would still be applying when the
     # other instance seeks to the stored offsets.
-    first_applier = RecordingApplier(applied, offsets, delay_s=0.3)
-    second_applier = RecordingApplier(applied, offsets, delay_s=0.3)
-    first_applier.lock = second_applier.lock = shared_lock
+    first_applier = InMemoryApplier(store, delay_s=0.3)
+    second_applier = InMemoryApplier(store, delay_s=0.3)
     await _produce(infra.kafka, topics.signatures, 1_500)
     first = _consumer(infra, topics, group, first_applier, "first", in_flight)
     first_task = await _run(first)
     second = _consumer(infra, topics, group, second_applier, "second", in_flight)
     second_task: asyncio.Task[None] | None = None
     try:
-        await eventually(lambda: _total(applied, 150), within=60, what="the first batches applied")
+        await eventually(lambda: _total(store, 150), within=60, what="the first batches applied")
         second_task = await _run(second)  # joins the group: the partitions are shared anew
         await _produce(infra.kafka, topics.signatures, 300)
-        await eventually(lambda: _total(applied, 1_800), within=90, what="1,800 records applied")
+        await eventually(
+            lambda: _committed(second_applier), within=90, what="the second instance applying records"
+        )
+        assert not first_task.done(), "the first instance stopped before the second took over"
+        await eventually(lambda: _total(store, 1_800), within=120, what="1,800 records applied")
+        assert not first_task.done() and not second_task.done(), "an instance stopped on an error"
+        # Before either stops: a stop is a rebalance too, that gives the other everything.
+        _assert_the_partitions_moved(first_applier, second_applier)
     finally:
         await _stop(first, first_task)
         if second_task is not None:
             await _stop(second, second_task)
-    twice = [record for record, times in applied.items() if times > 1]
+    twice = [record for record, times in store.deliveries.items() if times > 1]
     assert not twice, f"applied more than once: {twice[:5]}"
-    assert len(applied) == 1_800
-    assert not first_applier.gaps and not second_applier.gaps
+    assert len(store.deliveries) == 1_800
+    assert not store.gaps, f"offsets stored past records not applied: {store.gaps[:5]}"
 
 
-async def _total(applied: Counter[tuple[int, int]], at_least: int) -> bool:
-    return len(applied) >= at_least
+def _assert_the_partitions_moved(first: InMemoryApplier[bytes], second: InMemoryApplier[bytes]) -> None:
+    """Each assignment asks the applier for its partitions' stored offsets, once: what each
+    instance asked shows what it was assigned, in order."""
+    assert first.asked, "the first instance was never assigned anything"
+    assert first.asked[0] == PARTITIONS, f"the first instance began with {first.asked[0]}, not all"
+    # A smaller assignment after the first one: the first instance's partitions were
+    # revoked and only some came back (the group rebalances eagerly: revoke all, assign).
+    smaller = [partitions for partitions in first.asked[1:] if len(partitions) < len(PARTITIONS)]
+    assert smaller, f"the first instance never lost a partition: it asked for {first.asked}"
+    assert second.asked, "the second instance was never assigned a partition"
+    assert not set(first.asked[-1]) & set(second.asked[-1]), "both instances hold a partition"
+    assert sorted(first.asked[-1] + second.asked[-1]) == PARTITIONS
+    assert second.committed > 0 and first.committed > 0
+
+
+async def _total(store: InMemoryStore[bytes], at_least: int) -> bool:
+    return len(store.deliveries) >= at_least
+
+
+async def _committed(applier: InMemoryApplier[bytes]) -> bool:
+    return applier.committed > 0
 
 
 async def _lag_is_zero(consumer: BatchConsumer[bytes]) -> bool:

@@ -1,0 +1,72 @@
+"""The BatchApplier contract (tests/clameur/applier_contract.py) over notify's two appliers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection, Sequence
+from typing import Any
+
+import asyncpg
+import pytest
+from notify.ledger import CaseNewsApplier, SupporterListApplier
+
+from clameur.database import create_pool
+from clameur.events import CaseEvent, SignatureAccepted
+from tests.clameur.applier_contract import BatchApplierContract, Subject
+from tests.notify.conftest import milestone, signature
+
+# Notify's consumers apply one batch at a time (BatchLimits' default applies_in_flight=1),
+# and its appliers do not wait for Batch.previous_applied: the two tests of overlapping
+# applies are expected to fail for them (marked xfail by the suite).
+ONE_AT_A_TIME = False
+
+
+@pytest.fixture
+async def notify_pool(infra: Any) -> AsyncIterator[asyncpg.Pool[Any]]:
+    created = await create_pool(infra.database_url, min_size=1, max_size=4)
+    yield created
+    await created.close()
+
+
+class TestSupporterListApplier(BatchApplierContract[SignatureAccepted]):
+    @pytest.fixture
+    def subject(self, notify_pool: asyncpg.Pool[Any], new_id: Any) -> Subject[SignatureAccepted]:
+        applier = SupporterListApplier(notify_pool, new_id("notify-supporters"))
+
+        def new_events(count: int) -> list[SignatureAccepted]:
+            case_id = new_id("nawal")
+            return [signature(case_id, f"supporter{n}") for n in range(count)]
+
+        async def effect(events: Sequence[SignatureAccepted]) -> Collection[Any]:
+            keys = sorted({event.supporter_key for event in events})
+            supporters = await notify_pool.fetch(
+                "SELECT supporter_key, email, first_name, locale FROM notify.supporters"
+                " WHERE supporter_key = ANY($1::text[])",
+                keys,
+            )
+            subscriptions = await notify_pool.fetch(
+                "SELECT case_id, supporter_key FROM notify.subscriptions"
+                " WHERE supporter_key = ANY($1::text[])",
+                keys,
+            )
+            return {tuple(row) for row in supporters} | {("subscribed", *row) for row in subscriptions}
+
+        return Subject(applier, new_events, effect, applies_in_flight=ONE_AT_A_TIME)
+
+
+class TestCaseNewsApplier(BatchApplierContract[CaseEvent]):
+    @pytest.fixture
+    def subject(self, notify_pool: asyncpg.Pool[Any], new_id: Any) -> Subject[CaseEvent]:
+        applier = CaseNewsApplier(notify_pool, new_id("notify-news"))
+
+        def new_events(count: int) -> list[CaseEvent]:
+            case_id = new_id("nawal")
+            return [milestone(case_id, threshold=10_000 * (n + 1)) for n in range(count)]
+
+        async def effect(events: Sequence[CaseEvent]) -> Collection[Any]:
+            rows = await notify_pool.fetch(
+                "SELECT event_id, case_id, kind FROM notify.case_events WHERE event_id = ANY($1::uuid[])",
+                [event.event_id for event in events],
+            )
+            return {tuple(row) for row in rows}
+
+        return Subject(applier, new_events, effect, applies_in_flight=ONE_AT_A_TIME)
