@@ -64,6 +64,9 @@ class SupporterListApplier:
     async def apply(self, batch: Batch[SignatureAccepted]) -> None:
         signatures = [consumed.event for consumed in batch.events]
         keys = sorted({signature.supporter_key for signature in signatures if signature.consent.updates})
+        # The BatchApplier contract: never commit ahead of the batch before (notify runs
+        # one at a time today, so this returns at once).
+        await batch.previous_applied()
         async with self.pool.acquire() as connection, connection.transaction():
             await connection.execute(_SUPPORTER_LIST_LOCK.format(mode="_shared"))
             erased: dict[str, datetime] = {}
@@ -137,6 +140,7 @@ class CaseNewsApplier:
 
     async def apply(self, batch: Batch[CaseEvent]) -> None:
         news = [c.event for c in batch.events if isinstance(c.event, MilestoneReached | VictoryDeclared)]
+        await batch.previous_applied()  # the BatchApplier contract, as above
         async with self.pool.acquire() as connection, connection.transaction():
             if news:
                 await connection.execute(

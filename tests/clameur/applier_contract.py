@@ -37,8 +37,6 @@ class Subject(Generic[T]):
     """``count`` events, each new to the applier (never applied before)."""
     effect: Callable[[Sequence[T]], Awaitable[Collection[Any]]]
     """What the applier keeps of these events (its rows, its counts), comparable; empty for nothing."""
-    applies_in_flight: bool = True
-    """False: the adapter is only run with ``applies_in_flight=1`` and need not wait for the batch before."""
 
 
 def batch_of(
@@ -106,10 +104,7 @@ class BatchApplierContract(Generic[T]):
         await subject.applier.apply(good)  # the same batch, retried, goes through
         assert await subject.applier.stored_offsets(topic, [0]) == {0: 5}
 
-    async def test_a_batch_commits_only_after_the_one_before(
-        self, subject: Subject[T], topic: str, request: pytest.FixtureRequest
-    ) -> None:
-        _expect_waits(subject, request)
+    async def test_a_batch_commits_only_after_the_one_before(self, subject: Subject[T], topic: str) -> None:
         events = subject.new_events(4)
         previous = Outcome()
         waiting = asyncio.create_task(
@@ -128,9 +123,8 @@ class BatchApplierContract(Generic[T]):
         assert await subject.applier.stored_offsets(topic, [0]) == {0: 12}
 
     async def test_a_batch_whose_predecessor_gave_up_stores_nothing(
-        self, subject: Subject[T], topic: str, request: pytest.FixtureRequest
+        self, subject: Subject[T], topic: str
     ) -> None:
-        _expect_waits(subject, request)
         events = subject.new_events(4)
         previous = Outcome()
         previous.settle(applied=False)
@@ -140,14 +134,3 @@ class BatchApplierContract(Generic[T]):
             )
         assert not await subject.effect(events)
         assert await subject.applier.stored_offsets(topic, [0]) == {}
-
-
-def _expect_waits(subject: Subject[Any], request: pytest.FixtureRequest) -> None:
-    if not subject.applies_in_flight:
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="run only with applies_in_flight=1: this applier does not wait for"
-                " Batch.previous_applied (the contract asks it when batches overlap)",
-                strict=False,
-            )
-        )

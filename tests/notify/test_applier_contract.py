@@ -14,11 +14,6 @@ from clameur.events import CaseEvent, SignatureAccepted
 from tests.clameur.applier_contract import BatchApplierContract, Subject
 from tests.notify.conftest import milestone, signature
 
-# Notify's consumers apply one batch at a time (BatchLimits' default applies_in_flight=1),
-# and its appliers do not wait for Batch.previous_applied: the two tests of overlapping
-# applies are expected to fail for them (marked xfail by the suite).
-ONE_AT_A_TIME = False
-
 
 @pytest.fixture
 async def notify_pool(infra: Any) -> AsyncIterator[asyncpg.Pool[Any]]:
@@ -50,7 +45,7 @@ class TestSupporterListApplier(BatchApplierContract[SignatureAccepted]):
             )
             return {tuple(row) for row in supporters} | {("subscribed", *row) for row in subscriptions}
 
-        return Subject(applier, new_events, effect, applies_in_flight=ONE_AT_A_TIME)
+        return Subject(applier, new_events, effect)
 
 
 class TestCaseNewsApplier(BatchApplierContract[CaseEvent]):
@@ -69,4 +64,4 @@ class TestCaseNewsApplier(BatchApplierContract[CaseEvent]):
             )
             return {tuple(row) for row in rows}
 
-        return Subject(applier, new_events, effect, applies_in_flight=ONE_AT_A_TIME)
+        return Subject(applier, new_events, effect)
