@@ -31,7 +31,14 @@ def test_each_signing_route_is_defined_once_and_documented() -> None:
         operation = paths[path]["post"]
         assert [parameter["name"] for parameter in operation["parameters"]] == ["case_id"]
         assert "examples" in operation["requestBody"]["content"]["application/json"]
-    assert set(paths) == {SIGNATURES_ROUTE, BATCH_ROUTE}
+    # The signing routes and the widget's script, nothing else (operations stay out).
+    assert set(paths) == {
+        SIGNATURES_ROUTE,
+        BATCH_ROUTE,
+        "/v1/widget.js",
+        "/v1/widget.{version}.js",
+        "/v1/widget.json",
+    }
 
 
 async def _echo(request: Request) -> Response:
