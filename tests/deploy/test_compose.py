@@ -242,10 +242,19 @@ def _copied_sources() -> list[str]:
 
 
 def test_image_is_python_311_slim_with_the_locked_dependencies() -> None:
-    assert _instructions("FROM") == ["python:3.11-slim"]
+    # The widget is built in a Node stage; what runs is the last stage, Python's.
+    assert _instructions("FROM") == ["node:20-slim AS widget", "python:3.11-slim"]
     runs = " ".join(_instructions("RUN"))
     assert "uv sync --frozen --no-dev" in runs
     assert {"pyproject.toml", "uv.lock"} <= set(_copied_sources())
+
+
+def test_image_carries_the_built_widget_where_intake_looks_for_it() -> None:
+    dockerfile = DOCKERFILE.read_text()
+    assert "RUN npm ci" in dockerfile and "RUN npm run build" in dockerfile
+    assert "COPY --from=widget /widget/dist/widget.js widget/dist/widget.js" in dockerfile
+    settings = (ROOT / "services" / "intake" / "settings.py").read_text()
+    assert '"widget" / "dist" / "widget.js"' in settings
 
 
 def test_image_runs_as_a_numeric_non_root_user() -> None:
