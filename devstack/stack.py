@@ -90,11 +90,11 @@ class Stack:
 
     @property
     def kafka_bootstrap(self) -> str:
-        return self.environ.get("CLAMEUR_KAFKA", self.profile.kafka_bootstrap)
+        return self.environ.get("CLAMEUR_KAFKA", self.kafka.bootstrap)
 
     @property
     def database_url(self) -> str:
-        return self.environ.get("CLAMEUR_DATABASE_URL", self.profile.database_url)
+        return self.environ.get("CLAMEUR_DATABASE_URL", self.postgres.dsn)
 
     def service_env(self) -> dict[str, str]:
         p = self.profile

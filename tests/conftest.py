@@ -87,7 +87,7 @@ def _from_local_stack() -> tuple[str, str]:
         stack.kafka.start()
     if not port_open("127.0.0.1", TEST.postgres_port):
         stack.postgres.start()
-    return TEST.kafka_bootstrap, stack.postgres.dsn
+    return stack.kafka.bootstrap, stack.postgres.dsn
 
 
 @pytest.fixture(scope="session")
