@@ -25,10 +25,10 @@ with a seek of every partition to its stored offset.
 
 The loop is a chain of small steps, each with its promise in its docstring (the shape of
 arroyo's strategies): :class:`BatchReader` (read a bounded batch), :class:`BatchDecoder`
-(decode, or set poison aside to the DLQ), :class:`InOrderApplies` (apply in order, behind
-the :class:`AssignmentGate` across rebalances), :class:`KafkaCommits` (commit what the
-database has) and :class:`LagReport` (report the lag).  :class:`BatchConsumer` builds them
-and runs the three loops: read, apply, commit.
+(decode, or set poison aside to the DLQ by :class:`DeadLetters`), :class:`InOrderApplies`
+(apply in order, behind the :class:`AssignmentGate` across rebalances),
+:class:`KafkaCommits` (commit what the database has) and :class:`LagReport` (report the
+lag).  :class:`BatchConsumer` builds them and runs the three loops: read, apply, commit.
 """
 
 from __future__ import annotations
@@ -157,33 +157,38 @@ class ConsumerMetrics:
 
 @dataclass
 class BatchLimits:
+    """How large a batch grows, how long the loop waits, and how it backs off."""
+
     max_records: int = 500
+    """The most records in one batch."""
     max_wait_s: float = 0.25
+    """Once a batch's first record has come, how long the reader gathers more."""
     idle_poll_s: float = 1.0
-    retry_initial_s: float = 0.2
-    retry_max_s: float = 10.0
-    # How long the broker may hold a fetch that finds no data.  aiokafka sends one fetch
-    # at a time to a broker, for the partitions with nothing buffered: while a surge fills
-    # one hot partition and the others are drained, a long poll on the drained ones (the
-    # broker's 500 ms default) keeps the hot one from being fetched.  Measured in
-    # docs/benchmarks.md (tally): 500 ms spent half of the drain waiting, 50 ms a tenth.
+    """How long one read waits when nothing comes (and so how soon a stop is noticed)."""
+    retry: RetryPolicy = RetryPolicy(initial_s=0.2, maximum_s=10.0)  # noqa: RUF009 - frozen, shared safely
+    """How every retry of the loop backs off: reading stored offsets, applying, sending to the DLQ."""
     fetch_max_wait_ms: int = 50
-    # The reader parses and decodes this many records, then lets the applier run: without
-    # it, every reply from the database waits behind a whole batch being decoded.
+    """How long the broker may hold a fetch that finds no data.
+
+    aiokafka sends one fetch at a time to a broker, for the partitions with nothing
+    buffered: while a surge fills one hot partition and the others are drained, a long poll
+    on the drained ones (the broker's 500 ms default) keeps the hot one from being fetched.
+    Measured in docs/benchmarks.md (tally): 500 ms spent half of the drain waiting, 50 ms a
+    tenth.
+    """
     read_slice: int = 500
-    # Batches being applied at once.  1: one after the other.  More lets an applier
-    # prepare the next batch while the previous one commits (tally), and obliges it to
-    # commit them in order (``Batch.previous_applied``).
+    """The reader parses and decodes this many records, then lets the applier run: without
+    it, every reply from the database waits behind a whole batch being decoded."""
     applies_in_flight: int = 1
+    """Batches being applied at once.  1: one after the other.  More lets an applier prepare
+    the next batch while the previous one commits (tally), and obliges it to commit them in
+    order (``Batch.previous_applied``)."""
     kafka_commit_timeout_s: float = 10.0
+    """How long one commit of offsets to Kafka may take before it is skipped (:class:`KafkaCommits`)."""
 
     def __post_init__(self) -> None:
         if self.max_records < 1 or self.read_slice < 1 or self.applies_in_flight < 1:
             raise ValueError("max_records, read_slice and applies_in_flight must be at least 1")
-
-    def retry_policy(self) -> RetryPolicy:
-        """How every retry of the loop backs off: from ``retry_initial_s`` up to ``retry_max_s``."""
-        return RetryPolicy(initial_s=self.retry_initial_s, maximum_s=self.retry_max_s)
 
 
 Retrying = Callable[[str, Callable[[], Awaitable[R]]], Awaitable[R]]
@@ -234,33 +239,59 @@ class BatchReader:
 # -- decode or set aside: events, and poison to the DLQ -------------------------------------------
 
 
+class DeadLetters:
+    """Sets poison aside to ``<topic>.dlq`` (arroyo's DLQ policy, in small).
+
+    Promises: :meth:`set_aside` returns once the DLQ has acknowledged the record, sent with
+    the error in its headers and retried until then; it counts the record in the DLQ metric
+    and logs where it came from.  Raises only when the DLQ cannot be reached and the
+    consumer is stopping.
+    """
+
+    def __init__(
+        self, producer: AIOKafkaProducer, metrics: ConsumerMetrics, topic: str, retrying: Retrying[None]
+    ) -> None:
+        self._producer = producer
+        self._counted = metrics.dlq.labels(metrics.service, topic)
+        self._retrying = retrying
+
+    async def set_aside(self, record: ConsumerRecord[bytes, bytes], error: Exception) -> None:
+        await self._retrying("send to DLQ", functools.partial(send_to_dlq, self._producer, record, error))
+        self._counted.inc()
+        logger.warning(
+            "record set aside to the DLQ",
+            extra={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "error": type(error).__name__,
+            },
+        )
+
+
 class BatchDecoder(Generic[T]):
     """Turns raw records into a :class:`Batch`.
 
     Promises: every record either becomes a :class:`Consumed` event, in the order read, or
-    (``decode`` raised, or it has no value) is published to ``<topic>.dlq`` with the error
-    in headers, retried until the DLQ acknowledges it, and counted in ``poisoned`` and the
-    DLQ metric; ``next_offsets`` holds, for every partition read, one past its last record,
-    poison included.  Gives way to other tasks every ``read_slice`` records.  Raises only
-    when the DLQ cannot be reached and the consumer is stopping.
+    (``decode`` raised, or it has no value) is set aside by ``dead_letters`` and counted in
+    ``poisoned``; ``next_offsets`` holds, for every partition read, one past its last
+    record, poison included.  Gives way to other tasks every ``read_slice`` records.
+    Raises only what :meth:`DeadLetters.set_aside` raises.
     """
 
     def __init__(
         self,
         topic: str,
         decode: Callable[[bytes], T],
-        dlq_producer: AIOKafkaProducer,
+        dead_letters: DeadLetters,
         metrics: ConsumerMetrics,
         read_slice: int,
-        retrying: Retrying[None],
     ) -> None:
         self._topic = topic
         self._decode = decode
-        self._dlq_producer = dlq_producer
+        self._dead_letters = dead_letters
         self._read_slice = read_slice
-        self._retrying = retrying
         self._records = metrics.records.labels(metrics.service, topic)
-        self._dlq = metrics.dlq.labels(metrics.service, topic)
 
     async def decode(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> Batch[T]:
         decode, read_slice = self._decode, self._read_slice
@@ -277,24 +308,11 @@ class BatchDecoder(Generic[T]):
                 event = decode(record.value)
             except Exception as error:  # noqa: BLE001 - any decoding failure is poison, set aside
                 poisoned += 1
-                await self._set_aside(record, error)
+                await self._dead_letters.set_aside(record, error)
                 continue
             events.append(Consumed(event, record.partition, record.offset, record.timestamp))
         self._records.inc(len(records))
         return Batch(self._topic, events, next_offsets, poisoned)
-
-    async def _set_aside(self, record: ConsumerRecord[bytes, bytes], error: Exception) -> None:
-        await self._retrying("send to DLQ", functools.partial(send_to_dlq, self._dlq_producer, record, error))
-        self._dlq.inc()
-        logger.warning(
-            "record set aside to the DLQ",
-            extra={
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "error": type(error).__name__,
-            },
-        )
 
 
 # -- apply in order: the gate across rebalances, and the applies in flight -------------------------
@@ -345,6 +363,7 @@ class _Read(Generic[T]):
     batch: Batch[T]
 
 
+@dataclass(eq=False)
 class InOrderApplies(Generic[T]):
     """Hands batches to the applier in the order read, up to ``applies_in_flight`` at once.
 
@@ -362,19 +381,13 @@ class InOrderApplies(Generic[T]):
       handed over in between.
     """
 
-    def __init__(
-        self,
-        applier: BatchApplier[T],
-        gate: AssignmentGate,
-        applies_in_flight: int,
-        retrying: Retrying[None],
-        on_applied: Callable[[Batch[T]], None],
-    ) -> None:
-        self._applier = applier
-        self._gate = gate
-        self._applies_in_flight = applies_in_flight
-        self._retrying = retrying
-        self._on_applied = on_applied
+    applier: BatchApplier[T]
+    gate: AssignmentGate
+    applies_in_flight: int
+    retrying: Retrying[None]
+    on_applied: Callable[[Batch[T]], None]
+
+    def __post_init__(self) -> None:
         # Held while a batch is handed over, and by a revocation while it waits for the
         # batches in flight.
         self._handing_over = asyncio.Lock()
@@ -386,7 +399,7 @@ class InOrderApplies(Generic[T]):
         """Start applying ``read``'s batch unless it is stale; return once there is room for
         the next (raises what the oldest apply raised when it gave up)."""
         async with self._handing_over:
-            if read.generation != self._gate.generation:
+            if read.generation != self.gate.generation:
                 logger.info(
                     "batch read before a rebalance dropped; its records are read again",
                     extra={
@@ -399,7 +412,7 @@ class InOrderApplies(Generic[T]):
             batch = dataclasses.replace(read.batch, previous=self._last_handed)
             self._last_handed = outcome
             self._in_flight.append(asyncio.create_task(self._apply(batch, outcome)))
-        while len(self._in_flight) >= self._applies_in_flight:
+        while len(self._in_flight) >= self.applies_in_flight:
             await self._take_back_oldest()
 
     async def finish(self) -> None:
@@ -422,11 +435,11 @@ class InOrderApplies(Generic[T]):
         async with self._handing_over:
             if self._in_flight:  # the loop takes them back, and sees their errors
                 await asyncio.wait(list(self._in_flight))
-            self._gate.close()
+            self.gate.close()
 
     async def _apply(self, batch: Batch[T], outcome: Outcome) -> None:
         try:
-            await self._retrying("apply batch", functools.partial(self._applier.apply, batch))
+            await self.retrying("apply batch", functools.partial(self.applier.apply, batch))
         except BaseException:
             outcome.settle(applied=False)  # the batches after this one must not wait for it
             raise
@@ -434,7 +447,7 @@ class InOrderApplies(Generic[T]):
         # At once, not when the loop takes the task back (that waits for the next batch):
         # the last batch of a surge moves the lag gauge and Kafka's offsets too.  Batches
         # settle in order, so this is called in order.
-        self._on_applied(batch)
+        self.on_applied(batch)
 
     async def _take_back_oldest(self) -> None:
         await self._in_flight[0]
@@ -569,41 +582,27 @@ class LagReport:
 # -- the loop ----------------------------------------------------------------------------------------
 
 
+@dataclass(kw_only=True, eq=False)
 class BatchConsumer(Generic[T]):
-    """Reads ``topic`` in a consumer group and hands decoded batches to ``applier``.
+    """Reads ``topic`` in a consumer group and hands decoded batches to ``applier``."""
 
-    ``decode`` turns the raw value into an event and raises on poison.  ``lag`` (a gauge
-    labelled by ``partition``) is set after each batch to high-water mark minus the
-    stored offset.  ``clock`` bounds the time spent gathering a batch.
-    """
+    bootstrap: str
+    topic: str
+    group_id: str
+    decode: Callable[[bytes], T]
+    """Turns a record's value into an event; raises on poison, which goes to ``<topic>.dlq``."""
+    applier: BatchApplier[T]
+    dlq_producer: AIOKafkaProducer
+    """Publishes the poison; the caller starts and stops it (it may serve other purposes)."""
+    metrics: ConsumerMetrics
+    limits: BatchLimits = dataclasses.field(default_factory=BatchLimits)
+    lag: Gauge | None = None
+    """Labelled by ``partition``: set after each batch to high-water mark minus the stored offset."""
+    client_id: str = "clameur"
+    clock: Clock = time.monotonic
+    """Bounds the time spent gathering a batch."""
 
-    def __init__(
-        self,
-        *,
-        bootstrap: str,
-        topic: str,
-        group_id: str,
-        decode: Callable[[bytes], T],
-        applier: BatchApplier[T],
-        dlq_producer: AIOKafkaProducer,
-        metrics: ConsumerMetrics,
-        limits: BatchLimits | None = None,
-        lag: Gauge | None = None,
-        client_id: str = "clameur",
-        clock: Clock = time.monotonic,
-    ) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.group_id = group_id
-        self.decode = decode
-        self.applier = applier
-        self.dlq_producer = dlq_producer
-        self.metrics = metrics
-        self.limits = limits if limits is not None else BatchLimits()
-        self.lag = lag
-        self.client_id = client_id
-        self._clock = clock
-        self._retry_policy = self.limits.retry_policy()
+    def __post_init__(self) -> None:
         self._stopping = asyncio.Event()
         self._started = asyncio.Event()
 
@@ -630,10 +629,9 @@ class BatchConsumer(Generic[T]):
         consumer.subscribe([self.topic], listener=_Rebalance(applies, gate, seek))
         await consumer.start()
         self._started.set()
-        reader = BatchReader(consumer, self.limits, self._clock, self._stopping.is_set)
-        decoder = BatchDecoder(
-            self.topic, self.decode, self.dlq_producer, self.metrics, self.limits.read_slice, self._retrying
-        )
+        reader = BatchReader(consumer, self.limits, self.clock, self._stopping.is_set)
+        dead_letters = DeadLetters(self.dlq_producer, self.metrics, self.topic, self._retrying)
+        decoder = BatchDecoder(self.topic, self.decode, dead_letters, self.metrics, self.limits.read_slice)
         # One batch waits here while another is applied: reading overlaps the database.
         ready: asyncio.Queue[_Read[T] | None] = asyncio.Queue(maxsize=1)
         try:
@@ -703,4 +701,4 @@ class BatchConsumer(Generic[T]):
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[R]]) -> R:
         """``attempt()`` until it returns, backing off; re-raises once the consumer is stopping."""
-        return await retry(what, attempt, self._retry_policy, stopping=self._stopping.is_set)
+        return await retry(what, attempt, self.limits.retry, stopping=self._stopping.is_set)

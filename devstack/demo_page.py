@@ -135,6 +135,25 @@ def serve(host: str, port: int, intake: str, tally: str, widget_key: str, cases_
     server.shutdown()
 
 
+def command(*, port: int, intake: str, tally: str, widget_key: str, cases_file: Path) -> list[str]:
+    """The command that serves the page on ``port`` (``make up`` and the widget tests run it)."""
+    return [
+        sys.executable,
+        "-m",
+        "devstack.demo_page",
+        "--port",
+        str(port),
+        "--intake",
+        intake,
+        "--tally",
+        tally,
+        "--key",
+        widget_key,
+        "--cases",
+        str(cases_file),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")

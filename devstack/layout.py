@@ -62,14 +62,6 @@ class Profile:
     def prometheus_data(self) -> Path:
         return self.home / "prometheus"
 
-    @property
-    def kafka_bootstrap(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
-
-    @property
-    def database_url(self) -> str:
-        return f"postgresql://clameur@127.0.0.1:{self.postgres_port}/clameur"
-
 
 DEV = Profile(
     "dev", kafka_port=9092, controller_port=9093, postgres_port=5433, smtp_port=1025, prometheus_port=9090

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from clameur.database import migrate
 from clameur.topics import Topics, ensure_topics
+from devstack import demo_page
 from devstack.kafka import LocalKafka
 from devstack.layout import ROOT, Profile
 from devstack.postgres import LocalPostgres, apt_install
@@ -89,11 +90,11 @@ class Stack:
 
     @property
     def kafka_bootstrap(self) -> str:
-        return self.environ.get("CLAMEUR_KAFKA", self.profile.kafka_bootstrap)
+        return self.environ.get("CLAMEUR_KAFKA", self.kafka.bootstrap)
 
     @property
     def database_url(self) -> str:
-        return self.environ.get("CLAMEUR_DATABASE_URL", self.profile.database_url)
+        return self.environ.get("CLAMEUR_DATABASE_URL", self.postgres.dsn)
 
     def service_env(self) -> dict[str, str]:
         p = self.profile
@@ -148,24 +149,9 @@ class Stack:
             return
         port = self.profile.smtp_port
         refuse_taken_port(port, instead="point CLAMEUR_SMTP_URL at it")
-        self.mailsink.start(
-            [
-                sys.executable,
-                "-m",
-                "devstack.mailsink",
-                "--port",
-                str(port),
-                "--dir",
-                str(self.profile.mail_dir),
-            ],
-            cwd=ROOT,
-        )
-        wait_for(
-            f"the mail sink on 127.0.0.1:{port}",
-            lambda: port_open("127.0.0.1", port),
-            timeout=20,
-            log=self.mailsink.log,
-        )
+        mail_dir = self.profile.mail_dir
+        argv = [sys.executable, "-m", "devstack.mailsink", "--port", str(port), "--dir", str(mail_dir)]
+        start_listening("the mail sink", self.mailsink, argv, port)
 
     def start_prometheus(self) -> None:
         if self.prometheus.running():
@@ -180,22 +166,14 @@ class Stack:
             print(f"prometheus: skipped, {config} is missing", flush=True)
             return
         port = self.profile.prometheus_port
-        self.prometheus.start(
-            [
-                "prometheus",
-                f"--config.file={config}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                f"--storage.tsdb.path={self.profile.prometheus_data}",
-                "--storage.tsdb.retention.time=7d",
-            ],
-            cwd=config.parent,
-        )
-        wait_for(
-            f"Prometheus on 127.0.0.1:{port}",
-            lambda: port_open("127.0.0.1", port),
-            timeout=30,
-            log=self.prometheus.log,
-        )
+        argv = [
+            "prometheus",
+            f"--config.file={config}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--storage.tsdb.path={self.profile.prometheus_data}",
+            "--storage.tsdb.retention.time=7d",
+        ]
+        start_listening("Prometheus", self.prometheus, argv, port, cwd=config.parent, timeout=30)
 
     # --- services -------------------------------------------------------------------------------
 
@@ -225,30 +203,14 @@ class Stack:
         if port_open("127.0.0.1", port):
             raise StackError(f"port {port} is taken by a process this stack did not start")
         p = self.profile
-        self.demopage.start(
-            [
-                sys.executable,
-                "-m",
-                "devstack.demo_page",
-                "--port",
-                str(port),
-                "--intake",
-                f"http://127.0.0.1:{p.intake_port}",
-                "--tally",
-                f"http://127.0.0.1:{p.tally_port}",
-                "--key",
-                DEMO_WIDGET_KEY,
-                "--cases",
-                str(p.demo_cases),
-            ],
-            cwd=ROOT,
+        argv = demo_page.command(
+            port=port,
+            intake=f"http://127.0.0.1:{p.intake_port}",
+            tally=f"http://127.0.0.1:{p.tally_port}",
+            widget_key=DEMO_WIDGET_KEY,
+            cases_file=p.demo_cases,
         )
-        wait_for(
-            f"the demo page on 127.0.0.1:{port}",
-            lambda: port_open("127.0.0.1", port),
-            timeout=20,
-            log=self.demopage.log,
-        )
+        start_listening("the demo page", self.demopage, argv, port)
 
     def up(self, *, with_prometheus: bool = True) -> None:
         started = time.monotonic()
@@ -317,6 +279,17 @@ class Stack:
             checks.append((name, http_ok(f"http://127.0.0.1:{self.service_port(name)}/readyz")))
         for name, ok in checks:
             print(f"  {name:<11}{'up' if ok else 'down'}")
+
+
+def start_listening(
+    what: str, process: Managed, argv: list[str], port: int, *, cwd: Path = ROOT, timeout: float = 20
+) -> None:
+    """Start ``process`` as ``argv`` and return once it listens on ``port`` (a :class:`StackError`
+    naming ``what`` and its log if it does not within ``timeout`` seconds)."""
+    process.start(argv, cwd=cwd)
+    wait_for(
+        f"{what} on 127.0.0.1:{port}", lambda: port_open("127.0.0.1", port), timeout=timeout, log=process.log
+    )
 
 
 def http_ok(url: str) -> bool:

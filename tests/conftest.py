@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from clameur.database import migrate
 from clameur.topics import Topics, ensure_topics
 from devstack.databases import create_database, drop_database
 from devstack.mailsink import SmtpSink, on_loopback
-from tests.support import base_env, free_port
+from tests.support import base_env, delete_topics, free_port
 
 TEST_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 TEST_ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -88,7 +87,7 @@ def _from_local_stack() -> tuple[str, str]:
         stack.kafka.start()
     if not port_open("127.0.0.1", TEST.postgres_port):
         stack.postgres.start()
-    return TEST.kafka_bootstrap, stack.postgres.dsn
+    return stack.kafka.bootstrap, stack.postgres.dsn
 
 
 @pytest.fixture(scope="session")
@@ -137,13 +136,7 @@ async def topics(infra: Infra) -> AsyncIterator[Topics]:
     mine = Topics(prefix=f"t{uuid.uuid4().hex[:10]}.")
     await ensure_topics(infra.kafka, mine, signature_partitions=3)
     yield mine
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka)
-    await admin.start()
-    try:
-        with suppress(Exception):
-            await admin.delete_topics([spec.name for spec in mine.specs()])
-    finally:
-        await admin.close()
+    await delete_topics(infra.kafka, mine)
 
 
 def env_for(infra: Infra, topics: Topics) -> dict[str, str]:

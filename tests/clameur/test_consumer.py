@@ -26,6 +26,7 @@ from clameur.consumer import (
     PreviousBatchNotApplied,
 )
 from clameur.kafka import create_producer
+from clameur.retry import RetryPolicy
 from clameur.topics import Topics
 from tests.clameur.in_memory import InMemoryApplier, InMemoryStore
 from tests.support import eventually
@@ -62,7 +63,10 @@ def _consumer(
         metrics=ConsumerMetrics(CollectorRegistry(), name),
         lag=Gauge("lag_records", "Lag.", ["partition"], registry=CollectorRegistry()),
         limits=BatchLimits(
-            max_records=50, max_wait_s=0.05, retry_initial_s=0.01, applies_in_flight=in_flight
+            max_records=50,
+            max_wait_s=0.05,
+            retry=RetryPolicy(initial_s=0.01, maximum_s=10.0),
+            applies_in_flight=in_flight,
         ),
         client_id=name,
     )
@@ -217,5 +221,6 @@ async def test_the_first_batch_in_flight_does_not_wait() -> None:
 
 @pytest.mark.parametrize("field", ["max_records", "read_slice", "applies_in_flight"])
 def test_batch_limits_refuse_zero(field: str) -> None:
+    zero: dict[str, Any] = {field: 0}
     with pytest.raises(ValueError, match="at least 1"):
-        BatchLimits(**{field: 0})
+        BatchLimits(**zero)

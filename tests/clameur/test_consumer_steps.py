@@ -24,6 +24,7 @@ from clameur.consumer import (
     BatchReader,
     Consumed,
     ConsumerMetrics,
+    DeadLetters,
     InOrderApplies,
     KafkaCommits,
     LagReport,
@@ -127,7 +128,8 @@ async def test_poison_goes_to_the_dlq_and_the_offsets_pass_it() -> None:
     dlq = FakeDlq()
     registry = CollectorRegistry()
     metrics = ConsumerMetrics(registry, "test")
-    decoder = BatchDecoder(TOPIC, _decode, cast(AIOKafkaProducer, dlq), metrics, read_slice=2, retrying=_once)
+    dead_letters = DeadLetters(cast(AIOKafkaProducer, dlq), metrics, TOPIC, _once)
+    decoder = BatchDecoder(TOPIC, _decode, dead_letters, metrics, read_slice=2)
     records = [_record(0, 7, b"a"), _record(1, 3, b"poison"), _record(0, 8, None), _record(0, 9, b"b")]
     batch = await decoder.decode(records)
     assert [(c.event, c.partition, c.offset) for c in batch.events] == [("a", 0, 7), ("b", 0, 9)]

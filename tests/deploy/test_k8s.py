@@ -22,16 +22,10 @@ K8S = ROOT / "deploy" / "k8s"
 NAMESPACE = "clameur"
 SERVICES = {"intake": 8001, "tally": 8002, "notify": 8003}
 DRAIN_SECONDS = 30
-# The shared variables of the README's configuration table: every service reads these.
-DESIGN_VARIABLES = {
-    "CLAMEUR_KAFKA",
-    "CLAMEUR_DATABASE_URL",
-    "CLAMEUR_SMTP_URL",
-    "CLAMEUR_ADMIN_TOKEN",
-    "CLAMEUR_SECRET",
-    "CLAMEUR_PUBLIC_URL",
-}
 SECRET_VARIABLES = {"CLAMEUR_DATABASE_URL", "CLAMEUR_SMTP_URL", "CLAMEUR_ADMIN_TOKEN", "CLAMEUR_SECRET"}
+# The shared variables of the README's configuration table: every service reads these,
+# the four secrets and two that are not.
+DESIGN_VARIABLES = SECRET_VARIABLES | {"CLAMEUR_KAFKA", "CLAMEUR_PUBLIC_URL"}
 PROVISION_JOBS = {
     "clameur-topics": ["python", "-m", "clameur.provision", "topics"],
     "clameur-migrate": ["python", "-m", "clameur.provision", "migrate"],

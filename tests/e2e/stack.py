@@ -62,6 +62,20 @@ def create_case(tally: str, case_id: str, **fields: Any) -> None:
     assert created.status_code == 201, created.text
 
 
+def declare_victory(tally: str, case_id: str, headline: Mapping[str, str]) -> None:
+    """The case is won: tally's admin API announces ``headline`` (per locale) and thanks everyone."""
+    answer = httpx.post(
+        f"{tally}/v1/admin/cases/{case_id}/victory",
+        headers=ADMIN,
+        json={
+            "headline": dict(headline),
+            "message": {"fr": "Merci à toutes et tous.", "en": "Thank you all."},
+        },
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+
+
 def sign(
     intake: str, case_id: str, n: int, *, email_of: Callable[[int], str], **fields: object
 ) -> httpx.Response:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from devstack.mailsink import SmtpSink
-from tests.e2e.stack import ADMIN, create_case, sign, until_intake_answers
+from tests.e2e.stack import create_case, declare_victory, sign, until_intake_answers
 from tests.support import ServiceProcess, wait_until
 
 pytestmark = pytest.mark.slow
@@ -70,16 +70,7 @@ def test_a_surge_is_counted_announced_and_won(
     assert smtp_sink.count() == 8, "nobody without consent receives anything"
 
     # Victory: intake answers 410 with the headline within a few seconds, supporters hear the news.
-    victory = httpx.post(
-        f"{tally}/v1/admin/cases/{case_id}/victory",
-        headers=ADMIN,
-        json={
-            "headline": {"fr": "Nawal est libre !", "en": "Nawal is free!"},
-            "message": {"fr": "Merci à toutes et tous.", "en": "Thank you all."},
-        },
-        timeout=10,
-    )
-    assert victory.status_code == 200, victory.text
+    declare_victory(tally, case_id, {"fr": "Nawal est libre !", "en": "Nawal is free!"})
     until_intake_answers(410, intake, case_id, 99, email_of=_email, timeout=10)
     gone = sign(intake, case_id, 99, email_of=_email)
     assert gone.headers["content-type"].startswith("application/problem+json")

@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Coroutine, Iterator
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,7 +33,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from playwright.sync_api import (
     Browser,
     BrowserContext,
@@ -47,7 +46,8 @@ from playwright.sync_api import (
 from clameur.topics import Topics, ensure_topics
 from devstack.mailsink import on_loopback
 from tests.conftest import TEST_ADMIN_TOKEN, Infra, env_for
-from tests.support import ROOT, ServiceProcess, free_port, wait_until
+from tests.e2e.stack import declare_victory
+from tests.support import ROOT, ServiceProcess, delete_topics, free_port, wait_until
 
 CHROMIUM = os.environ.get("CLAMEUR_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -178,16 +178,8 @@ class WidgetStack:
         return int(httpx.get(f"{self.tally}/v1/cases/{case_id}", timeout=5).json()["total"])
 
     def declare_victory(self, case_id: str) -> None:
-        answer = httpx.post(
-            f"{self.tally}/v1/admin/cases/{case_id}/victory",
-            headers=ADMIN,
-            json={
-                "headline": {"fr": "Nawal Benaissa est libre !", "en": "Nawal Benaissa is free!"},
-                "message": {"fr": "Merci à toutes et tous.", "en": "Thank you all."},
-            },
-            timeout=10,
-        )
-        assert answer.status_code == 200, answer.text
+        headline = {"fr": "Nawal Benaissa est libre !", "en": "Nawal Benaissa is free!"}
+        declare_victory(self.tally, case_id, headline)
 
     def page_html(self, body: str, *, lang: str = "fr", title: str = "Écrire pour les droits") -> str:
         return (
@@ -204,6 +196,10 @@ class WidgetStack:
             f'<div class="clameur-petition" data-case="{case_id}" data-lang="{lang}" '
             f'data-key="{self.widget_key}"{extra}></div>'
         )
+
+    def petition_page(self, case_id: str, *, lang: str = "fr", after: str = "") -> str:
+        """The URL of a campaign page in ``lang`` showing the case's petition, then ``after``."""
+        return self.host.add(self.page_html(self.petition(case_id, lang=lang) + after, lang=lang))
 
     def fetch_rows(self, query: str, *args: Any) -> list[dict[str, Any]]:
         import asyncpg
@@ -280,17 +276,7 @@ def widget_stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iter
             service.stop()
         host.server.shutdown()
         closing.close()
-        run_apart(_delete_topics(infra.kafka, topics))
-
-
-async def _delete_topics(kafka: str, topics: Topics) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
-    await admin.start()
-    try:
-        with suppress(Exception):
-            await admin.delete_topics([spec.name for spec in topics.specs()])
-    finally:
-        await admin.close()
+        run_apart(delete_topics(infra.kafka, topics))
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
-from devstack.demo_page import content_security_policy, render
+from devstack.demo_page import command, content_security_policy, render
 from tests.support import ROOT, http_status, wait_until
 from tests.widget.conftest import Visit, WidgetStack, eventually_true
 
@@ -40,21 +39,13 @@ def test_a_person_signs_on_the_demo_page_and_watches_the_counter(
     cases.write_text(json.dumps(ids))
     port = widget_stack.demo_page_port
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "devstack.demo_page",
-            "--port",
-            str(port),
-            "--intake",
-            widget_stack.intake,
-            "--tally",
-            widget_stack.tally,
-            "--key",
-            widget_stack.widget_key,
-            "--cases",
-            str(cases),
-        ],
+        command(
+            port=port,
+            intake=widget_stack.intake,
+            tally=widget_stack.tally,
+            widget_key=widget_stack.widget_key,
+            cases_file=cases,
+        ),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Locator, Page, Response, expect
 
 from clameur.supporters import SupporterKeys
 from tests.conftest import TEST_SECRET
@@ -37,13 +37,29 @@ def _counter_shows(widget: Locator, total: int) -> Callable[[], bool]:
     return lambda: widget.locator(".count strong").first.inner_text().strip() == str(total)
 
 
-def _submit(page: Page, widget: Locator) -> int:
-    """Press the button; returns the status of intake's answer (the precondition)."""
+def _posted(page: Page, press: Callable[[], None]) -> Response:
+    """Do ``press`` (a click, a key); returns intake's answer to the signature it sends."""
     with page.expect_response(
         lambda r: bool(SIGNATURES.search(r.url)) and r.request.method == "POST"
     ) as sent:
-        widget.locator('button[type="submit"]').click()
-    return sent.value.status
+        press()
+    return sent.value
+
+
+def _submit(page: Page, widget: Locator) -> int:
+    """Press the button; returns the status of intake's answer (the precondition)."""
+    return _posted(page, widget.locator('button[type="submit"]').click).status
+
+
+def _signing_page(
+    widget_stack: WidgetStack, visit: Visit, case_id: str, *, lang: str = "fr", after: str = "", **case: Any
+) -> tuple[Page, Locator]:
+    """A new case (``case`` completes it) and the page of another origin that shows its
+    petition in ``lang``, then ``after``; returns the page and the widget."""
+    widget_stack.create_case(case_id, **case)
+    page = visit.page
+    page.goto(widget_stack.petition_page(case_id, lang=lang, after=after))
+    return page, _widget(page)
 
 
 def _axe(page: Page) -> list[dict[str, Any]]:
@@ -67,12 +83,8 @@ def test_a_supporter_signs_and_the_counter_moves_within_two_seconds(
     widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]
 ) -> None:
     case_id = new_id("nawal")
-    widget_stack.create_case(case_id)
     counter = f'<div class="clameur-counter" data-case="{case_id}"></div>'
-    url = widget_stack.host.add(widget_stack.page_html(widget_stack.petition(case_id) + counter))
-    page = visit.page
-    page.goto(url)
-    widget = _widget(page)
+    page, widget = _signing_page(widget_stack, visit, case_id, after=counter)
     expect(widget.locator("h2")).to_have_text("Nawal Benaissa : stop au harcèlement")
     expect(widget.locator(".count")).to_have_text("0 signature")
     expect(widget.locator(".next")).to_have_text(re.compile(r"Prochain objectif : 1\s000"))
@@ -101,13 +113,10 @@ def test_the_same_supporter_twice_is_thanked_twice_and_counted_once(
     widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]
 ) -> None:
     case_id = new_id("sengwer")
-    widget_stack.create_case(case_id)
-    url = widget_stack.host.add(widget_stack.page_html(widget_stack.petition(case_id, lang="en"), lang="en"))
-    page = visit.page
-    page.goto(url)
-    _fill(_widget(page), "Nadia", "Benali", "nadia.benali@example.org")
-    assert _submit(page, _widget(page)) == 202
-    eventually_true(_counter_shows(_widget(page), 1), within=5, what="the first signature counted")
+    page, widget = _signing_page(widget_stack, visit, case_id, lang="en")
+    _fill(widget, "Nadia", "Benali", "nadia.benali@example.org")
+    assert _submit(page, widget) == 202
+    eventually_true(_counter_shows(widget, 1), within=5, what="the first signature counted")
 
     page.reload()
     _fill(_widget(page), "Nadia", "Benali", "  Nadia.Benali@Example.org ")
@@ -129,12 +138,7 @@ def test_a_refused_field_shows_its_message_next_to_it(
     widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]
 ) -> None:
     case_id = new_id("atena")
-    widget_stack.create_case(case_id)
-    page = visit.page
-    page.goto(
-        widget_stack.host.add(widget_stack.page_html(widget_stack.petition(case_id, lang="en"), lang="en"))
-    )
-    widget = _widget(page)
+    page, widget = _signing_page(widget_stack, visit, case_id, lang="en")
     # Passes the widget's own checks, refused by intake: a name may not hold a web address.
     _fill(widget, "Camille www.example.com", "Durand", "camille@example.org")
     assert _submit(page, widget) == 422
@@ -149,7 +153,7 @@ def test_a_refused_field_shows_its_message_next_to_it(
     visit.shoot("1-error-next-to-field")
 
     # The widget's own checks, in French, before anything is sent.
-    page.goto(widget_stack.host.add(widget_stack.page_html(widget_stack.petition(case_id))))
+    page.goto(widget_stack.petition_page(case_id))
     widget = _widget(page)
     widget.locator('button[type="submit"]').click()
     expect(widget.locator("#e-email")).to_have_text(re.compile("adresse e-mail valide"))
@@ -163,10 +167,7 @@ def test_a_victory_replaces_the_form_with_its_headline(
     widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]
 ) -> None:
     case_id = new_id("magai")
-    widget_stack.create_case(case_id)
-    page = visit.page
-    page.goto(widget_stack.host.add(widget_stack.page_html(widget_stack.petition(case_id))))
-    widget = _widget(page)
+    page, widget = _signing_page(widget_stack, visit, case_id)
     expect(widget.locator("form")).to_be_visible()
     widget_stack.declare_victory(case_id)
     # The live stream tells the open page; no reload.
@@ -186,10 +187,7 @@ def test_a_closed_case_says_so_and_shows_no_form(
     widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]
 ) -> None:
     case_id = new_id("closed")
-    widget_stack.create_case(case_id)
-    page = visit.page
-    page.goto(widget_stack.host.add(widget_stack.page_html(widget_stack.petition(case_id))))
-    widget = _widget(page)
+    _, widget = _signing_page(widget_stack, visit, case_id)
     expect(widget.locator("form")).to_be_visible()
     _fill(widget, "Amina", "Diallo", "amina.diallo@example.org")
     closed = httpx.post(f"{widget_stack.tally}/v1/admin/cases/{case_id}/close", headers=ADMIN, timeout=10)
@@ -208,7 +206,7 @@ def test_consent_is_stored_as_it_was_ticked(
     case_id = new_id("germain")
     widget_stack.create_case(case_id)
     page = visit.page
-    url = widget_stack.host.add(widget_stack.page_html(widget_stack.petition(case_id)))
+    url = widget_stack.petition_page(case_id)
     keys = SupporterKeys.from_master(TEST_SECRET)
     unticked, ticked = f"lea.{case_id}@example.org", f"hugo.{case_id}@example.org"
 
@@ -246,12 +244,7 @@ def test_consent_is_stored_as_it_was_ticked(
 
 def test_keyboard_only_signing(widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]) -> None:
     case_id = new_id("nawal")
-    widget_stack.create_case(case_id, actions=["signature", "letter"])
-    page = visit.page
-    page.goto(
-        widget_stack.host.add(widget_stack.page_html(widget_stack.petition(case_id, lang="en"), lang="en"))
-    )
-    widget = _widget(page)
+    page, widget = _signing_page(widget_stack, visit, case_id, lang="en", actions=["signature", "letter"])
     expect(widget.locator("form")).to_be_visible()
     first_name = widget.locator('input[name="first_name"]')
     page.keyboard.press("Tab")
@@ -277,12 +270,9 @@ def test_keyboard_only_signing(widget_stack: WidgetStack, visit: Visit, new_id: 
     page.keyboard.press("Tab")
     expect(widget.locator('button[type="submit"]')).to_be_focused()
     visit.shoot("2-keyboard-filled")
-    with page.expect_response(
-        lambda r: bool(SIGNATURES.search(r.url)) and r.request.method == "POST"
-    ) as sent:
-        page.keyboard.press("Enter")
-    assert sent.value.status == 202
-    body = json.loads(sent.value.request.post_data or "{}")
+    answer = _posted(page, lambda: page.keyboard.press("Enter"))
+    assert answer.status == 202
+    body = json.loads(answer.request.post_data or "{}")
     assert body["country"] == "BE"
     assert body["consent"] == {"updates": True}
     assert body["action"] == "signature"
@@ -297,11 +287,8 @@ def test_axe_finds_no_violation_in_any_state(
     widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]
 ) -> None:
     case_id = new_id("nawal")
-    widget_stack.create_case(case_id, actions=["signature", "letter"])
     counter = f'<div class="clameur-counter" data-case="{case_id}"></div>'
-    page = visit.page
-    page.goto(widget_stack.host.add(widget_stack.page_html(widget_stack.petition(case_id) + counter)))
-    widget = _widget(page)
+    page, widget = _signing_page(widget_stack, visit, case_id, after=counter, actions=["signature", "letter"])
     expect(widget.locator("form")).to_be_visible()
     assert _axe(page) == [], "the form"
 
@@ -325,10 +312,7 @@ def test_the_network_down_is_said_and_what_was_typed_is_kept(
     widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]
 ) -> None:
     case_id = new_id("nawal")
-    widget_stack.create_case(case_id)
-    page = visit.page
-    page.goto(widget_stack.host.add(widget_stack.page_html(widget_stack.petition(case_id))))
-    widget = _widget(page)
+    page, widget = _signing_page(widget_stack, visit, case_id)
     _fill(widget, "Karim", "Cherki", "karim.cherki@example.org")
     visit.context.set_offline(True)
     widget.locator('button[type="submit"]').click()
@@ -345,12 +329,7 @@ def test_a_busy_intake_is_retried_after_retry_after_with_one_key(
     widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]
 ) -> None:
     case_id = new_id("nawal")
-    widget_stack.create_case(case_id)
-    page = visit.page
-    page.goto(
-        widget_stack.host.add(widget_stack.page_html(widget_stack.petition(case_id, lang="en"), lang="en"))
-    )
-    widget = _widget(page)
+    page, widget = _signing_page(widget_stack, visit, case_id, lang="en")
     keys: list[str] = []
 
     def first_busy(route: Any) -> None:
@@ -435,12 +414,9 @@ def test_with_a_site_key_the_turnstile_token_is_sent(
     widget = _widget(page)
     expect(widget.locator('[data-rendered-with="1x00000000000000000000AA"]')).to_have_count(1)
     _fill(widget, "Hugo", "Martin", "hugo.martin@example.org")
-    with page.expect_response(
-        lambda r: bool(SIGNATURES.search(r.url)) and r.request.method == "POST"
-    ) as sent:
-        widget.locator('button[type="submit"]').click()
-    assert sent.value.status == 202
-    assert json.loads(sent.value.request.post_data or "{}")["turnstile_token"] == "token-from-turnstile"
+    answer = _posted(page, widget.locator('button[type="submit"]').click)
+    assert answer.status == 202
+    assert json.loads(answer.request.post_data or "{}")["turnstile_token"] == "token-from-turnstile"
 
 
 def test_without_the_live_stream_the_counter_polls(
@@ -457,9 +433,7 @@ def test_without_the_live_stream_the_counter_polls(
 
     # As behind a proxy that will not stream: every /live request fails.
     page.route(re.compile(r"/v1/cases/[^/]+/live$"), refuse)
-    page.goto(
-        widget_stack.host.add(widget_stack.page_html(widget_stack.petition(case_id, lang="en"), lang="en"))
-    )
+    page.goto(widget_stack.petition_page(case_id, lang="en"))
     widget = _widget(page)
     expect(widget.locator(".count strong")).to_have_text("0")
     _fill(widget, "Lucas", "Fournier", "lucas.fournier@example.org")
@@ -475,18 +449,11 @@ def test_a_reader_in_a_language_the_case_does_not_speak_can_sign(
     widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]
 ) -> None:
     case_id = new_id("germain")
-    widget_stack.create_case(case_id, title={"fr": "Libérez Germain Rukuki"})
-    page = visit.page
-    page.goto(
-        widget_stack.host.add(widget_stack.page_html(widget_stack.petition(case_id, lang="en"), lang="en"))
-    )
-    widget = _widget(page)
+    title = {"fr": "Libérez Germain Rukuki"}
+    page, widget = _signing_page(widget_stack, visit, case_id, lang="en", title=title)
     expect(widget.locator("h2")).to_have_text("Libérez Germain Rukuki")
     expect(widget.locator("label[for=f-email]")).to_contain_text("Email address")
     _fill(widget, "Chloé", "Girard", "chloe.girard@example.org")
-    with page.expect_response(
-        lambda r: bool(SIGNATURES.search(r.url)) and r.request.method == "POST"
-    ) as sent:
-        widget.locator('button[type="submit"]').click()
-    assert sent.value.status == 202, sent.value.text()
-    assert "locale" not in json.loads(sent.value.request.post_data or "{}")
+    answer = _posted(page, widget.locator('button[type="submit"]').click)
+    assert answer.status == 202, answer.text()
+    assert "locale" not in json.loads(answer.request.post_data or "{}")

@@ -1,9 +1,4 @@
-"""Notify's supporter list, unsubscriptions, erasures, case events and the delivery ledger.
-
-Revision ID: 0001
-Revises:
-Create Date: 2025-01-01
-"""
+"""Notify's supporter list, unsubscriptions, erasures, case events and the delivery ledger."""
 
 from alembic import op
 

@@ -1,9 +1,4 @@
-"""Tally's cases, counted signatures, counters, stored offsets and the outbox.
-
-Revision ID: 0001
-Revises:
-Create Date: 2025-01-01
-"""
+"""Tally's cases, counted signatures, counters, stored offsets and the outbox."""
 
 from alembic import op
 
