@@ -36,7 +36,7 @@ class ClameurSettings(BaseSettings):
     erasure_bound_s: float = Field(
         default=24 * 3600.0,
         gt=0,
-        description="how long personal data may outlive its erasure anywhere (topics, DLQs); tests use seconds",
+        description="how long personal data may outlive its erasure (topics, DLQs); tests use seconds",
     )
     log_level: str = "INFO"
     log_json: bool = True
