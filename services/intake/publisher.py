@@ -70,11 +70,13 @@ class PublishMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.attempts = Counter(
-            "clameur_intake_produce_attempts", "Records handed to the producer.", registry=registry
+            "clameur_intake_produce_attempts",
+            "Records (signatures and contacts) handed to the producer.",
+            registry=registry,
         )
         self.errors = Counter(
             "clameur_intake_produce_errors",
-            "Records the broker did not acknowledge in time.",
+            "Records (signatures and contacts) the broker did not acknowledge in time.",
             registry=registry,
         )
         self.duration = Histogram(
