@@ -169,6 +169,24 @@ async def test_the_honeypot_looks_accepted_but_publishes_nothing(
     assert await read_topic(infra.kafka, topics.signatures) == []
 
 
+async def test_the_honeypot_on_a_confirmation_case_looks_pending_and_writes_no_contact(
+    intake: Intake, infra: Infra, topics: Topics, new_id: Callable[[str], str]
+) -> None:
+    case_id = new_id("atena")
+    await publish_cases(infra.kafka, topics, case_state(case_id, confirmation="email"))
+    async with intake() as (_, client):
+        bot = await client.post(
+            f"/v1/cases/{case_id}/signatures", json={**SIGNER, "website": "http://x.example"}
+        )
+        person = await client.post(f"/v1/cases/{case_id}/signatures", json=SIGNER)
+    # A bot cannot tell its answer from a person's.
+    assert bot.status_code == person.status_code == 202
+    assert bot.json()["status"] == person.json()["status"] == "pending_confirmation"
+    # Only the person's records: one signature, one contact (read after them, so none is late).
+    assert len(await read_topic(infra.kafka, topics.signatures, at_least=1)) == 1
+    assert len(await read_topic(infra.kafka, topics.contacts, at_least=1)) == 1
+
+
 async def test_an_idempotent_retry_publishes_once(
     intake: Intake, infra: Infra, topics: Topics, nawal: str
 ) -> None:
