@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import secrets
 import sys
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +97,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["model", "raw"],
         default="model",
         help="model: FastAPI parses the declared body; raw: model_validate_json on the bytes, like intake",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="with --baseline-rev: maximum runs of each, taking turns; each keeps its best",
     )
     parser.add_argument(
         "--baseline-rev",
@@ -274,12 +281,23 @@ class IntakeResults:
 
 @dataclass(frozen=True)
 class _IntakeRuns:
-    warm: WrkResult
+    accepted_by_load: int
     peak: WrkResult
     paced: WrkResult
     paced_target: float
     bulk: WrkResult
     probes: Counter[int]
+    baseline: WrkResult | None
+
+
+@dataclass(frozen=True)
+class _Served:
+    """A started intake under load: its process, its address, and how to name its runs."""
+
+    child: Child
+    base: str
+    name: str
+    run_id: str
 
 
 def confirmation_case(case_id: str) -> CaseState:
@@ -296,25 +314,19 @@ def measure(run: BenchRun, args: argparse.Namespace) -> IntakeResults:
     partner_key = secrets.token_hex(16)
     env = intake_env(run.infra, topic_prefix=topics.prefix, partner_key=partner_key)
     intake, base = start_uvicorn(run, "intake", INTAKE_FACTORY, env, args.workers)
-    runs = _load_intake(intake, base, case.case_id, partner_key, run, args)
-    reasons, accepted = intake_rejections(base, args.workers, runs.probes)
+    served = _Served(intake, base, "intake", run.run_id)
+    intake.wait_http(f"{base}/readyz", consecutive=4 * args.workers)
+    probes = wait_case_known(intake, base, case.case_id, args.workers)
+    if baseline is None:
+        runs = _load_intake(served, None, case.case_id, partner_key, probes, run, args)
+    else:
+        with _baseline_served(run, args, baseline, case) as before:
+            runs = _load_intake(served, before, case.case_id, partner_key, probes, run, args)
+    reasons, accepted = intake_rejections(base, args.workers, probes)
     run.children.stop(intake)
     on_topic = sum(asyncio.run(end_offsets(run.infra.kafka, topics.signatures)).values())
     contacts = sum(asyncio.run(end_offsets(run.infra.kafka, topics.contacts)).values())
-    client_accepted = runs.warm.ok + runs.peak.ok + runs.paced.ok + runs.bulk.accepted_items
-    baseline_peak = measure_baseline(run, args, baseline, case) if baseline else None
-
-    reference, ref_base = start_reference(run, env, args)
-    log = run.folder / "wrk.log"
-    load = signatures_env(case.case_id, run.run_id)
-    run_wrk(
-        ref_base, "signatures.lua", connections=args.connections, duration_s=args.warmup, env=load, log=log
-    )
-    ref = run_wrk(
-        ref_base, "signatures.lua", connections=args.connections, duration_s=args.duration, env=load, log=log
-    )
-    say(f"reference at {args.connections} connections: {ref.ok_per_s:,.0f}/s, p99 {millis(ref.p99_s)}")
-    run.children.stop(reference)
+    ref = measure_reference(run, env, args, case.case_id)
     return IntakeResults(
         runs.peak,
         runs.paced,
@@ -323,67 +335,109 @@ def measure(run: BenchRun, args: argparse.Namespace) -> IntakeResults:
         ref,
         on_topic,
         contacts,
-        client_accepted,
+        runs.accepted_by_load,
         accepted,
         reasons,
-        baseline_peak,
+        runs.baseline,
     )
+
+
+def measure_reference(
+    run: BenchRun, env: Mapping[str, str], args: argparse.Namespace, case_id: str
+) -> WrkResult:
+    reference, ref_base = start_reference(run, env, args)
+    log = run.folder / "wrk.log"
+    load = signatures_env(case_id, run.run_id + "r")
+    c = args.connections
+    run_wrk(ref_base, "signatures.lua", connections=c, duration_s=args.warmup, env=load, log=log)
+    ref = run_wrk(ref_base, "signatures.lua", connections=c, duration_s=args.duration, env=load, log=log)
+    say(f"reference at {c} connections: {ref.ok_per_s:,.0f}/s, p99 {millis(ref.p99_s)}")
+    run.children.stop(reference)
+    return ref
+
+
+def _maximum(
+    served: _Served, case_id: str, label: str, duration_s: float, run: BenchRun, args: argparse.Namespace
+) -> WrkResult:
+    result = run_wrk(
+        served.base,
+        "signatures.lua",
+        connections=args.connections,
+        duration_s=duration_s,
+        env=signatures_env(case_id, served.run_id + label),
+        log=run.folder / "wrk.log",
+    )
+    if label != "w":
+        say(
+            f"{served.name} at {args.connections} connections: "
+            f"{result.ok_per_s:,.0f} accepted/s, p99 {millis(result.p99_s)}"
+        )
+    return result
 
 
 def _load_intake(
-    intake: Child, base: str, case_id: str, partner_key: str, run: BenchRun, args: argparse.Namespace
+    served: _Served,
+    before: _Served | None,
+    case_id: str,
+    partner_key: str,
+    probes: Counter[int],
+    run: BenchRun,
+    args: argparse.Namespace,
 ) -> _IntakeRuns:
-    """Warm-up, the maximum, the paced run and the bulk import, on a started intake."""
-    intake.wait_http(f"{base}/readyz", consecutive=4 * args.workers)
-    probes = wait_case_known(intake, base, case_id, args.workers)
-    log = run.folder / "wrk.log"
-    c = args.connections
-    warm = run_wrk(
-        base,
-        "signatures.lua",
-        connections=c,
-        duration_s=args.warmup,
-        env=signatures_env(case_id, run.run_id + "w"),
-        log=log,
-    )
-    peak = run_wrk(
-        base,
-        "signatures.lua",
-        connections=c,
-        duration_s=args.duration,
-        env=signatures_env(case_id, run.run_id),
-        log=log,
-    )
-    say(f"intake at {c} connections: {peak.ok_per_s:,.0f} accepted/s, p99 {millis(peak.p99_s)}")
+    """Warm-up, the maximum (round after round beside the baseline's), the paced run, the bulk import.
+
+    With a baseline, the two take turns (this one, then the baseline, ``--rounds`` times)
+    and each keeps its best round: a neighbour's burst on a shared machine lowers one round,
+    not the comparison.
+    """
+    accepted = _maximum(served, case_id, "w", args.warmup, run, args).ok
+    if before is not None:
+        _maximum(before, case_id, "w", args.warmup, run, args)
+    peaks, befores = [], []
+    for round_ in range(args.rounds if before is not None else 1):
+        peaks.append(_maximum(served, case_id, f"m{round_}", args.duration, run, args))
+        if before is not None:
+            befores.append(_maximum(before, case_id, f"m{round_}", args.duration, run, args))
+    accepted += sum(peak.ok for peak in peaks)
+    peak = max(peaks, key=lambda result: result.ok_per_s)
     target = args.pace * peak.ok_per_s
     paced = run_wrk(
-        base,
+        served.base,
         "signatures.lua",
-        connections=c,
+        connections=args.connections,
         duration_s=args.duration,
         env=signatures_env(case_id, run.run_id + "p", rate=target),
-        log=log,
+        log=run.folder / "wrk.log",
     )
     say(f"intake paced at {target:,.0f}/s: {paced.ok_per_s:,.0f}/s, p99 {millis(paced.p99_s)}")
+    bulk = _bulk(served, case_id, partner_key, run, args)
+    baseline = max(befores, key=lambda result: result.ok_per_s) if befores else None
+    return _IntakeRuns(accepted + paced.ok + bulk.accepted_items, peak, paced, target, bulk, probes, baseline)
+
+
+def _bulk(
+    served: _Served, case_id: str, partner_key: str, run: BenchRun, args: argparse.Namespace
+) -> WrkResult:
     bodies = run.folder / "bulk.jsonl"
     write_bulk_bodies(bodies, run_id=run.run_id, bodies=16, size=args.bulk_size)
     bulk = run_wrk(
-        base,
+        served.base,
         "bulk.lua",
         connections=args.bulk_connections,
         duration_s=args.bulk_duration,
         env={"BENCH_CASE": case_id, "BENCH_BULK_FILE": str(bodies), "BENCH_PARTNER_KEY": partner_key},
         timeout_s=30,
-        log=log,
+        log=run.folder / "wrk.log",
     )
     say(f"bulk: {bulk.accepted_items / bulk.duration_s:,.0f} signatures/s")
-    return _IntakeRuns(warm, peak, paced, target, bulk, probes)
+    return bulk
 
 
-def measure_baseline(
+@contextlib.contextmanager
+def _baseline_served(
     run: BenchRun, args: argparse.Namespace, baseline: Baseline, case: CaseState
-) -> WrkResult:
-    """The baseline revision's intake, on its own topics, under the same load: its maximum."""
+) -> Iterator[_Served]:
+    """The baseline revision's intake, started on its own topics with the same case, until the block ends."""
     prefix = f"{run.prefix}base."
     bootstrap = run.infra.kafka
     baseline.create_topics(bootstrap, prefix, signature_partitions=6)
@@ -396,27 +450,10 @@ def measure_baseline(
         intake, base = start_uvicorn(run, name, INTAKE_FACTORY, env, args.workers, baseline=baseline)
         intake.wait_http(f"{base}/readyz", consecutive=4 * args.workers)
         wait_case_known(intake, base, case.case_id, args.workers)
-        log = run.folder / "wrk.log"
-        c = args.connections
-        run_wrk(
-            base,
-            "signatures.lua",
-            connections=c,
-            duration_s=args.warmup,
-            env=signatures_env(case.case_id, run.run_id + "bw"),
-            log=log,
-        )
-        peak = run_wrk(
-            base,
-            "signatures.lua",
-            connections=c,
-            duration_s=args.duration,
-            env=signatures_env(case.case_id, run.run_id + "b"),
-            log=log,
-        )
-        say(f"{name} at {c} connections: {peak.ok_per_s:,.0f} accepted/s, p99 {millis(peak.p99_s)}")
-        run.children.stop(intake)
-        return peak
+        try:
+            yield _Served(intake, base, name, run.run_id + "b")
+        finally:
+            run.children.stop(intake)
     finally:
         if not args.keep:
             asyncio.run(delete_topic_names(bootstrap, baseline.topic_names(prefix)))
@@ -560,7 +597,8 @@ def main(argv: list[str] | None = None) -> int:
         setup.append(
             f"baseline: revision `{args.baseline_rev}` checked out under `.cache/bench/` with its own "
             "locked virtualenv (`uv sync --frozen`), its own topics, the same uvicorn setup, case and "
-            "wrk load, run after this intake's bulk import and before the reference"
+            f"wrk load; both served at once, their maximum runs taking turns ({args.rounds} each), "
+            "each keeping its best"
         )
     return report(
         "intake",
