@@ -57,8 +57,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	@$(PY) -m bench.pipeline
 
+# The intake before issue 14 (personal data minimal), measured beside this one in the same run.
+INTAKE_BASELINE ?= 46d361b
 bench-intake: $(STAMP)
-	@$(PY) -m bench.intake
+	@$(PY) -m bench.intake --baseline-rev $(INTAKE_BASELINE)
 
 bench-tally: $(STAMP)
 	@$(PY) -m bench.tally

@@ -33,6 +33,11 @@ class ClameurSettings(BaseSettings):
     secret: SecretStr = SecretStr(DEV_SECRET)
     admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
     host: str = "127.0.0.1"
+    erasure_bound_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="how long personal data may outlive its erasure (topics, DLQs); tests use seconds",
+    )
     log_level: str = "INFO"
     log_json: bool = True
 

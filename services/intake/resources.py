@@ -115,6 +115,7 @@ async def open_intake(
 def _publisher(settings: IntakeSettings, metrics: PublishMetrics) -> KafkaSignaturePublisher:
     return KafkaSignaturePublisher(
         topic=settings.topics.signatures,
+        contacts_topic=settings.topics.contacts,
         producer_factory=lambda: create_producer(
             settings.kafka,
             linger_ms=settings.producer_linger_ms,
