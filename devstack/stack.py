@@ -45,7 +45,15 @@ class Stack:
     @property
     def kafka(self) -> LocalKafka:
         p = self.profile
-        return LocalKafka("kafka", p.kafka_port, p.controller_port, p.kafka_data, p.run_dir, p.log_dir)
+        return LocalKafka(
+            "kafka",
+            p.kafka_port,
+            p.controller_port,
+            p.kafka_data,
+            p.run_dir,
+            p.log_dir,
+            cleaner_backoff_ms=p.kafka_cleaner_backoff_ms,
+        )
 
     @property
     def postgres(self) -> LocalPostgres:
