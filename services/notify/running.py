@@ -102,7 +102,9 @@ class Loops:
         topics = settings.topics
         self.ledger = DeliveryLedger(pool)
         self.metrics = metrics
-        prefix = settings.topic_prefix
+        prefix = settings.notify_group_prefix
+        if prefix is None:
+            prefix = settings.topic_prefix
         supporters = SupporterListApplier(
             pool, f"{prefix}notify-supporters", on_recorded=metrics.supporters_recorded.inc
         )
@@ -120,6 +122,9 @@ class Loops:
             idle_poll_s=settings.notify_idle_poll_s,
         )
         self.sender = _sender(parts, connections.transport, self.ledger)
+        if not settings.notify_send:
+            # A rebuild: a sender stopped before it runs claims nothing, so nothing is sent.
+            self.sender.stop()
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def start(self) -> None:
