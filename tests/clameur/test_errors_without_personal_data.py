@@ -3,6 +3,7 @@ nor in the log lines about it (docs/privacy.md, "Dead letter queues" and "Logs")
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import Iterator
@@ -10,14 +11,17 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry, Gauge
 from pydantic import ValidationError
 
-from clameur.events import decode_signature_log_event
+from clameur.consumer import BatchConsumer, BatchLimits, ConsumerMetrics
+from clameur.events import SignatureLogEvent, decode_signature_log_event
 from clameur.kafka import create_producer, send_to_dlq
 from clameur.logs import configure_logging, describe_error
 from clameur.retry import RetryPolicy, retry
 from clameur.topics import Topics
-from tests.support import read_topic
+from tests.clameur.in_memory import InMemoryApplier, InMemoryStore
+from tests.support import eventually, read_topic
 
 NAME = "Atena Daemi"
 EMAIL = "atena.daemi@example.org"
@@ -144,3 +148,50 @@ def test_a_logged_traceback_keeps_its_frames_and_loses_the_input(rendered_logs: 
 def _assert_clean(text: str) -> None:
     for needle in NEEDLES:
         assert needle.decode() not in text.lower(), f"the log quotes {needle!r}"
+
+
+async def test_the_consumer_sets_the_poison_aside_and_logs_neither(
+    infra: Any, topics: Topics, new_id: Any, rendered_logs: io.StringIO
+) -> None:
+    """The whole path: a real consumer reads the poison, decodes it, sets it aside."""
+    producer = create_producer(infra.kafka)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics.signatures, value=POISON, key=b"atena-1", partition=0)
+    finally:
+        await producer.stop()
+    store: InMemoryStore[SignatureLogEvent] = InMemoryStore()
+    dlq_producer = create_producer(infra.kafka)
+    consumer = BatchConsumer(
+        bootstrap=infra.kafka,
+        topic=topics.signatures,
+        group_id=new_id("group"),
+        decode=decode_signature_log_event,
+        applier=InMemoryApplier(store),
+        dlq_producer=dlq_producer,
+        metrics=ConsumerMetrics(CollectorRegistry(), "privacy"),
+        lag=Gauge("lag_records", "Lag.", ["partition"], registry=CollectorRegistry()),
+        limits=BatchLimits(max_records=50, max_wait_s=0.05, retry_initial_s=0.01),
+        client_id="privacy",
+    )
+    await dlq_producer.start()
+    task = asyncio.create_task(consumer.run())
+    try:
+        (dead,) = await read_topic(infra.kafka, topics.dlq(topics.signatures), at_least=1, within=30)
+        await eventually(
+            lambda: _logged(rendered_logs, "record set aside to the DLQ"), within=10, what="the log line"
+        )
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, timeout=30)
+        await dlq_producer.stop()
+    assert dead.value == POISON  # the fault happened: this very record was refused
+    assert dict(dead.headers)["clameur.error.locations"].startswith(b"SignatureAccepted.received_at:")
+    for _, value in dead.headers:
+        for needle in NEEDLES:
+            assert needle not in value.lower()
+    _assert_clean(rendered_logs.getvalue())
+
+
+async def _logged(logs: io.StringIO, event: str) -> bool:
+    return any(orjson.loads(line).get("event") == event for line in logs.getvalue().splitlines())
