@@ -30,6 +30,8 @@ class Profile:
     demo_page_port: int = 8080
     kafka_cleaner_backoff_ms: int | None = None
     """The broker's ``log.cleaner.backoff.ms``; None is Kafka's default (see devstack.kafka)."""
+    kafka_retention_check_interval_ms: int | None = None
+    """The broker's ``log.retention.check.interval.ms``; None is Kafka's default."""
 
     @property
     def home(self) -> Path:
@@ -86,5 +88,6 @@ TEST = Profile(
     demo_page_port=18080,
     # Compaction within seconds: the erasure tests' bound is 5 s (tests/conftest.py).
     kafka_cleaner_backoff_ms=1000,
+    kafka_retention_check_interval_ms=1000,
 )
 PROFILES = {profile.name: profile for profile in (DEV, TEST)}

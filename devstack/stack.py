@@ -53,6 +53,7 @@ class Stack:
             p.run_dir,
             p.log_dir,
             cleaner_backoff_ms=p.kafka_cleaner_backoff_ms,
+            retention_check_interval_ms=p.kafka_retention_check_interval_ms,
         )
 
     @property

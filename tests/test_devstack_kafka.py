@@ -19,9 +19,13 @@ def _properties(profile_name: str, tmp_path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines if "=" in line)
 
 
-def test_the_test_profile_cleans_every_second(tmp_path: Path) -> None:
-    assert _properties("test", tmp_path)["log.cleaner.backoff.ms"] == "1000"
+def test_the_test_profile_cleans_and_deletes_every_second(tmp_path: Path) -> None:
+    properties = _properties("test", tmp_path)
+    assert properties["log.cleaner.backoff.ms"] == "1000"
+    assert properties["log.retention.check.interval.ms"] == "1000"
 
 
-def test_dev_keeps_kafkas_default(tmp_path: Path) -> None:
-    assert "log.cleaner.backoff.ms" not in _properties("dev", tmp_path)
+def test_dev_keeps_kafkas_defaults(tmp_path: Path) -> None:
+    properties = _properties("dev", tmp_path)
+    assert "log.cleaner.backoff.ms" not in properties
+    assert "log.retention.check.interval.ms" not in properties

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from clameur.kafka import create_producer
-from clameur.topics import CONTACTS_TICK_KEY, Topics
+from clameur.topics import CONTACTS_TICK_KEY, Topics, ensure_topics
 from tests.conftest import TEST_ERASURE_BOUND_S
 from tests.privacy import broker_data_dir, topic_data_contains
 
@@ -46,3 +46,29 @@ async def test_a_tombstoned_contact_leaves_the_disk_once_ticks_roll_the_segment(
     finally:
         await producer.stop()
     print(f"contact gone from disk {time.monotonic() - started:.1f} s after the first tick")
+
+
+async def test_a_dlq_record_leaves_the_disk_within_its_bound(spare_kafka: Any) -> None:
+    """On a broker with the test profile's retention check (1 s): a DLQ's segment past
+    the bound is deleted, the active one included, with no further append."""
+    data_dir = spare_kafka.data_dir / "logs"
+    mine = Topics(prefix=f"t{uuid.uuid4().hex[:8]}.")
+    await ensure_topics(
+        spare_kafka.bootstrap, mine, signature_partitions=1, erasure_bound_s=TEST_ERASURE_BOUND_S
+    )
+    dlq = mine.dlq(mine.contacts)
+    email = f"nawal.{uuid.uuid4().hex[:8]}@example.org".encode()
+    producer = create_producer(spare_kafka.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(dlq, value=b'{"email":"' + email + b'"}', key=b"k1")
+    finally:
+        await producer.stop()
+    assert topic_data_contains(data_dir, f"{dlq}-", [email])  # set aside: on disk
+    started = time.monotonic()
+    while topic_data_contains(data_dir, f"{dlq}-", [email]):
+        # A broker's first retention check waits log.initial.task.delay.ms (30 s) after it
+        # starts; this broker has just started.  A running one checks every second.
+        assert time.monotonic() - started < 30 + 3 * TEST_ERASURE_BOUND_S, "the DLQ kept it past its bound"
+        await asyncio.sleep(0.5)
+    print(f"DLQ record gone from disk {time.monotonic() - started:.1f} s after it was written")
