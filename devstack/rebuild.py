@@ -95,7 +95,11 @@ def rebuild(stack: Stack, *, keep: bool = False, timeout_s: float = 900.0) -> in
     when the live stack is not up."""
     if not port_open(*_host_port(stack.kafka_bootstrap)):
         raise StackError(f"no Kafka answers on {stack.kafka_bootstrap}: run `make up` first")
-    run = RebuildRun(stack, time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:4])
+    run = RebuildRun(
+        stack,
+        time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:4],
+        topic_prefix=stack.environ.get("CLAMEUR_TOPIC_PREFIX", ""),
+    )
     ends = asyncio.run(end_offsets(stack.kafka_bootstrap, Topics(run.topic_prefix)))
     database_url = asyncio.run(create_database(stack.database_url, run.database))
     print(f"rebuild: database {run.database}, every topic from offset 0 (ends: {sum(ends.values())} records)")

@@ -4,6 +4,8 @@ quiet, where the topics end, when it has caught up, and the verdict it prints.""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +14,7 @@ import asyncpg
 import pytest
 
 from clameur.database import migrate
+from clameur.events import SignatureAccepted
 from clameur.kafka import create_producer
 from clameur.topics import Topics
 from devstack.databases import create_database, drop_database
@@ -19,6 +22,8 @@ from devstack.layout import TEST
 from devstack.processes import StackError
 from devstack.rebuild import RebuildRun, counts_by_case, end_offsets, report, wait_caught_up
 from devstack.stack import Stack
+from tests.conftest import env_for
+from tests.support import ROOT
 
 
 def _run(prefix: str = "") -> RebuildRun:
@@ -134,3 +139,77 @@ def test_the_verdict(capsys: pytest.CaptureFixture[str]) -> None:
     assert report(same, {"nawal-1": {"total": 40}}, emailed=0) == 1
     assert "DIFFERS" in capsys.readouterr().out
     assert report(same, dict(same), emailed=1) == 1  # a rebuild must email nobody
+
+
+def test_a_whole_rebuild_counts_from_offset_0_agrees_and_leaves_nothing_behind(
+    infra: Any, topics: Topics, new_id: Any, rebuilt_database: str
+) -> None:
+    """``python -m devstack rebuild`` end to end on this test's topics: tally and notify
+    start on a new database, read from offset 0, stop; the counts agree with the live
+    ones, nobody is emailed, and the database is dropped.  (``rebuilt_database`` stands
+    in for the live database here, holding the counts a live tally would have.)"""
+    case_id = new_id("nawal")
+    asyncio.run(_produce_signatures(infra.kafka, topics, case_id, 3))
+    asyncio.run(_execute(rebuilt_database, "INSERT INTO tally.counters VALUES ($1, 'total', '', 3)", case_id))
+    env = {**env_for(infra, topics), "CLAMEUR_DATABASE_URL": rebuilt_database, "CLAMEUR_LOG_JSON": "true"}
+    before = asyncio.run(_databases(infra.server_dsn))
+    finished = _rebuild(env)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert "rebuild: caught up" in finished.stdout  # it did start both and wait for them
+    (line,) = [line for line in finished.stdout.splitlines() if case_id in line]
+    assert line.split()[1:] == ["total", "3", "total", "3"]  # live, then rebuilt from offset 0
+    assert "emails the rebuild tried to send: 0" in finished.stdout
+    assert asyncio.run(_databases(infra.server_dsn)) == before  # its database is gone
+
+    # Live counts that the log does not give are a failed rebuild.
+    asyncio.run(_execute(rebuilt_database, "UPDATE tally.counters SET count = 4 WHERE case_id = $1", case_id))
+    finished = _rebuild(env)
+    assert finished.returncode == 1
+    assert "DIFFERS" in finished.stdout
+
+
+def _rebuild(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "devstack", "rebuild", "--profile", "test"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+async def _produce_signatures(bootstrap: str, topics: Topics, case_id: str, count: int) -> None:
+    producer = create_producer(bootstrap)
+    await producer.start()
+    try:
+        for n in range(count):
+            signature = SignatureAccepted(
+                case_id=case_id,
+                country="MA",
+                locale="fr",
+                supporter_key=f"{n:064x}",
+                email_domain="example.org",
+            )
+            await producer.send_and_wait(topics.signatures, value=signature.to_json(), key=case_id.encode())
+    finally:
+        await producer.stop()
+
+
+async def _execute(dsn: str, statement: str, *args: Any) -> None:
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(statement, *args)
+    finally:
+        await connection.close()
+
+
+async def _databases(dsn: str) -> set[str]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'clameur_rebuild_2%'"
+        )
+    finally:
+        await connection.close()
+    return {row["datname"] for row in rows}
