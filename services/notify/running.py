@@ -102,7 +102,9 @@ class Loops:
         topics = settings.topics
         self.ledger = DeliveryLedger(pool)
         self.metrics = metrics
-        prefix = settings.topic_prefix
+        prefix = settings.notify_group_prefix
+        if prefix is None:
+            prefix = settings.topic_prefix
         supporters = SupporterListApplier(
             pool, f"{prefix}notify-supporters", on_recorded=metrics.supporters_recorded.inc
         )
@@ -120,6 +122,8 @@ class Loops:
             idle_poll_s=settings.notify_idle_poll_s,
         )
         self.sender = _sender(parts, connections.transport, self.ledger)
+        # A rebuild (CLAMEUR_NOTIFY_SEND=false) never runs the sender: nothing is claimed or sent.
+        self.sending = settings.notify_send
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def start(self) -> None:
@@ -127,9 +131,10 @@ class Loops:
             "supporters": asyncio.create_task(self.supporters.run(), name="notify-supporters"),
             "case-news": asyncio.create_task(self.case_news.run(), name="notify-case-news"),
             "fan-out": asyncio.create_task(self.fan_out.run(), name="notify-fan-out"),
-            "sender": asyncio.create_task(self.sender.run(), name="notify-sender"),
             "pending": asyncio.create_task(watch_pending(self.ledger, self.metrics), name="notify-pending"),
         }
+        if self.sending:
+            self._tasks["sender"] = asyncio.create_task(self.sender.run(), name="notify-sender")
         for name, task in self._tasks.items():
             task.add_done_callback(_log_unexpected_end(name))
 
@@ -141,7 +146,8 @@ class Loops:
         """Stop sending first, then fanning out, then reading: each finishes what it holds."""
         self.sender.stop()
         self.fan_out.stop()
-        await _finish(self._tasks["sender"], "sender")
+        if "sender" in self._tasks:
+            await _finish(self._tasks["sender"], "sender")
         await _finish(self._tasks["fan-out"], "fan-out")
         self.supporters.stop()
         self.case_news.stop()

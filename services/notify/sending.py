@@ -32,6 +32,7 @@ import asyncpg
 from cachetools import LRUCache
 
 from clameur.events import utc_now
+from clameur.logs import describe_error
 from clameur.retry import RetryPolicy
 from notify.ledger import ClaimedDelivery, DeliveryLedger, Outcomes, Reschedule
 from notify.messages import CaseNews, MessageRenderer, UnsendableEmail
@@ -321,7 +322,7 @@ class FanOut:
             try:
                 progressed = await self.fan_out_ready()
             except Exception as error:  # noqa: BLE001 - database or broker away: retry, never stop
-                logger.warning("fan-out failed (%s: %s); retrying", type(error).__name__, error)
+                logger.warning("fan-out failed; retrying", extra={"error": describe_error(error)})
                 progressed = False
             if not progressed:
                 with contextlib.suppress(TimeoutError):
