@@ -94,6 +94,6 @@ def broker_data_dir(infra: Any) -> Path:
     named = os.environ.get("CLAMEUR_TEST_KAFKA_DATA_DIR")
     if named:
         return Path(named)
-    if infra.kafka == TEST.kafka_bootstrap and (TEST.kafka_data / "logs").is_dir():
+    if infra.kafka == f"127.0.0.1:{TEST.kafka_port}" and (TEST.kafka_data / "logs").is_dir():
         return TEST.kafka_data / "logs"
     pytest.skip("the broker's files are not on this machine: set CLAMEUR_TEST_KAFKA_DATA_DIR")

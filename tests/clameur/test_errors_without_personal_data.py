@@ -171,7 +171,9 @@ async def test_the_consumer_sets_the_poison_aside_and_logs_neither(
         dlq_producer=dlq_producer,
         metrics=ConsumerMetrics(CollectorRegistry(), "privacy"),
         lag=Gauge("lag_records", "Lag.", ["partition"], registry=CollectorRegistry()),
-        limits=BatchLimits(max_records=50, max_wait_s=0.05, retry_initial_s=0.01),
+        limits=BatchLimits(
+            max_records=50, max_wait_s=0.05, retry=RetryPolicy(initial_s=0.01, maximum_s=10.0)
+        ),
         client_id="privacy",
     )
     await dlq_producer.start()
