@@ -2,7 +2,7 @@
 
 Plain functions with no I/O.  The Postgres applier (:mod:`tally.counter_store`) and the
 rebuild of :mod:`tally.reconcile` both fold batches with them, so a replay of
-``signatures.v1`` and the live counters agree by construction.
+``signatures.v2`` and the live counters agree by construction.
 """
 
 from __future__ import annotations
@@ -11,17 +11,29 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Literal, NamedTuple, TypeAlias, TypeVar
 from uuid import UUID, uuid4
 
 import msgspec
 
-from clameur.events import Action, SignatureAccepted, decode_signature, is_case_id, utc_now
+from clameur.events import (
+    Action,
+    InvalidationRequested,
+    InvalidationRevoked,
+    SignatureAccepted,
+    SignatureConfirmed,
+    SignaturesRejected,
+    SupporterErased,
+    decode_signature_log_event,
+    is_case_id,
+    utc_now,
+)
 
 TOTAL = "total"
 COUNTRY = "country"
 ACTION = "action"
+PENDING = "pending"
 
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _MAX_SUPPORTER_KEY = 128
@@ -45,7 +57,11 @@ class CounterKey(NamedTuple):
 
 
 class CountedSignature(NamedTuple):
-    """The fields of a ``SignatureAccepted`` that tally stores and counts (cheap to build)."""
+    """The fields of a ``SignatureAccepted`` that tally stores and counts (cheap to build).
+
+    The source fields (``email_domain``, ``widget``, ``page_url``, ``partner``) are stored
+    for invalidations to filter on; ``awaits_confirmation`` makes the row pending.
+    """
 
     case_id: str
     supporter_key: str
@@ -54,6 +70,11 @@ class CountedSignature(NamedTuple):
     country: str
     locale: str
     received_at: datetime
+    awaits_confirmation: bool = False
+    email_domain: str | None = None
+    widget: str | None = None
+    page_url: str | None = None
+    partner: str | None = None
 
 
 Countable: TypeAlias = "SignatureAccepted | CountedSignature"
@@ -61,8 +82,20 @@ Countable: TypeAlias = "SignatureAccepted | CountedSignature"
 
 S = TypeVar("S", bound=Countable)
 
+SignatureLogRecord: TypeAlias = (
+    "CountedSignature | SignatureAccepted | SignatureConfirmed | SignaturesRejected | SupporterErased"
+    " | InvalidationRequested | InvalidationRevoked"
+)
+"""One decoded record of signatures.v2, as the counter store applies it, in log order.
+
+The live decoder yields a :class:`CountedSignature` for a signature; tests and tools may
+hand the ``SignatureAccepted`` itself."""
+
 
 def counted(signature: Countable) -> CountedSignature:
+    if isinstance(signature, CountedSignature):
+        return signature
+    source = signature.source
     return CountedSignature(
         signature.case_id,
         signature.supporter_key,
@@ -71,6 +104,11 @@ def counted(signature: Countable) -> CountedSignature:
         signature.country,
         signature.locale,
         signature.received_at,
+        signature.awaits_confirmation,
+        signature.email_domain,
+        source.widget,
+        source.page_url,
+        source.partner,
     )
 
 
@@ -90,27 +128,25 @@ class _Consent(msgspec.Struct, gc=False):
 class _Source(msgspec.Struct, gc=False):
     widget: str | None = None
     page_url: str | None = None
-    referrer: str | None = None
     partner: str | None = None
 
 
 class _SignatureFields(msgspec.Struct, gc=False):
+    """Schema 2 of ``SignatureAccepted``: what tally reads of it (unknown fields ignored)."""
+
     case_id: str
-    first_name: str
-    last_name: str
     country: str
     locale: str
     supporter_key: str
+    email_domain: str
+    schema: Literal[2]
+    type: Literal["SignatureAccepted"]
     event_id: UUID | msgspec.UnsetType = msgspec.UNSET
-    schema: int | msgspec.UnsetType = msgspec.UNSET
-    schema_version: int | msgspec.UnsetType = msgspec.UNSET
     occurred_at: _Aware | msgspec.UnsetType = msgspec.UNSET
-    type: Literal["SignatureAccepted"] = "SignatureAccepted"
     signature_id: UUID | msgspec.UnsetType = msgspec.UNSET
     action: Action = Action.SIGNATURE
-    postal_code: str | None = None
-    email: str | None = None
-    consent: _Consent | msgspec.UnsetType = msgspec.UNSET
+    awaits_confirmation: bool = False
+    consent: _Consent | msgspec.UnsetType = msgspec.UNSET  # not used: checked, as the model does
     source: _Source | msgspec.UnsetType = msgspec.UNSET
     received_at: _Aware | msgspec.UnsetType = msgspec.UNSET
 
@@ -131,20 +167,57 @@ def _check(signature: CountedSignature) -> CountedSignature:
     return signature
 
 
+def _check_supporter(case_id: str, supporter_key: str) -> None:
+    if not is_case_id(case_id):
+        raise ValueError("case_id is not a case slug")
+    if not 0 < len(supporter_key) <= _MAX_SUPPORTER_KEY:
+        raise ValueError("supporter_key is empty or too long")
+
+
 def decode_countable(raw: bytes) -> CountedSignature:
     """A ``SignatureAccepted`` fit to count, or ``ValueError`` (the record is poison).
 
     Beyond the event's schema: a slug case id, an ISO 3166-1 alpha-2 country in upper
     case, a non-empty supporter key and locale of sane length.  A counter keyed by a
     malformed country would be wrong forever, so such records go to the DLQ instead.
+    Another event of signatures.v2 is a ``ValueError`` here: see :func:`decode_log_record`.
+    """
+    record = decode_log_record(raw)
+    if not isinstance(record, CountedSignature):
+        raise ValueError(f"a {record.type}, not a SignatureAccepted")
+    return record
+
+
+def decode_log_record(raw: bytes) -> SignatureLogRecord:
+    """One record of signatures.v2 fit to apply, or ``ValueError`` (the record is poison).
+
+    A schema-2 ``SignatureAccepted`` (nearly every record) is read by the msgspec fast
+    path into a :class:`CountedSignature`; anything it refuses, and every other event
+    type, is decoded by the model (:func:`clameur.events.decode_signature_log_event`),
+    which has the last word on poison.  Events naming a case and a supporter are checked
+    like signatures (a slug case id, a sane supporter key).
     """
     try:
         fields = _SIGNATURE_FIELDS.decode(raw)
     except msgspec.DecodeError:  # also msgspec.ValidationError
         # The model decides (pydantic.ValidationError is a ValueError).
-        return _check(counted(decode_signature(raw)))
+        event = decode_signature_log_event(raw)
+        if isinstance(event, SignatureAccepted):
+            return _check(counted(event))
+        if isinstance(event, SignatureConfirmed | SignaturesRejected):
+            _check_supporter(event.case_id, event.supporter_key)
+        elif isinstance(event, SupporterErased):
+            _check_supporter("erased", event.supporter_key)
+        elif not is_case_id(event.case_id):
+            raise ValueError("case_id is not a case slug") from None
+        return event
     signature_id = fields.signature_id
     received_at = fields.received_at
+    source = fields.source
+    if source is msgspec.UNSET:
+        widget = page_url = partner = None
+    else:
+        widget, page_url, partner = source.widget, source.page_url, source.partner
     return _check(
         CountedSignature(
             fields.case_id,
@@ -154,6 +227,11 @@ def decode_countable(raw: bytes) -> CountedSignature:
             fields.country,
             fields.locale,
             utc_now() if received_at is msgspec.UNSET else received_at,
+            fields.awaits_confirmation,
+            fields.email_domain,
+            widget,
+            page_url,
+            partner,
         )
     )
 
@@ -208,36 +286,90 @@ class CaseCounts:
     total: int = 0
     by_country: dict[str, int] = field(default_factory=dict)
     by_action: dict[str, int] = field(default_factory=dict)
+    pending: int = 0
 
 
 def case_counts(counters: Iterable[tuple[str, str, int]]) -> CaseCounts:
     """Fold ``(dimension, key, count)`` rows of one case into :class:`CaseCounts` (sorted keys)."""
-    total = 0
+    total = pending = 0
     by_country: dict[str, int] = {}
     by_action: dict[str, int] = {}
     for dimension, key, count in sorted(counters):
         if dimension == TOTAL:
             total = count
+        elif dimension == PENDING:
+            pending = count
         elif dimension == COUNTRY:
             by_country[key] = count
         elif dimension == ACTION:
             by_action[key] = count
-    return CaseCounts(total, by_country, by_action)
+    return CaseCounts(total, by_country, by_action, pending)
 
 
 @dataclass
 class InMemoryTally:
-    """Counters and the dedupe set in memory: the rebuild's tally, and the reference in tests."""
+    """The log folded in memory by the counter store's rules: the rebuild's tally, the tests' reference.
+
+    Signatures awaiting confirmation wait in ``pending`` (by case and supporter) until a
+    ``SignatureConfirmed`` within ``expiry`` of their receipt counts them; a rejection
+    drops them; an erasure re-keys the supporter's signatures with a marker of their own.
+    Invalidations are not folded here yet (tally.invalidations).
+    """
 
     counters: Counter[CounterKey] = field(default_factory=Counter)
     counted: set[SupporterAction] = field(default_factory=set)
+    pending: dict[tuple[str, str], dict[str, CountedSignature]] = field(default_factory=dict)
+    confirmed: set[tuple[str, str]] = field(default_factory=set)
+    expiry: timedelta = timedelta(days=30)
 
     def add(self, signatures: Iterable[S]) -> list[S]:
-        """Count the signatures not counted yet; returns those it counted."""
-        new = [signature for key, signature in first_of_each(signatures).items() if key not in self.counted]
+        """Count the signatures not counted (nor pending) yet; returns those it counted at once."""
+        new: list[S] = []
+        for key, signature in first_of_each(signatures).items():
+            supporter = (key.case_id, key.supporter_key)
+            if key in self.counted or key.action in self.pending.get(supporter, {}):
+                continue
+            if signature.awaits_confirmation and supporter not in self.confirmed:
+                self.pending.setdefault(supporter, {})[key.action] = counted(signature)
+                continue
+            new.append(signature)
         self.counted.update(supporter_action(signature) for signature in new)
         self.counters.update(counter_deltas(new))
         return new
+
+    def apply(self, records: Iterable[SignatureLogRecord]) -> None:
+        """Fold records of signatures.v2 in log order."""
+        run: list[Countable] = []
+        for record in records:
+            if isinstance(record, CountedSignature | SignatureAccepted):
+                run.append(record)
+                continue
+            self.add(run)
+            run = []
+            if isinstance(record, SignatureConfirmed):
+                self._confirm(record)
+            elif isinstance(record, SignaturesRejected):
+                self.pending.pop((record.case_id, record.supporter_key), None)
+            elif isinstance(record, SupporterErased):
+                self._erase(record.supporter_key)
+        self.add(run)
+
+    def _confirm(self, confirmation: SignatureConfirmed) -> None:
+        supporter = (confirmation.case_id, confirmation.supporter_key)
+        self.confirmed.add(supporter)
+        waiting = self.pending.pop(supporter, {})
+        oldest = confirmation.occurred_at - self.expiry
+        new = [signature for signature in waiting.values() if signature.received_at >= oldest]
+        self.counted.update(supporter_action(signature) for signature in new)
+        self.counters.update(counter_deltas(new))
+
+    def _erase(self, supporter_key: str) -> None:
+        for key in [key for key in self.counted if key.supporter_key == supporter_key]:
+            self.counted.discard(key)
+            self.counted.add(key._replace(supporter_key=f"erased:{uuid4().hex}"))
+        for supporter in [s for s in self.pending if s[1] == supporter_key]:
+            self.pending[(supporter[0], f"erased:{uuid4().hex}")] = self.pending.pop(supporter)
+        self.confirmed = {s for s in self.confirmed if s[1] != supporter_key}
 
     def as_mapping(self) -> Mapping[CounterKey, int]:
         return {key: count for key, count in self.counters.items() if count}

@@ -1,4 +1,4 @@
-"""Trust, but verify: recount from the signatures, and rebuild from signatures.v1."""
+"""Trust, but verify: recount from the signatures, and rebuild from signatures.v2."""
 
 from __future__ import annotations
 
@@ -19,8 +19,14 @@ from tests.tally.helpers import many, produce, signature, total
 
 def test_expected_counters_fold_the_groups() -> None:
     assert expected_counters(
-        [("a", "FR", "signature", 2), ("a", "MA", "signature", 1), ("a", "FR", "letter", 4)]
+        [
+            ("a", "counted", "FR", "signature", 2),
+            ("a", "counted", "MA", "signature", 1),
+            ("a", "counted", "FR", "letter", 4),
+            ("a", "pending", "FR", "signature", 3),
+        ]
     ) == {
+        CounterKey("a", "pending", ""): 3,
         CounterKey("a", "total", ""): 7,
         CounterKey("a", "country", "FR"): 6,
         CounterKey("a", "country", "MA"): 1,
