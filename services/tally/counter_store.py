@@ -171,6 +171,19 @@ FROM upserted u LEFT JOIN tally.cases k ON k.id = u.case_id
 WHERE u.dimension = 'total'
 """
 
+# Counters that go down (a confirmed or dropped pending signature, an invalidation): a
+# plain UPDATE, since an upsert checks ``count >= 0`` on the row it would insert.  Their
+# rows exist: each down is matched by an earlier up.
+_LOWER_COUNTERS = """
+UPDATE tally.counters AS c SET count = c.count + d.delta, updated_at = now()
+FROM (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+        WITH ORDINALITY AS d(case_id, dimension, key, delta, n)
+    ORDER BY n
+) AS d
+WHERE c.case_id = d.case_id AND c.dimension = d.dimension AND c.key = d.key
+"""
+
 # Where each partition resumes, written in the transaction of the counts it led to.
 OFFSETS = OffsetTable("tally.offsets")
 
@@ -438,7 +451,18 @@ class PostgresCounterStore:
 
     async def _count(self, connection: Connection, deltas: dict[CounterKey, int]) -> int:
         """Add ``deltas`` to the counters and stage the milestones crossed; returns how many."""
-        keys = sorted(deltas)
+        lowered = sorted(key for key, delta in deltas.items() if delta < 0)
+        if lowered:
+            await connection.execute(
+                _LOWER_COUNTERS,
+                [key.case_id for key in lowered],
+                [key.dimension for key in lowered],
+                [key.key for key in lowered],
+                [deltas[key] for key in lowered],
+            )
+        keys = sorted(key for key, delta in deltas.items() if delta > 0)
+        if not keys:
+            return 0
         totals = await connection.fetch(
             _UPSERT_COUNTERS,
             [key.case_id for key in keys],
