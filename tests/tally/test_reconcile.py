@@ -6,15 +6,18 @@ import asyncio
 import subprocess
 import sys
 from typing import Any
+from uuid import uuid4
 
 import asyncpg
+from tally.counter_store import OFFSETS
 from tally.counting import CounterKey
 from tally.reconcile import check_counters, expected_counters, rebuild_counters
 from tally.settings import TallySettings
 
+from clameur.events import SignatureConfirmed, SignaturesRejected, SupporterErased
 from clameur.topics import Topics
 from tests.support import ROOT, eventually
-from tests.tally.helpers import many, produce, signature, total
+from tests.tally.helpers import counters, many, produce, signature, supporter_key, total
 
 
 def test_expected_counters_fold_the_groups() -> None:
@@ -85,3 +88,41 @@ async def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedP
 
 async def _total_is(infra: Any, case_id: str, expected: int) -> bool:
     return await total(infra.database_url, case_id) == expected
+
+
+async def test_reconcile_and_a_rebuild_agree_after_confirmations_rejections_and_erasure(
+    tally: Any,
+    tally_settings: TallySettings,
+    topics: Topics,
+    infra: Any,
+    pool: asyncpg.Pool[Any],
+    new_id: Any,
+) -> None:
+    case_id = new_id("atena")
+    emails = [f"{new_id('s')}@example.org" for _ in range(30)]
+    pending = [signature(case_id, email, country="IR", awaits_confirmation=True) for email in emails]
+    log: list[Any] = [
+        *pending,
+        *many(case_id, 10),  # counted at once
+        *(SignatureConfirmed(case_id=case_id, supporter_key=supporter_key(e)) for e in emails[:20]),
+        *(SignaturesRejected(case_id=case_id, supporter_key=supporter_key(e)) for e in emails[20:25]),
+        SupporterErased(erasure_id=uuid4(), supporter_key=supporter_key(emails[0])),
+        SignatureConfirmed(case_id=case_id, supporter_key=supporter_key(emails[1])),  # again
+    ]
+    async with tally(tally_settings):
+        await produce(infra.kafka, topics.signatures, log)
+        await eventually(
+            lambda: _stored_at_least(pool, topics.signatures, len(log) + 2),  # the erasure: 3 partitions
+            within=20,
+            what="the log applied",
+        )
+    assert (await counters(infra.database_url, case_id))[("total", "")] == 30
+    assert (await counters(infra.database_url, case_id))[("pending", "")] == 5
+    assert await check_counters(pool, cases=[case_id]) == []
+    rebuilt = await rebuild_counters(pool, infra.kafka, topics.signatures, cases=[case_id])
+    assert rebuilt.records == len(log) + 2  # proof the whole log, erasures included, was replayed
+    assert (rebuilt.drifts, rebuilt.counted) == ([], 30)
+
+
+async def _stored_at_least(pool: asyncpg.Pool[Any], topic: str, expected: int) -> bool:
+    return sum((await OFFSETS.read(pool, topic)).values()) >= expected
