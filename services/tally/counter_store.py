@@ -195,7 +195,8 @@ class BatchEffects:
     ``deltas`` are added to the counters once, at the end of the batch (with the
     milestones they cross).  ``counted`` holds newly counted signatures by (case,
     country, action), ``by_receipt`` those counted at once by millisecond of receipt
-    (their latency), ``new_signatures`` every signature row inserted (counted or pending).
+    (their latency), ``signatures`` how many the batch held, ``new_signatures`` every
+    signature row inserted (counted or pending).
     """
 
     expiry: timedelta
@@ -203,6 +204,7 @@ class BatchEffects:
     deltas: Counter[CounterKey] = field(default_factory=Counter)
     counted: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     by_receipt: list[tuple[datetime, int]] = field(default_factory=list)
+    signatures: int = 0
     new_signatures: int = 0
     confirmed: int = 0
     rejected: int = 0
@@ -228,30 +230,10 @@ EventStep = Callable[[Connection, Any, BatchEffects], Awaitable[None]]
 """How one (non-signature) event of the log is applied inside the batch's transaction."""
 
 
-async def _stage(connection: Connection, signatures: list[tuple[int, CountedSignature]]) -> None:
-    """COPY the signatures, with their batch position ``n``, into this connection's temporary table."""
+async def _stage(connection: Connection, rows: list[tuple[Any, ...]]) -> None:
+    """COPY the signatures' rows (with their batch position ``n``) into this connection's temporary table."""
     await connection.copy_records_to_table(
-        _STAGE,
-        schema_name="pg_temp",
-        columns=_STAGE_COLUMNS,
-        records=[
-            (
-                s.case_id,
-                s.supporter_key,
-                s.action,
-                s.signature_id,
-                s.country,
-                s.locale,
-                s.received_at,
-                "pending" if s.awaits_confirmation else "counted",
-                s.email_domain,
-                s.widget,
-                s.page_url,
-                s.partner,
-                n,
-            )
-            for n, s in signatures
-        ],  # action is a StrEnum: written as its value
+        _STAGE, schema_name="pg_temp", columns=_STAGE_COLUMNS, records=rows
     )
 
 
@@ -311,22 +293,44 @@ class SignatureRun(NamedTuple):
     end: int
 
 
-def log_segments(records: list[SignatureLogRecord]) -> list[SignatureRun | SignatureLogRecord]:
-    """The batch in log order: runs of consecutive signatures, every other event alone."""
+def log_segments(
+    records: list[SignatureLogRecord],
+) -> tuple[list[tuple[Any, ...]], list[SignatureRun | SignatureLogRecord]]:
+    """One pass over the batch: the stage rows of its signatures, and the batch in log order
+    (runs of consecutive signatures, every other event alone)."""
+    rows: list[tuple[Any, ...]] = []
     segments: list[SignatureRun | SignatureLogRecord] = []
     run_start: int | None = None
     for n, record in enumerate(records):
-        if isinstance(record, _SIGNATURES):
-            if run_start is None:
-                run_start = n
+        if not isinstance(record, _SIGNATURES):
+            if run_start is not None:
+                segments.append(SignatureRun(run_start, n))
+                run_start = None
+            segments.append(record)
             continue
-        if run_start is not None:
-            segments.append(SignatureRun(run_start, n))
-            run_start = None
-        segments.append(record)
+        if run_start is None:
+            run_start = n
+        s = record if type(record) is CountedSignature else counted(record)
+        rows.append(
+            (
+                s.case_id,
+                s.supporter_key,
+                s.action,  # a StrEnum: written as its value
+                s.signature_id,
+                s.country,
+                s.locale,
+                s.received_at,
+                "pending" if s.awaits_confirmation else "counted",
+                s.email_domain,
+                s.widget,
+                s.page_url,
+                s.partner,
+                n,
+            )
+        )
     if run_start is not None:
         segments.append(SignatureRun(run_start, len(records)))
-    return segments
+    return rows, segments
 
 
 class PostgresCounterStore:
@@ -385,7 +389,8 @@ class PostgresCounterStore:
     ) -> BatchEffects:
         """Stage, wait for the batch before, then apply in log order, count, store the offsets; commit."""
         effects = BatchEffects(self._expiry, self._milestone_topic)
-        signatures = [(n, counted(r)) for n, r in enumerate(records) if isinstance(r, _SIGNATURES)]
+        signatures, segments = log_segments(records)
+        effects.signatures = len(signatures)
         async with self._pool.acquire() as connection:
             if signatures:
                 # In its own implicit transaction: creating the table reads the definition
@@ -397,17 +402,20 @@ class PostgresCounterStore:
                     await _stage(connection, signatures)
                 await batch.previous_applied()
                 if records:
-                    await self._apply_in_order(connection, records, effects)
+                    await self._apply_in_order(connection, segments, effects)
                 await OFFSETS.store(connection, batch.topic, batch.next_offsets)
                 if records:
                     self._maybe_crash("before_db_commit")
         return effects
 
     async def _apply_in_order(
-        self, connection: Connection, records: list[SignatureLogRecord], effects: BatchEffects
+        self,
+        connection: Connection,
+        segments: list[SignatureRun | SignatureLogRecord],
+        effects: BatchEffects,
     ) -> None:
         """Each run of signatures, each other event by its step, in log order; then the counters."""
-        for segment in log_segments(records):
+        for segment in segments:
             if isinstance(segment, SignatureRun):
                 await insert_signatures(connection, segment.first, segment.end, effects)
                 continue
@@ -427,11 +435,10 @@ class PostgresCounterStore:
         committed = datetime.now(UTC)
         metrics = self._metrics
         records = len(batch.events) + batch.poisoned
-        signatures = sum(1 for consumed in batch.events if isinstance(consumed.event, _SIGNATURES))
         metrics.batch_apply_duration.observe(time.perf_counter() - started)
         metrics.batch_size.observe(records)
         metrics.records_consumed.inc(records)
-        metrics.duplicates.inc(signatures - effects.new_signatures)
+        metrics.duplicates.inc(effects.signatures - effects.new_signatures)
         by_action: Counter[str] = Counter()
         for (_, _, action), count in effects.counted.items():
             by_action[action] += count
