@@ -218,6 +218,12 @@ class BatchEffects:
         self.deltas[CounterKey(case_id, COUNTRY, country)] += signatures
         self.deltas[CounterKey(case_id, ACTION, action)] += signatures
 
+    def uncount(self, case_id: str, country: str, action: str, signatures: int) -> None:
+        """``signatures`` counted ones leave (case, country, action): an invalidation."""
+        self.deltas[CounterKey(case_id, TOTAL, "")] -= signatures
+        self.deltas[CounterKey(case_id, COUNTRY, country)] -= signatures
+        self.deltas[CounterKey(case_id, ACTION, action)] -= signatures
+
     def pend(self, case_id: str, signatures: int) -> None:
         """``signatures`` more (or fewer, if negative) awaiting confirmation in the case."""
         self.deltas[CounterKey(case_id, PENDING, "")] += signatures
