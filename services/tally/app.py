@@ -36,8 +36,7 @@ from clameur.web import (
 )
 from tally.admin_api import admin_router
 from tally.case_store import CaseStore, PostgresCaseStore
-from tally.counter_store import PostgresCounterStore
-from tally.counting import Countable, decode_countable
+from tally.counter_store import LogRecord, PostgresCounterStore, decode_log_record
 from tally.metrics import SERVICE, TallyMetrics
 from tally.outbox import OutboxRelay
 from tally.public_api import public_router
@@ -163,13 +162,13 @@ def signature_consumer(
     producer: AIOKafkaProducer,
     registry: CollectorRegistry,
     metrics: TallyMetrics,
-) -> BatchConsumer[Countable]:
+) -> BatchConsumer[LogRecord]:
     """The consumer of signatures.v1 that counts into ``counter_store``; poison goes out by ``producer``."""
     return BatchConsumer(
         bootstrap=settings.kafka,
         topic=settings.topics.signatures,
         group_id=settings.tally_group_id,
-        decode=decode_countable,
+        decode=decode_log_record,
         applier=counter_store,
         dlq_producer=producer,
         metrics=ConsumerMetrics(registry, SERVICE),
@@ -184,7 +183,7 @@ def signature_consumer(
 
 
 @asynccontextmanager
-async def _running(consumer: BatchConsumer[Countable], relay: OutboxRelay) -> AsyncIterator[None]:
+async def _running(consumer: BatchConsumer[LogRecord], relay: OutboxRelay) -> AsyncIterator[None]:
     """The consumer and the relay run until exit.
 
     On exit the consumer finishes its batch, commits it and leaves the group (if it takes

@@ -26,20 +26,32 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias, cast
 
 import asyncpg
+import msgspec
 
 from clameur.consumer import Batch
-from clameur.events import CaseStatus, Event, MilestoneReached
+from clameur.events import (
+    CaseStatus,
+    Event,
+    InvalidationRequested,
+    InvalidationRevoked,
+    MilestoneReached,
+    SignatureAccepted,
+    decode_signature,
+    decode_signature_log_event,
+)
 from clameur.offsets import OffsetTable
 from tally.counting import (
     TOTAL,
     Countable,
     CounterKey,
+    decode_countable,
     deltas_of_groups,
     milestones_crossed,
 )
+from tally.invalidations import InvalidationEvent, apply_invalidation_event
 from tally.metrics import TallyMetrics
 from tally.outbox import Connection, stage_many
 from tally.settings import CrashPoint
@@ -61,6 +73,10 @@ _STAGE_COLUMNS = (
     "country",
     "locale",
     "received_at",
+    "email_domain",
+    "widget",
+    "page_url",
+    "partner",
     "n",
 )
 _CREATE_STAGE = """
@@ -76,8 +92,10 @@ CREATE TEMPORARY TABLE IF NOT EXISTS tally_incoming_signatures (
 # receipt, not one row each, so a batch of thousands returns dozens of rows.
 _INSERT_SIGNATURES = """
 WITH inserted AS (
-    INSERT INTO tally.signatures (case_id, supporter_key, action, signature_id, country, locale, received_at)
-    SELECT case_id, supporter_key, action, signature_id, country, locale, received_at
+    INSERT INTO tally.signatures (case_id, supporter_key, action, signature_id, country, locale, received_at,
+                                  email_domain, widget, page_url, partner)
+    SELECT case_id, supporter_key, action, signature_id, country, locale, received_at,
+           email_domain, widget, page_url, partner
     FROM pg_temp.tally_incoming_signatures
     ORDER BY case_id, supporter_key, action, n
     ON CONFLICT (case_id, supporter_key, action) DO NOTHING
@@ -133,10 +151,50 @@ async def _stage(connection: Connection, signatures: list[Countable]) -> None:
         schema_name="pg_temp",
         columns=_STAGE_COLUMNS,
         records=[
-            (s.case_id, s.supporter_key, s.action, s.signature_id, s.country, s.locale, s.received_at, n)
+            (
+                s.case_id,
+                s.supporter_key,
+                s.action,
+                s.signature_id,
+                s.country,
+                s.locale,
+                s.received_at,
+                *_filter_fields(s),
+                n,
+            )
             for n, s in enumerate(signatures)
         ],  # action is a StrEnum: written as its value
     )
+
+
+def _filter_fields(signature: Countable) -> tuple[str | None, str | None, str | None, str | None]:
+    """STAND-IN (tally-a's dispatch replaces it): what invalidation filters read of a signature."""
+    if not isinstance(signature, SignatureAccepted):
+        return (None, None, None, None)
+    source = signature.source
+    return (signature.email_domain, source.widget, source.page_url, source.partner)
+
+
+LogRecord: TypeAlias = "Countable | InvalidationEvent"
+"""STAND-IN (tally-a's dispatch replaces it): what the consumer hands the counter store."""
+
+
+def decode_log_record(raw: bytes) -> LogRecord:
+    """STAND-IN (tally-a's dispatch replaces it): a countable signature or an invalidation event."""
+    kind = _KIND.decode(raw).type if raw.lstrip().startswith(b"{") else ""
+    if kind in ("InvalidationRequested", "InvalidationRevoked"):
+        event = decode_signature_log_event(raw)
+        assert isinstance(event, InvalidationRequested | InvalidationRevoked)
+        return event
+    decode_countable(raw)  # tally's checks, poison raises
+    return decode_signature(raw)
+
+
+class _Kind(msgspec.Struct):
+    type: str = "SignatureAccepted"
+
+
+_KIND = msgspec.json.Decoder(_Kind)
 
 
 class PostgresCounterStore:
@@ -166,7 +224,7 @@ class PostgresCounterStore:
     async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
         return await OFFSETS.read(self._pool, topic, partitions)
 
-    async def apply(self, batch: Batch[Countable]) -> None:
+    async def apply(self, batch: Batch[Any]) -> None:  # Countable or LogRecord: the stand-in takes both
         """Count the batch's new signatures and store its offsets, in one transaction.
 
         Idempotent: replaying a batch inserts no signature, so it adds nothing.  The
@@ -186,8 +244,10 @@ class PostgresCounterStore:
             self._maybe_crash("after_db_commit")
         self._report(batch, counted, started)
 
-    async def _commit(self, batch: Batch[Countable], signatures: list[Countable]) -> _Counted:
+    async def _commit(self, batch: Batch[LogRecord], signatures: list[LogRecord]) -> _Counted:
         """Stage, wait for the batch before, then insert, count and store the offsets; commit."""
+        if any(isinstance(event, InvalidationRequested | InvalidationRevoked) for event in signatures):
+            return await self._commit_in_log_order(batch, signatures)
         async with self._pool.acquire() as connection:
             if signatures:
                 # In its own implicit transaction: creating the table reads the definition
@@ -196,12 +256,43 @@ class PostgresCounterStore:
                 await connection.execute(_CREATE_STAGE)
             async with connection.transaction():
                 if signatures:
-                    await _stage(connection, signatures)
+                    await _stage(connection, cast("list[Countable]", signatures))
                 await batch.previous_applied()
                 counted = await self._count_staged(connection) if signatures else _NOTHING_COUNTED
                 await OFFSETS.store(connection, batch.topic, batch.next_offsets)
                 if signatures:
                     self._maybe_crash("before_db_commit")
+        return counted
+
+    async def _commit_in_log_order(self, batch: Batch[LogRecord], events: list[LogRecord]) -> _Counted:
+        """STAND-IN (tally-a's dispatch replaces it): signatures, invalidations in log order, one commit."""
+        counted = _NOTHING_COUNTED
+        async with self._pool.acquire() as connection:
+            await connection.execute(_CREATE_STAGE)
+            async with connection.transaction():
+                await batch.previous_applied()
+                run: list[Countable] = []
+                for event in [*events, None]:
+                    if event is None or isinstance(event, InvalidationRequested | InvalidationRevoked):
+                        if run:
+                            await _stage(connection, run)
+                            more = await self._count_staged(connection)
+                            counted = _Counted(
+                                {**counted.by_group, **more.by_group},  # metrics only
+                                counted.by_receipt + more.by_receipt,
+                                counted.milestones + more.milestones,
+                            )
+                            await connection.execute(f"DELETE FROM pg_temp.{_STAGE}")  # noqa: S608 - constant
+                            run = []
+                        if event is not None:
+                            applied = await apply_invalidation_event(
+                                connection, event, self._milestone_topic, self._count
+                            )
+                            counted = counted._replace(milestones=counted.milestones + applied.outbox_rows)
+                    else:
+                        run.append(event)
+                await OFFSETS.store(connection, batch.topic, batch.next_offsets)
+                self._maybe_crash("before_db_commit")
         return counted
 
     async def _count_staged(self, connection: Connection) -> _Counted:
@@ -217,7 +308,7 @@ class PostgresCounterStore:
         milestones = await self._count(connection, deltas_of_groups(by_group)) if by_group else 0
         return _Counted(by_group, by_receipt, milestones)
 
-    def _report(self, batch: Batch[Countable], counted: _Counted, started: float) -> None:
+    def _report(self, batch: Batch[LogRecord], counted: _Counted, started: float) -> None:
         """The metrics of a committed batch."""
         committed = datetime.now(UTC)
         metrics = self._metrics
