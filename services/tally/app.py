@@ -37,6 +37,7 @@ from clameur.web import (
 from tally.admin_api import admin_router
 from tally.case_store import CaseStore, PostgresCaseStore
 from tally.counter_store import LogRecord, PostgresCounterStore, decode_log_record
+from tally.invalidation_api import InvalidationPorts, admin_keys, invalidation_router
 from tally.metrics import SERVICE, TallyMetrics
 from tally.outbox import OutboxRelay
 from tally.public_api import public_router
@@ -75,6 +76,7 @@ def create_app(settings: TallySettings) -> FastAPI:
         )
     )
     app.include_router(admin_router(lambda: started.tally.cases, settings.admin_token))
+    app.include_router(invalidation_router(lambda: started.tally.invalidations, *admin_keys(settings)))
     app.include_router(operations_router(registry, readiness_checks(started)))
     app.add_middleware(CORSMiddleware, **_PUBLIC_READS_CORS)
     app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry, SERVICE))
@@ -89,6 +91,7 @@ class Tally:
     producer: AIOKafkaProducer
     cases: CaseStore
     reader: CaseReader
+    invalidations: InvalidationPorts
 
 
 class Started:
@@ -136,7 +139,11 @@ async def started_tally(
         await producer.start()
         stack.push_async_callback(producer.stop)
         relay = OutboxRelay(
-            pool, producer, [topics.cases, topics.case_events], metrics, poll_s=settings.tally_relay_poll_s
+            pool,
+            producer,
+            [topics.cases, topics.case_events, topics.signatures],
+            metrics,
+            poll_s=settings.tally_relay_poll_s,
         )
         counter_store = PostgresCounterStore(
             pool,
@@ -153,6 +160,7 @@ async def started_tally(
             producer,
             PostgresCaseStore(pool, topics, on_outbox_written=relay.wake),
             PostgresCaseReader(pool, cache_s=settings.tally_read_cache_s),
+            InvalidationPorts(pool, topics.signatures, relay.wake),
         )
 
 
