@@ -16,10 +16,10 @@ case whose filter matches the row (that one would have taken it, had the first n
 no such invalidation matches counts again.  Later only: an earlier invalidation that did
 not take the row did so because the row was not yet counted at its point of the log.
 
-The counters move through the counter store's own ``add_to_counters`` (negative deltas to
-take out, positive to restore), so restoring crosses thresholds by the same rule as
-signatures, and the outbox's unique ``milestone:<case>:<threshold>`` keeps an announced
-milestone from being announced again after falling below it.  Supporters taken out or
+Taking out subtracts from the counters (no threshold is crossed going down); giving back
+adds through the counter store's own ``add_to_counters``, so a restore crosses thresholds
+by the same rule as signatures, and the outbox's unique ``milestone:<case>:<threshold>``
+keeps an announced milestone from being announced again after falling below it.  Supporters taken out or
 given back are sent to notify through the outbox (``SupportersInvalidated`` /
 ``SupportersRestored`` on case-events.v1, 1,000 supporter keys an event, event ids derived
 from the invalidation so a replay sends the same events again, which notify dedupes).
@@ -201,7 +201,7 @@ async def _take_out(
     )
     groups = _groups(taken)
     matched = matched_of(groups)
-    milestones = await add_to_counters(connection, counter_deltas(event.case_id, groups, -1)) if taken else 0
+    await _take_from_counters(connection, counter_deltas(event.case_id, groups, -1))
     await connection.execute(
         """
         INSERT INTO tally.invalidations
@@ -233,7 +233,27 @@ async def _take_out(
     ]
     staged = await stage_many(connection, topic, notices)
     logger.info("invalidation applied", extra={"case_id": event.case_id, "matched": matched.matched})
-    return Applied(matched, milestones + staged)
+    return Applied(matched, staged)
+
+
+async def _take_from_counters(connection: Connection, deltas: dict[CounterKey, int]) -> None:
+    """Subtract from counters that exist (they hold what is taken out); no threshold is crossed going down.
+
+    Not the counter store's upsert: the check ``count >= 0`` applies to the row an INSERT
+    proposes, before its conflict turns it into an update.
+    """
+    keys = sorted(deltas)
+    await connection.execute(
+        """
+        UPDATE tally.counters AS c SET count = c.count + d.delta, updated_at = now()
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS d(case_id, dimension, key, delta)
+        WHERE c.case_id = d.case_id AND c.dimension = d.dimension AND c.key = d.key
+        """,
+        [key.case_id for key in keys],
+        [key.dimension for key in keys],
+        [key.key for key in keys],
+        [deltas[key] for key in keys],
+    )
 
 
 async def _give_back(
@@ -415,4 +435,3 @@ async def of_case(pool: asyncpg.Pool[Any], case_id: str) -> list[dict[str, Any]]
 
 async def case_exists(pool: asyncpg.Pool[Any], case_id: str) -> bool:
     return bool(await pool.fetchval("SELECT 1 FROM tally.cases WHERE id = $1", case_id))
-
