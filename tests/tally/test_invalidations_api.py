@@ -1,0 +1,133 @@
+"""The invalidation routes over a running tally (real Kafka and Postgres): through the log, and back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tally.settings import TallySettings
+
+from clameur.events import decode_signature_log_event
+from clameur.topics import Topics
+from tests.support import eventually, read_topic
+from tests.tally.helpers import ADMIN, case_body, counters, produce, total
+from tests.tally.invalidation_support import bot_wave, expected_counts, nonzero, people, signed
+
+PROBLEM = "application/problem+json"
+BOTS = {"email_domains": ["Bot-Farm.example"]}
+
+
+async def _counted(infra: Any, case_id: str, expected: int) -> bool:
+    return await total(infra.database_url, case_id) == expected
+
+
+async def test_a_dry_run_then_a_real_run_then_a_restore_through_the_log(
+    tally: Any, tally_settings: TallySettings, topics: Topics, new_id: Any, infra: Any
+) -> None:
+    case_id = new_id("nawal")
+    bots, humans = bot_wave(case_id, 30), people(case_id, 20)
+    url = f"/v1/admin/cases/{case_id}/invalidations"
+    async with tally(tally_settings) as (_, client):
+        assert (
+            await client.post("/v1/admin/cases", json=case_body(case_id), headers=ADMIN)
+        ).status_code == 201
+        await produce(infra.kafka, topics.signatures, [*bots, *humans])
+        await eventually(lambda: _counted(infra, case_id, 50), what="50 counted")
+
+        body = {"reason": "bot wave from one domain", "filter": BOTS, "dry_run": True}
+        dry = await client.post(url, json=body, headers=ADMIN)
+        assert dry.status_code == 200, dry.text
+        assert dry.json() == {
+            "matched": 30,
+            "by_country": {"BE": 10, "FR": 10, "MA": 10},
+            "by_action": {"letter": 15, "signature": 15},
+        }
+        assert await total(infra.database_url, case_id) == 50  # a dry run changes nothing
+
+        real = await client.post(url, json={**body, "dry_run": False}, headers=ADMIN)
+        assert real.status_code == 201, real.text
+        applied = real.json()
+        assert {k: applied[k] for k in ("matched", "by_country", "by_action")} == dry.json()
+        assert real.headers["location"] == f"{url}/{applied['id']}"
+        assert nonzero(await counters(infra.database_url, case_id)) == expected_counts(humans)
+
+        # It went through the log: the event is on signatures.v2, by the token's name.
+        logged = [
+            decode_signature_log_event(r.value)
+            for r in await read_topic(infra.kafka, topics.signatures, at_least=51)
+        ]
+        requested = [e for e in logged if e.type == "InvalidationRequested"]
+        assert [(str(e.invalidation_id), e.requested_by) for e in requested] == [(applied["id"], "admin")]
+
+        listed = (await client.get(url, headers=ADMIN)).json()["invalidations"]
+        assert [(i["id"], i["reason"], i["by"], i["matched"], i["revoked_at"]) for i in listed] == [
+            (applied["id"], "bot wave from one domain", "admin", 30, None)
+        ]
+
+        restored = await client.delete(f"{url}/{applied['id']}", headers=ADMIN)
+        assert restored.status_code == 200, restored.text
+        assert restored.json()["restored"] == dry.json() and restored.json()["revoked_by"] == "admin"
+        assert await counters(infra.database_url, case_id) == expected_counts([*bots, *humans])
+        again = await client.delete(f"{url}/{applied['id']}", headers=ADMIN)
+        assert again.status_code == 200 and again.json() == restored.json()  # idempotent
+        assert await counters(infra.database_url, case_id) == expected_counts([*bots, *humans])
+
+
+async def test_emails_are_matched_by_their_canonical_key_and_kept_nowhere(
+    tally: Any, tally_settings: TallySettings, topics: Topics, new_id: Any, infra: Any
+) -> None:
+    case_id = new_id("nawal")
+    url = f"/v1/admin/cases/{case_id}/invalidations"
+    async with tally(tally_settings) as (_, client):
+        await client.post("/v1/admin/cases", json=case_body(case_id), headers=ADMIN)
+        await produce(infra.kafka, topics.signatures, [signed(case_id, "abc@gmail.com"), *people(case_id, 3)])
+        await eventually(lambda: _counted(infra, case_id, 4), what="4 counted")
+        body = {"reason": "one person signed 40 names", "filter": {"emails": ["A.B.C+nawal@googlemail.com"]}}
+        real = await client.post(url, json=body, headers=ADMIN)
+        assert real.status_code == 201 and real.json()["matched"] == 1, real.text
+        assert "googlemail" not in real.text and "gmail" not in str(real.json()["filter"])
+        assert await total(infra.database_url, case_id) == 3
+
+
+async def test_the_routes_refuse_without_the_token_an_empty_filter_an_unknown_case_and_bad_fields(
+    tally: Any, tally_settings: TallySettings, new_id: Any, infra: Any
+) -> None:
+    case_id = new_id("nawal")
+    url = f"/v1/admin/cases/{case_id}/invalidations"
+    body = {"reason": "bots", "filter": BOTS}
+    async with tally(tally_settings) as (_, client):
+        await client.post("/v1/admin/cases", json=case_body(case_id), headers=ADMIN)
+        for headers in ({}, {"Authorization": "Bearer nope"}):
+            for refused in (
+                await client.post(url, json=body, headers=headers),
+                await client.get(url, headers=headers),
+                await client.delete(f"{url}/7f1c2a55-0d6e-4a57-9a53-6f4f0c3b9d11", headers=headers),
+            ):
+                assert refused.status_code == 401 and refused.headers["content-type"] == PROBLEM
+
+        empty = await client.post(url, json={"reason": "all", "filter": {}}, headers=ADMIN)
+        assert empty.status_code == 422 and empty.json()["errors"][0]["field"] == "filter", empty.text
+        unknown_case = await client.post(
+            f"/v1/admin/cases/{new_id()}/invalidations", json=body, headers=ADMIN
+        )
+        assert unknown_case.status_code == 404 and unknown_case.headers["content-type"] == PROBLEM
+        wrong_type = await client.post(
+            url, json={"reason": "bots", "filter": {"email_domains": "bot-farm.example"}}, headers=ADMIN
+        )
+        assert wrong_type.status_code == 422
+        assert [e["field"] for e in wrong_type.json()["errors"]] == ["filter.email_domains"]
+        typo = await client.post(
+            url, json={"reason": "bots", "filter": {"email_domain": ["x"]}}, headers=ADMIN
+        )
+        assert typo.status_code == 422 and typo.json()["errors"][0]["field"] == "filter.email_domain"
+        bad_date = await client.post(
+            url, json={"reason": "bots", "filter": {"received_from": "yesterday"}}, headers=ADMIN
+        )
+        assert bad_date.status_code == 422 and bad_date.json()["errors"][0]["field"] == "filter.received_from"
+        bad_email = await client.post(
+            url, json={"reason": "x", "filter": {"emails": ["not-an-address"]}}, headers=ADMIN
+        )
+        assert bad_email.status_code == 422 and bad_email.json()["errors"][0]["field"] == "filter.emails"
+        unknown = await client.delete(f"{url}/7f1c2a55-0d6e-4a57-9a53-6f4f0c3b9d11", headers=ADMIN)
+        assert unknown.status_code == 404 and unknown.headers["content-type"] == PROBLEM
+        listed = await client.get(url, headers=ADMIN)
+        assert listed.status_code == 200 and listed.json() == {"invalidations": []}  # nothing half-applied
