@@ -13,6 +13,7 @@ from tally.cases import CaseCreate, new_case
 from tally.counter_store import OFFSETS, PostgresCounterStore
 from tally.invalidations import SUPPORTERS_PER_EVENT, filter_predicate, is_empty, supporter_chunks
 from tally.metrics import TallyMetrics
+from tally.reconcile import check_counters
 
 from clameur.events import Action, InvalidationFilter
 from clameur.topics import Topics
@@ -100,6 +101,7 @@ async def test_the_dry_run_and_the_real_run_agree_counts_drop_exactly_and_a_rest
     taken = await outbox_events(pool, topics.case_events, case_id, "SupportersInvalidated")
     assert sorted(taken[0]["supporter_keys"]) == sorted(s.supporter_key for s in bots)
     assert (await invalidations.dry_run(pool, case_id, BOTS)).matched == 0  # nothing left to take
+    assert await check_counters(pool, cases=[case_id]) == []  # reconcile leaves the invalidated out
 
     await store.apply(batch(topics.signatures, [revoked(invalidation)], first_offset=66))
     assert await counters(infra.database_url, case_id) == expected_counts([*bots, *humans])
@@ -201,6 +203,7 @@ async def test_overlapping_invalidations_take_a_row_once_and_a_revocation_hands_
 
     await store.apply(batch(topics.signatures, [revoked(french)], first_offset=53))
     assert await counters(infra.database_url, case_id) == expected_counts([*bots, *humans])
+    assert await check_counters(pool, cases=[case_id]) == []
     last = await invalidations.applied(pool, case_id, french.invalidation_id)
     assert last is not None and last["restored"]["matched"] == len(french_bots) + len(french_humans)
 
