@@ -32,6 +32,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -359,6 +360,96 @@ async def _announce_restored(
 def _groups(rows: Sequence[asyncpg.Record]) -> list[tuple[str, str, int]]:
     counts = Counter((row["country"], row["action"]) for row in rows)
     return [(country, action, count) for (country, action), count in counts.items()]
+
+
+# -- the same, in memory: the rebuild's twin ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignatureFacts:
+    """What a filter reads of a counted signature (the columns of ``tally.signatures`` it matches)."""
+
+    case_id: str
+    supporter_key: str
+    action: str
+    country: str
+    received_at: datetime
+    email_domain: str | None = None
+    widget: str | None = None
+    page_url: str | None = None
+    partner: str | None = None
+
+
+def matches(invalidation_filter: InvalidationFilter, signature: SignatureFacts) -> bool:
+    """:func:`filter_predicate` in Python: every field given matches (an empty filter: nothing)."""
+    f = invalidation_filter
+    if is_empty(f):
+        return False
+    for values, value in (
+        (f.email_domains, signature.email_domain),
+        (f.widget_keys, signature.widget),
+        (f.partners, signature.partner),
+        (f.countries, signature.country),
+        (f.supporter_keys, signature.supporter_key),
+    ):
+        if values is not None and value not in values:
+            return False
+    if f.received_from is not None and not signature.received_at >= f.received_from:
+        return False
+    if f.received_until is not None and not signature.received_at < f.received_until:
+        return False
+    prefix = f.page_url_prefix
+    return prefix is None or (signature.page_url is not None and signature.page_url.startswith(prefix))
+
+
+@dataclass
+class InMemoryInvalidations:
+    """The rules of :func:`apply_invalidation_event` over signatures held in memory.
+
+    For a rebuild from the log (and the tests that hold the SQL to it): feed it every
+    signature when it is counted (:meth:`counted`), and every invalidation event in log
+    order (:meth:`apply`), which returns the counter deltas to add.
+    """
+
+    signatures: dict[tuple[str, str, str], SignatureFacts] = field(default_factory=dict)
+    held: dict[tuple[str, str, str], UUID] = field(default_factory=dict)
+    filters: dict[UUID, InvalidationFilter] = field(default_factory=dict)  # in the order applied
+    revoked: set[UUID] = field(default_factory=set)
+
+    def counted(self, signature: SignatureFacts) -> None:
+        self.signatures.setdefault((signature.case_id, signature.supporter_key, signature.action), signature)
+
+    def apply(self, event: InvalidationEvent) -> dict[CounterKey, int]:
+        """The counter deltas of one invalidation event (empty when it was applied already)."""
+        if isinstance(event, InvalidationRequested):
+            if event.invalidation_id in self.filters:
+                return {}
+            self.filters[event.invalidation_id] = event.filter
+            taken = [
+                key
+                for key, s in self.signatures.items()
+                if s.case_id == event.case_id and key not in self.held and matches(event.filter, s)
+            ]
+            self.held.update(dict.fromkeys(taken, event.invalidation_id))
+            return self._deltas(event.case_id, taken, -1)
+        if event.invalidation_id not in self.filters or event.invalidation_id in self.revoked:
+            return {}
+        self.revoked.add(event.invalidation_id)
+        ids = list(self.filters)
+        later = [i for i in ids[ids.index(event.invalidation_id) + 1 :] if i not in self.revoked]
+        given_back = []
+        for key in [key for key, holder in self.held.items() if holder == event.invalidation_id]:
+            heir = next((i for i in later if matches(self.filters[i], self.signatures[key])), None)
+            if heir is None:
+                del self.held[key]
+                given_back.append(key)
+            else:
+                self.held[key] = heir
+        return self._deltas(event.case_id, given_back, 1)
+
+    def _deltas(self, case_id: str, keys: list[tuple[str, str, str]], sign: int) -> dict[CounterKey, int]:
+        groups = Counter((self.signatures[key].country, self.signatures[key].action) for key in keys)
+        return counter_deltas(case_id, [(c, a, n) for (c, a), n in groups.items()], sign)
 
 
 # -- the admin API's reads and writes ------------------------------------------------------------

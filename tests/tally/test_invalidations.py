@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 from prometheus_client import CollectorRegistry
 from tally import invalidations
 from tally.case_store import PostgresCaseStore
 from tally.cases import CaseCreate, new_case
 from tally.counter_store import OFFSETS, PostgresCounterStore
-from tally.invalidations import SUPPORTERS_PER_EVENT, filter_predicate, is_empty, supporter_chunks
+from tally.counting import CounterKey
+from tally.invalidations import (
+    SUPPORTERS_PER_EVENT,
+    InMemoryInvalidations,
+    SignatureFacts,
+    counter_deltas,
+    filter_predicate,
+    is_empty,
+    supporter_chunks,
+)
 from tally.metrics import TallyMetrics
 from tally.reconcile import check_counters
 
-from clameur.events import Action, InvalidationFilter
+from clameur.events import Action, InvalidationFilter, InvalidationRequested, SignatureAccepted
 from clameur.topics import Topics
 from tests.tally.helpers import case_body, counters, supporter_key
 from tests.tally.invalidation_support import (
@@ -236,3 +248,83 @@ async def test_every_filter_field_narrows_and_emails_match_by_their_canonical_ke
     assert await matched(received_from=now - timedelta(minutes=90)) == 3
     assert await matched(received_from=now - timedelta(minutes=90), received_until=now) == 1  # half-open
     assert await matched(email_domains=("example.org",), countries=("MA",)) == 1
+
+
+def _facts(s: SignatureAccepted) -> SignatureFacts:
+    return SignatureFacts(
+        s.case_id,
+        s.supporter_key,
+        s.action.value,
+        s.country,
+        s.received_at,
+        s.email_domain,
+        s.source.widget,
+        s.source.page_url,
+        s.source.partner,
+    )
+
+
+def _random_filter(rng: random.Random, start: datetime) -> InvalidationFilter:
+    choices: dict[str, Any] = {
+        "email_domains": tuple(rng.sample(["a.example", "b.example", "c.example"], rng.randint(1, 2))),
+        "countries": tuple(rng.sample(["FR", "MA", "BE"], rng.randint(1, 2))),
+        "widget_keys": (rng.choice(["w1", "w2"]),),
+        "partners": (rng.choice(["amnesty", "hrw"]),),
+        "page_url_prefix": rng.choice(["https://p.example/", "https://p.example/nawal", "https://q.example"]),
+        "received_from": start + timedelta(seconds=rng.randint(0, 40)),
+        "received_until": start + timedelta(seconds=rng.randint(20, 60)),
+    }
+    names = rng.sample(sorted(choices), rng.randint(1, 2))
+    return InvalidationFilter(**{name: choices[name] for name in names})
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_the_sql_and_the_in_memory_twin_agree_on_random_logs(
+    seed: int, pool: asyncpg.Pool[Any], topics: Topics, new_id: Any, infra: Any
+) -> None:
+    """The rebuild's twin (:class:`InMemoryInvalidations`) and the SQL apply, on the same log:
+    overlapping filters, revocations in any order, replayed requests and duplicate signatures."""
+    rng = random.Random(seed)
+    case_id = new_id("nawal")
+    await _create(pool, topics, case_id, [])
+    start = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)
+    log: list[Any] = []
+    requests: list[InvalidationRequested] = []
+    for n in range(200):
+        if n % 20 == 19:
+            requests.append(requested(case_id, _random_filter(rng, start)))
+            log.append(requests[-1])
+        elif n % 30 == 29 and requests:
+            log.append(revoked(rng.choice(requests)))
+        else:
+            log.append(
+                signed(
+                    case_id,
+                    f"s{rng.randint(0, 120)}@{rng.choice(['a.example', 'b.example', 'c.example'])}",
+                    country=rng.choice(["FR", "MA", "BE"]),
+                    action=rng.choice([Action.SIGNATURE, Action.LETTER]),
+                    widget=rng.choice(["w1", "w2"]),
+                    partner=rng.choice([None, "amnesty", "hrw"]),
+                    page_url=rng.choice(["https://p.example/nawal", "https://q.example/x"]),
+                    received_at=start + timedelta(seconds=rng.randint(0, 60)),
+                )
+            )
+    log.append(requests[0])  # a request delivered twice
+
+    store, twin, expected = _store(pool, topics), InMemoryInvalidations(), Counter[CounterKey]()
+    offset = 0
+    while offset < len(log):
+        size = rng.randint(1, 25)
+        await store.apply(batch(topics.signatures, log[offset : offset + size], first_offset=offset))
+        offset += size
+    for event in log:
+        if isinstance(event, SignatureAccepted):
+            key = (event.case_id, event.supporter_key, event.action.value)
+            if key not in twin.signatures:
+                twin.counted(_facts(event))
+                expected.update(counter_deltas(case_id, [(event.country, event.action.value, 1)], 1))
+        else:
+            expected.update(twin.apply(event))
+    stored = await counters(infra.database_url, case_id)
+    assert nonzero(stored) == {(k.dimension, k.key): n for k, n in expected.items() if n}
+    assert len(twin.held) > 0 and stored[("total", "")] < len(twin.signatures)  # some are out
