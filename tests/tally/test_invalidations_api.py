@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+import httpx
+import orjson
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from tally.case_store import PostgresCaseStore
+from tally.cases import CaseCreate, new_case
+from tally.counter_store import PostgresCounterStore
+from tally.invalidation_api import InvalidationPorts, invalidation_router
+from tally.metrics import TallyMetrics
 from tally.settings import TallySettings
 
 from clameur.events import decode_signature_log_event
+from clameur.supporters import SupporterKeys
 from clameur.topics import Topics
+from clameur.web import install_problem_handlers
+from tests.conftest import TEST_ADMIN_TOKEN, TEST_SECRET
 from tests.support import eventually, read_topic
 from tests.tally.helpers import ADMIN, case_body, counters, produce, total
-from tests.tally.invalidation_support import bot_wave, expected_counts, nonzero, people, signed
+from tests.tally.invalidation_support import batch, bot_wave, expected_counts, nonzero, people, signed
 
 PROBLEM = "application/problem+json"
 BOTS = {"email_domains": ["Bot-Farm.example"]}
+_KEYS = SupporterKeys.from_master(TEST_SECRET)
 
 
 async def _counted(infra: Any, case_id: str, expected: int) -> bool:
@@ -131,3 +146,38 @@ async def test_the_routes_refuse_without_the_token_an_empty_filter_an_unknown_ca
         assert unknown.status_code == 404 and unknown.headers["content-type"] == PROBLEM
         listed = await client.get(url, headers=ADMIN)
         assert listed.status_code == 200 and listed.json() == {"invalidations": []}  # nothing half-applied
+
+
+async def test_a_request_not_applied_in_time_is_a_202_whose_location_shows_it_once_applied(
+    pool: asyncpg.Pool[Any], topics: Topics, new_id: Any, infra: Any
+) -> None:
+    """No consumer runs here: the request waits in the outbox, as behind a long backlog."""
+    case_id = new_id("nawal")
+    app = FastAPI()
+    install_problem_handlers(app)
+    ports = InvalidationPorts(pool, topics.signatures, lambda: None)
+    app.include_router(invalidation_router(lambda: ports, TEST_ADMIN_TOKEN, _KEYS, wait_s=0.3))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tally") as client:
+        request = CaseCreate.model_validate(case_body(case_id))
+        await PostgresCaseStore(pool, topics).create(new_case(request, datetime.now(UTC)))
+        store = PostgresCounterStore(pool, TallyMetrics(CollectorRegistry()), topics.case_events)
+        await store.apply(batch(topics.signatures, bot_wave(case_id, 9)))
+        body = {"reason": "bots", "filter": BOTS}
+        pending = await client.post(f"/v1/admin/cases/{case_id}/invalidations", json=body, headers=ADMIN)
+        assert pending.status_code == 202, pending.text
+        location = pending.headers["location"]
+        assert location.endswith(pending.json()["id"])
+        assert (await client.get(location, headers=ADMIN)).status_code == 404  # not applied yet
+        assert await total(infra.database_url, case_id) == 9  # the route changed no count itself
+
+        staged = await pool.fetchval(
+            "SELECT payload FROM tally.outbox WHERE topic = $1 "
+            "AND payload->>'type' = 'InvalidationRequested' AND payload->>'case_id' = $2",
+            topics.signatures,
+            case_id,
+        )
+        event = decode_signature_log_event(orjson.dumps(staged))
+        await store.apply(batch(topics.signatures, [event], first_offset=9))  # tally reaches it in the log
+        shown = await client.get(location, headers=ADMIN)
+        assert shown.status_code == 200 and shown.json()["matched"] == 9
+        assert await total(infra.database_url, case_id) == 0
