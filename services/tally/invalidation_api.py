@@ -156,31 +156,9 @@ def invalidation_router(
     async def invalidate(
         case_id: str, body: InvalidationRequest, by: Annotated[str, Depends(operator_name)]
     ) -> JSONResponse:
-        running = await known_case(case_id)
-        invalidation_filter = event_filter(body.filter, keys)
-        if invalidations.is_empty(invalidation_filter):
-            raise Problem(
-                422,
-                "The filter is empty: it would take out every signature of the case. "
-                "Name at least one field.",
-                errors=[{"field": "filter", "message": "name at least one field"}],
-            )
-        if body.dry_run:
-            matched = await invalidations.dry_run(running.pool, case_id, invalidation_filter)
-            return JSONResponse(matched.document())
-        event = InvalidationRequested(
-            invalidation_id=uuid.uuid4(),
-            case_id=case_id,
-            reason=body.reason,
-            filter=invalidation_filter,
-            requested_by=by,
+        return await _invalidate(
+            await known_case(case_id), case_id, body, event_filter(body.filter, keys), by, wait_s
         )
-        await invalidations.request(running.pool, running.signatures_topic, event)
-        running.wake_relay()
-        document = await _within(
-            wait_s, lambda: invalidations.applied(running.pool, case_id, event.invalidation_id)
-        )
-        return _answer(case_id, event.invalidation_id, document, 201)
 
     @router.get("/{case_id}/invalidations")
     async def listing(case_id: str) -> JSONResponse:
@@ -196,21 +174,60 @@ def invalidation_router(
     async def revoke(
         case_id: str, invalidation_id: UUID, by: Annotated[str, Depends(operator_name)]
     ) -> JSONResponse:
-        running = await known_case(case_id)
-        document = await _applied(running, case_id, invalidation_id)
-        if document["revoked_at"] is None:
-            event = InvalidationRevoked(invalidation_id=invalidation_id, case_id=case_id, revoked_by=by)
-            await invalidations.request(running.pool, running.signatures_topic, event)
-            running.wake_relay()
-
-            async def revoked() -> dict[str, Any] | None:
-                now = await invalidations.applied(running.pool, case_id, invalidation_id)
-                return now if now is not None and now["revoked_at"] is not None else None
-
-            return _answer(case_id, invalidation_id, await _within(wait_s, revoked), 200)
-        return JSONResponse(document)  # revoked already: the same answer again
+        return await _revoke(await known_case(case_id), case_id, invalidation_id, by, wait_s)
 
     return router
+
+
+async def _invalidate(
+    running: InvalidationPorts,
+    case_id: str,
+    body: InvalidationRequest,
+    invalidation_filter: InvalidationFilter,
+    by: str,
+    wait_s: float,
+) -> JSONResponse:
+    """A dry run's numbers now, or the request through the log and its applied numbers."""
+    if invalidations.is_empty(invalidation_filter):
+        raise Problem(
+            422,
+            "The filter is empty: it would take out every signature of the case. Name at least one field.",
+            errors=[{"field": "filter", "message": "name at least one field"}],
+        )
+    if body.dry_run:
+        matched = await invalidations.dry_run(running.pool, case_id, invalidation_filter)
+        return JSONResponse(matched.document())
+    event = InvalidationRequested(
+        invalidation_id=uuid.uuid4(),
+        case_id=case_id,
+        reason=body.reason,
+        filter=invalidation_filter,
+        requested_by=by,
+    )
+    await invalidations.request(running.pool, running.signatures_topic, event)
+    running.wake_relay()
+    document = await _within(
+        wait_s, lambda: invalidations.applied(running.pool, case_id, event.invalidation_id)
+    )
+    return _answer(case_id, event.invalidation_id, document, 201)
+
+
+async def _revoke(
+    running: InvalidationPorts, case_id: str, invalidation_id: UUID, by: str, wait_s: float
+) -> JSONResponse:
+    """The revocation through the log and what it gave back; revoked already: the same answer again."""
+    document = await _applied(running, case_id, invalidation_id)
+    if document["revoked_at"] is not None:
+        return JSONResponse(document)
+    event = InvalidationRevoked(invalidation_id=invalidation_id, case_id=case_id, revoked_by=by)
+    await invalidations.request(running.pool, running.signatures_topic, event)
+    running.wake_relay()
+
+    async def revoked() -> dict[str, Any] | None:
+        now = await invalidations.applied(running.pool, case_id, invalidation_id)
+        return now if now is not None and now["revoked_at"] is not None else None
+
+    return _answer(case_id, invalidation_id, await _within(wait_s, revoked), 200)
 
 
 async def _applied(running: InvalidationPorts, case_id: str, invalidation_id: UUID) -> dict[str, Any]:
