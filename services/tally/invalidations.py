@@ -43,10 +43,11 @@ from clameur.events import (
     InvalidationFilter,
     InvalidationRequested,
     InvalidationRevoked,
+    SignatureAccepted,
     SupportersInvalidated,
     SupportersRestored,
 )
-from tally.counting import CounterKey, deltas_of_groups
+from tally.counting import Countable, CounterKey, deltas_of_groups
 from tally.outbox import Connection, stage, stage_many
 
 logger = logging.getLogger(__name__)
@@ -378,6 +379,30 @@ class SignatureFacts:
     widget: str | None = None
     page_url: str | None = None
     partner: str | None = None
+
+
+def facts_of(signature: Countable) -> SignatureFacts:
+    """What a filter reads of a signature (a decoded ``CountedSignature`` carries no source)."""
+    if isinstance(signature, SignatureAccepted):
+        source = signature.source
+        return SignatureFacts(
+            signature.case_id,
+            signature.supporter_key,
+            signature.action.value,
+            signature.country,
+            signature.received_at,
+            signature.email_domain,
+            source.widget,
+            source.page_url,
+            source.partner,
+        )
+    return SignatureFacts(
+        signature.case_id,
+        signature.supporter_key,
+        signature.action.value,
+        signature.country,
+        signature.received_at,
+    )
 
 
 def matches(invalidation_filter: InvalidationFilter, signature: SignatureFacts) -> bool:

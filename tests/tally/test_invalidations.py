@@ -18,8 +18,8 @@ from tally.counting import CounterKey
 from tally.invalidations import (
     SUPPORTERS_PER_EVENT,
     InMemoryInvalidations,
-    SignatureFacts,
     counter_deltas,
+    facts_of,
     filter_predicate,
     is_empty,
     supporter_chunks,
@@ -250,20 +250,6 @@ async def test_every_filter_field_narrows_and_emails_match_by_their_canonical_ke
     assert await matched(email_domains=("example.org",), countries=("MA",)) == 1
 
 
-def _facts(s: SignatureAccepted) -> SignatureFacts:
-    return SignatureFacts(
-        s.case_id,
-        s.supporter_key,
-        s.action.value,
-        s.country,
-        s.received_at,
-        s.email_domain,
-        s.source.widget,
-        s.source.page_url,
-        s.source.partner,
-    )
-
-
 def _random_filter(rng: random.Random, start: datetime) -> InvalidationFilter:
     choices: dict[str, Any] = {
         "email_domains": tuple(rng.sample(["a.example", "b.example", "c.example"], rng.randint(1, 2))),
@@ -321,7 +307,7 @@ async def test_the_sql_and_the_in_memory_twin_agree_on_random_logs(
         if isinstance(event, SignatureAccepted):
             key = (event.case_id, event.supporter_key, event.action.value)
             if key not in twin.signatures:
-                twin.counted(_facts(event))
+                twin.counted(facts_of(event))
                 expected.update(counter_deltas(case_id, [(event.country, event.action.value, 1)], 1))
         else:
             expected.update(twin.apply(event))
