@@ -29,18 +29,20 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from clameur.database import create_pool
+from clameur.events import InvalidationRequested, InvalidationRevoked
 from clameur.settings import ClameurSettings
-from tally.counter_store import OFFSETS
+from tally.counter_store import OFFSETS, LogRecord, decode_log_record
 from tally.counting import (
     ACTION,
     COUNTRY,
     TOTAL,
+    Countable,
     CounterKey,
     Drift,
     InMemoryTally,
-    decode_countable,
     drift,
 )
+from tally.invalidations import InMemoryInvalidations, facts_of
 
 
 def expected_counters(groups: Collection[tuple[str, str, str, int]]) -> dict[CounterKey, int]:
@@ -115,7 +117,7 @@ async def rebuild_counters(
 async def _replay(
     bootstrap: str, topic: str, until: Mapping[int, int], cases: list[str] | None
 ) -> tuple[InMemoryTally, int, int]:
-    tally = InMemoryTally()
+    tally, taken_out = InMemoryTally(), InMemoryInvalidations()
     records = poisoned = 0
     wanted = set(cases) if cases is not None else None
     consumer = AIOKafkaConsumer(
@@ -136,25 +138,39 @@ async def _replay(
             fetched = await consumer.getmany(*remaining, timeout_ms=1000, max_records=5000)
             for tp, chunk in fetched.items():
                 end = until[tp.partition]
-                signatures = []
+                events: list[LogRecord] = []
                 for record in chunk:
                     if record.offset >= end:
                         break
                     records += 1
                     try:
-                        signature = decode_countable(record.value or b"")
+                        event = decode_log_record(record.value or b"")
                     except ValueError:
                         poisoned += 1  # the live tally sent it to the DLQ: it counts nowhere
                         continue
-                    if wanted is None or signature.case_id in wanted:
-                        signatures.append(signature)
-                tally.add(signatures)
+                    if wanted is None or event.case_id in wanted:
+                        events.append(event)
+                _fold(tally, taken_out, events)
             for tp in list(remaining):
                 if await consumer.position(tp) >= until[tp.partition]:
                     remaining.discard(tp)
     finally:
         await consumer.stop()
     return tally, records, poisoned
+
+
+def _fold(tally: InMemoryTally, taken_out: InMemoryInvalidations, events: list[LogRecord]) -> None:
+    """Count the signatures and apply the invalidations in log order, as the live tally does."""
+    run: list[Countable] = []
+    for event in [*events, None]:
+        if event is None or isinstance(event, InvalidationRequested | InvalidationRevoked):
+            for new in tally.add(run):
+                taken_out.counted(facts_of(new))
+            run = []
+            if event is not None:
+                tally.counters.update(taken_out.apply(event))
+        else:
+            run.append(event)
 
 
 def _report(drifts: list[Drift]) -> None:

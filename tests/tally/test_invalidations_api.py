@@ -15,6 +15,7 @@ from tally.cases import CaseCreate, new_case
 from tally.counter_store import PostgresCounterStore
 from tally.invalidation_api import InvalidationPorts, invalidation_router
 from tally.metrics import TallyMetrics
+from tally.reconcile import check_counters, rebuild_counters
 from tally.settings import TallySettings
 
 from clameur.events import decode_signature_log_event
@@ -181,3 +182,29 @@ async def test_a_request_not_applied_in_time_is_a_202_whose_location_shows_it_on
         shown = await client.get(location, headers=ADMIN)
         assert shown.status_code == 200 and shown.json()["matched"] == 9
         assert await total(infra.database_url, case_id) == 0
+
+
+async def test_a_rebuild_from_the_log_agrees_after_invalidations_and_a_restore(
+    tally: Any,
+    tally_settings: TallySettings,
+    topics: Topics,
+    new_id: Any,
+    infra: Any,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    case_id = new_id("nawal")
+    url = f"/v1/admin/cases/{case_id}/invalidations"
+    async with tally(tally_settings) as (_, client):
+        await client.post("/v1/admin/cases", json=case_body(case_id), headers=ADMIN)
+        await produce(infra.kafka, topics.signatures, [*bot_wave(case_id, 20), *people(case_id, 10)])
+        await eventually(lambda: _counted(infra, case_id, 30), what="30 counted")
+        bots = await client.post(url, json={"reason": "bots", "filter": BOTS}, headers=ADMIN)
+        french = await client.post(url, json={"reason": "FR", "filter": {"countries": ["FR"]}}, headers=ADMIN)
+        assert (bots.status_code, french.status_code) == (201, 201)
+        assert (await client.delete(f"{url}/{bots.json()['id']}", headers=ADMIN)).status_code == 200
+        await produce(infra.kafka, topics.signatures, bot_wave(case_id, 25)[20:])  # after them in the log
+        await eventually(lambda: _counted(infra, case_id, 35 - 12), what="the late bots counted")
+    rebuilt = await rebuild_counters(pool, infra.kafka, topics.signatures, cases=[case_id])
+    assert rebuilt.records == 38 and rebuilt.poisoned == 0  # 35 signatures, 3 invalidation events
+    assert rebuilt.drifts == []
+    assert await check_counters(pool, cases=[case_id]) == []
