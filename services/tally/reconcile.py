@@ -10,7 +10,9 @@ commits both or neither, so a running tally causes no false drift.  ``--fix`` fi
 the counters against writers (SHARE ROW EXCLUSIVE); batches wait and then add to the
 fixed values.  ``--rebuild`` reads the stored offsets and counters in one snapshot, then
 replays each partition of ``signatures.v1`` from the beginning *up to its stored offset*,
-deduplicating by the same key as the live tally: the two must agree exactly.
+deduplicating by the same key as the live tally and applying invalidations at their place
+in the log (:class:`tally.invalidations.InMemoryInvalidations`): the two must agree exactly.
+Signatures taken out by an invalidation are in neither count.
 
 Exit codes: 0 no drift (or drift fixed), 1 drift, 2 cannot run (settings, unreachable).
 """

@@ -18,7 +18,7 @@ from tally.metrics import TallyMetrics
 from tally.reconcile import check_counters, rebuild_counters
 from tally.settings import TallySettings
 
-from clameur.events import decode_signature_log_event
+from clameur.events import SupportersInvalidated, decode_case_event, decode_signature_log_event
 from clameur.supporters import SupporterKeys
 from clameur.topics import Topics
 from clameur.web import install_problem_handlers
@@ -73,6 +73,12 @@ async def test_a_dry_run_then_a_real_run_then_a_restore_through_the_log(
         ]
         requested = [e for e in logged if e.type == "InvalidationRequested"]
         assert [(str(e.invalidation_id), e.requested_by) for e in requested] == [(applied["id"], "admin")]
+
+        notices = [
+            decode_case_event(r.value) for r in await read_topic(infra.kafka, topics.case_events, at_least=1)
+        ]
+        taken = [n for n in notices if isinstance(n, SupportersInvalidated)]
+        assert sorted(k for n in taken for k in n.supporter_keys) == sorted(s.supporter_key for s in bots)
 
         listed = (await client.get(url, headers=ADMIN)).json()["invalidations"]
         assert [(i["id"], i["reason"], i["by"], i["matched"], i["revoked_at"]) for i in listed] == [
