@@ -149,6 +149,13 @@ async def test_the_routes_refuse_without_the_token_an_empty_filter_an_unknown_ca
             url, json={"reason": "x", "filter": {"emails": ["not-an-address"]}}, headers=ADMIN
         )
         assert bad_email.status_code == 422 and bad_email.json()["errors"][0]["field"] == "filter.emails"
+        backwards = {"received_from": "2026-11-30T10:00:00Z", "received_until": "2026-11-30T09:00:00+00:00"}
+        window = await client.post(url, json={"reason": "x", "filter": backwards}, headers=ADMIN)
+        assert window.status_code == 422 and window.json()["errors"][0]["field"] == "filter", window.text
+        naive = await client.post(
+            url, json={"reason": "x", "filter": {"received_from": "2026-11-30T10:00"}}, headers=ADMIN
+        )
+        assert naive.status_code == 422 and naive.json()["errors"][0]["field"] == "filter.received_from"
         unknown = await client.delete(f"{url}/7f1c2a55-0d6e-4a57-9a53-6f4f0c3b9d11", headers=ADMIN)
         assert unknown.status_code == 404 and unknown.headers["content-type"] == PROBLEM
         listed = await client.get(url, headers=ADMIN)
