@@ -178,13 +178,11 @@ async def apply_invalidation_event(
     Idempotent: an invalidation (or revocation) already recorded changes nothing.
     """
     if isinstance(event, InvalidationRequested):
-        return await _take_out(connection, event, case_events_topic, add_to_counters)
+        return await _take_out(connection, event, case_events_topic)
     return await _give_back(connection, event, case_events_topic, add_to_counters)
 
 
-async def _take_out(
-    connection: Connection, event: InvalidationRequested, topic: str, add_to_counters: AddToCounters
-) -> Applied:
+async def _take_out(connection: Connection, event: InvalidationRequested, topic: str) -> Applied:
     known = await connection.fetchval(
         "SELECT 1 FROM tally.invalidations WHERE id = $1", event.invalidation_id
     )
