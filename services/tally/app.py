@@ -40,6 +40,7 @@ from tally.case_store import CaseStore, PostgresCaseStore
 from tally.counter_store import PostgresCounterStore
 from tally.counting import SignatureLogRecord, decode_log_record
 from tally.expiry import PendingExpiry
+from tally.invalidation_api import InvalidationPorts, admin_keys, invalidation_router
 from tally.metrics import SERVICE, TallyMetrics
 from tally.outbox import OutboxRelay
 from tally.public_api import public_router
@@ -80,6 +81,7 @@ def create_app(settings: TallySettings) -> FastAPI:
     app.include_router(
         admin_router(lambda: started.tally.cases, settings.admin_token, lambda: started.tally.reader)
     )
+    app.include_router(invalidation_router(lambda: started.tally.invalidations, *admin_keys(settings)))
     app.include_router(operations_router(registry, readiness_checks(started)))
     app.add_middleware(CORSMiddleware, **_PUBLIC_READS_CORS)
     app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry, SERVICE))
@@ -94,6 +96,7 @@ class Tally:
     producer: AIOKafkaProducer
     cases: CaseStore
     reader: CaseReader
+    invalidations: InvalidationPorts
 
 
 class Started:
@@ -141,7 +144,11 @@ async def started_tally(
         await producer.start()
         stack.push_async_callback(producer.stop)
         relay = OutboxRelay(
-            pool, producer, [topics.cases, topics.case_events], metrics, poll_s=settings.tally_relay_poll_s
+            pool,
+            producer,
+            [topics.cases, topics.case_events, topics.signatures],
+            metrics,
+            poll_s=settings.tally_relay_poll_s,
         )
         counter_store = PostgresCounterStore(
             pool,
@@ -166,6 +173,7 @@ async def started_tally(
             producer,
             PostgresCaseStore(pool, topics, on_outbox_written=relay.wake),
             PostgresCaseReader(pool, cache_s=settings.tally_read_cache_s),
+            InvalidationPorts(pool, topics.signatures, relay.wake),
         )
 
 

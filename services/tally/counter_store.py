@@ -2,9 +2,9 @@
 
 A batch of signatures.v2 is applied in log order, in one transaction with its offsets:
 runs of consecutive signatures by the set-based path below, every other event by its
-step in :data:`EVENT_STEPS` (confirmation, rejection, erasure; invalidations plug in
-there).  Counter changes of every step gather in one :class:`BatchEffects` and are
-written once, at the end, with the milestones they cross.
+step in :data:`EVENT_STEPS` (confirmation, rejection, erasure, invalidation and its
+revocation: :mod:`tally.invalidations`).  Counter changes of every step gather in one
+:class:`BatchEffects` and are written once, at the end, with the milestones they cross.
 
 Per batch, whatever its size: one COPY of the signatures into a temporary table and one
 INSERT from it (``ON CONFLICT DO NOTHING RETURNING`` says which are new, grouped by
@@ -41,6 +41,8 @@ from clameur.consumer import Batch
 from clameur.events import (
     CaseStatus,
     Event,
+    InvalidationRequested,
+    InvalidationRevoked,
     MilestoneReached,
     SignatureAccepted,
     SignatureConfirmed,
@@ -59,6 +61,7 @@ from tally.counting import (
     counted,
     milestones_crossed,
 )
+from tally.invalidations import apply_invalidation, apply_revocation
 from tally.metrics import TallyMetrics
 from tally.outbox import Connection, stage_many
 from tally.settings import CrashPoint
@@ -196,7 +199,8 @@ class BatchEffects:
     milestones they cross).  ``counted`` holds newly counted signatures by (case,
     country, action), ``by_receipt`` those counted at once by millisecond of receipt
     (their latency), ``signatures`` how many the batch held, ``new_signatures`` every
-    signature row inserted (counted or pending).
+    signature row inserted (counted or pending), ``notices`` the outbox rows steps staged
+    (the relay is woken for them).
     """
 
     expiry: timedelta
@@ -209,20 +213,31 @@ class BatchEffects:
     confirmed: int = 0
     rejected: int = 0
     erased: int = 0
+    invalidated: int = 0
+    restored: int = 0
+    notices: int = 0
     milestones: int = 0
 
     def count(self, case_id: str, country: str, action: str, signatures: int) -> None:
-        """``signatures`` more counted in (case, country, action)."""
+        """``signatures`` newly counted in (case, country, action)."""
         self.counted[(case_id, country, action)] += signatures
-        self.deltas[CounterKey(case_id, TOTAL, "")] += signatures
-        self.deltas[CounterKey(case_id, COUNTRY, country)] += signatures
-        self.deltas[CounterKey(case_id, ACTION, action)] += signatures
+        self._move(case_id, country, action, signatures)
 
     def uncount(self, case_id: str, country: str, action: str, signatures: int) -> None:
         """``signatures`` counted ones leave (case, country, action): an invalidation."""
-        self.deltas[CounterKey(case_id, TOTAL, "")] -= signatures
-        self.deltas[CounterKey(case_id, COUNTRY, country)] -= signatures
-        self.deltas[CounterKey(case_id, ACTION, action)] -= signatures
+        self._move(case_id, country, action, -signatures)
+
+    def restore(self, case_id: str, country: str, action: str, signatures: int) -> None:
+        """``signatures`` taken out come back to (case, country, action): a revoked invalidation.
+
+        The same counters and milestone rule as :meth:`count`; not new signatures for the metrics.
+        """
+        self._move(case_id, country, action, signatures)
+
+    def _move(self, case_id: str, country: str, action: str, signatures: int) -> None:
+        self.deltas[CounterKey(case_id, TOTAL, "")] += signatures
+        self.deltas[CounterKey(case_id, COUNTRY, country)] += signatures
+        self.deltas[CounterKey(case_id, ACTION, action)] += signatures
 
     def pend(self, case_id: str, signatures: int) -> None:
         """``signatures`` more (or fewer, if negative) awaiting confirmation in the case."""
@@ -287,7 +302,8 @@ EVENT_STEPS: dict[type, EventStep] = {
     SignatureConfirmed: apply_confirmed,
     SignaturesRejected: apply_rejected,
     SupporterErased: apply_erased,
-    # InvalidationRequested / InvalidationRevoked: tally.invalidations adds its steps here.
+    InvalidationRequested: apply_invalidation,
+    InvalidationRevoked: apply_revocation,
 }
 """The apply step of each event type of signatures.v2 other than ``SignatureAccepted``."""
 
@@ -457,10 +473,12 @@ class PostgresCounterStore:
         metrics.signatures_confirmed.inc(effects.confirmed)
         metrics.pending_rejected.inc(effects.rejected)
         metrics.signatures_erased.inc(effects.erased)
+        metrics.signatures_invalidated.inc(effects.invalidated)
+        metrics.signatures_restored.inc(effects.restored)
         if effects.milestones:
             metrics.milestones_emitted.inc(effects.milestones)
-            if self._on_outbox_written is not None:
-                self._on_outbox_written()
+        if (effects.milestones or effects.notices) and self._on_outbox_written is not None:
+            self._on_outbox_written()
 
     async def _count(self, connection: Connection, deltas: dict[CounterKey, int]) -> int:
         """Add ``deltas`` to the counters and stage the milestones crossed; returns how many."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Annotated, Literal, NamedTuple, TypeAlias, TypeVar
 from uuid import UUID, uuid4
@@ -19,6 +19,7 @@ import msgspec
 
 from clameur.events import (
     Action,
+    InvalidationFilter,
     InvalidationRequested,
     InvalidationRevoked,
     SignatureAccepted,
@@ -306,6 +307,122 @@ def case_counts(counters: Iterable[tuple[str, str, int]]) -> CaseCounts:
     return CaseCounts(total, by_country, by_action, pending)
 
 
+@dataclass(frozen=True)
+class SignatureFacts:
+    """What a filter reads of a counted signature (the columns of ``tally.signatures`` it matches)."""
+
+    case_id: str
+    supporter_key: str
+    action: str
+    country: str
+    received_at: datetime
+    email_domain: str | None = None
+    widget: str | None = None
+    page_url: str | None = None
+    partner: str | None = None
+
+
+def facts_of(signature: Countable) -> SignatureFacts:
+    """What a filter reads of a signature: the columns tally stores of it."""
+    s = counted(signature)
+    return SignatureFacts(
+        s.case_id,
+        s.supporter_key,
+        s.action.value,
+        s.country,
+        s.received_at,
+        s.email_domain,
+        s.widget,
+        s.page_url,
+        s.partner,
+    )
+
+
+def is_empty(invalidation_filter: InvalidationFilter) -> bool:
+    """Whether the filter names nothing: it would take out every signature of the case."""
+    return all(value is None for value in invalidation_filter.model_dump().values())
+
+
+def matches(invalidation_filter: InvalidationFilter, signature: SignatureFacts) -> bool:
+    """:func:`filter_predicate` in Python: every field given matches (an empty filter: nothing)."""
+    f = invalidation_filter
+    if is_empty(f):
+        return False
+    for values, value in (
+        (f.email_domains, signature.email_domain),
+        (f.widget_keys, signature.widget),
+        (f.partners, signature.partner),
+        (f.countries, signature.country),
+        (f.supporter_keys, signature.supporter_key),
+    ):
+        if values is not None and value not in values:
+            return False
+    if f.received_from is not None and not signature.received_at >= f.received_from:
+        return False
+    if f.received_until is not None and not signature.received_at < f.received_until:
+        return False
+    prefix = f.page_url_prefix
+    return prefix is None or (signature.page_url is not None and signature.page_url.startswith(prefix))
+
+
+@dataclass
+class InMemoryInvalidations:
+    """The rules of :mod:`tally.invalidations` over signatures held in memory.
+
+    For a rebuild from the log (and the tests that hold the SQL to it): feed it every
+    signature when it is counted (:meth:`counted`), and every invalidation event in log
+    order (:meth:`apply`), which returns the counter deltas to add.
+    """
+
+    signatures: dict[tuple[str, str, str], SignatureFacts] = field(default_factory=dict)
+    held: dict[tuple[str, str, str], UUID] = field(default_factory=dict)
+    filters: dict[UUID, InvalidationFilter] = field(default_factory=dict)  # in the order applied
+    revoked: set[UUID] = field(default_factory=set)
+
+    def counted(self, signature: SignatureFacts) -> None:
+        self.signatures.setdefault((signature.case_id, signature.supporter_key, signature.action), signature)
+
+    def erase(self, supporter_key: str) -> None:
+        """The supporter's signatures get markers of their own, as the rows do."""
+        for key in [key for key in self.signatures if key[1] == supporter_key]:
+            marked = (key[0], f"erased:{uuid4().hex}", key[2])
+            self.signatures[marked] = replace(self.signatures.pop(key), supporter_key=marked[1])
+            if key in self.held:
+                self.held[marked] = self.held.pop(key)
+
+    def apply(self, event: InvalidationRequested | InvalidationRevoked) -> dict[CounterKey, int]:
+        """The counter deltas of one invalidation event (empty when it was applied already)."""
+        if isinstance(event, InvalidationRequested):
+            if event.invalidation_id in self.filters:
+                return {}
+            self.filters[event.invalidation_id] = event.filter
+            taken = [
+                key
+                for key, s in self.signatures.items()
+                if s.case_id == event.case_id and key not in self.held and matches(event.filter, s)
+            ]
+            self.held.update(dict.fromkeys(taken, event.invalidation_id))
+            return self._deltas(event.case_id, taken, -1)
+        if event.invalidation_id not in self.filters or event.invalidation_id in self.revoked:
+            return {}
+        self.revoked.add(event.invalidation_id)
+        ids = list(self.filters)
+        later = [i for i in ids[ids.index(event.invalidation_id) + 1 :] if i not in self.revoked]
+        given_back = []
+        for key in [key for key, holder in self.held.items() if holder == event.invalidation_id]:
+            heir = next((i for i in later if matches(self.filters[i], self.signatures[key])), None)
+            if heir is None:
+                del self.held[key]
+                given_back.append(key)
+            else:
+                self.held[key] = heir
+        return self._deltas(event.case_id, given_back, 1)
+
+    def _deltas(self, case_id: str, keys: list[tuple[str, str, str]], sign: int) -> dict[CounterKey, int]:
+        groups = Counter((case_id, self.signatures[key].country, self.signatures[key].action) for key in keys)
+        return {key: sign * count for key, count in deltas_of_groups(groups).items()}
+
+
 @dataclass
 class InMemoryTally:
     """The log folded in memory by the counter store's rules: the rebuild's tally, the tests' reference.
@@ -313,7 +430,8 @@ class InMemoryTally:
     Signatures awaiting confirmation wait in ``pending`` (by case and supporter) until a
     ``SignatureConfirmed`` within ``expiry`` of their receipt counts them; a rejection
     drops them; an erasure re-keys the supporter's signatures with a marker of their own.
-    Invalidations are not folded here yet (tally.invalidations).
+    Invalidations and their revocations take out and give back counted signatures by the
+    rules of :class:`InMemoryInvalidations`, which sees every signature as it is counted.
     """
 
     counters: Counter[CounterKey] = field(default_factory=Counter)
@@ -321,6 +439,7 @@ class InMemoryTally:
     pending: dict[tuple[str, str], dict[str, CountedSignature]] = field(default_factory=dict)
     confirmed: set[tuple[str, str]] = field(default_factory=set)
     expiry: timedelta = timedelta(days=30)
+    invalidations: InMemoryInvalidations = field(default_factory=InMemoryInvalidations)
 
     def add(self, signatures: Iterable[S]) -> list[S]:
         """Count the signatures not counted (nor pending) yet; returns those it counted at once."""
@@ -333,8 +452,7 @@ class InMemoryTally:
                 self.pending.setdefault(supporter, {})[key.action] = counted(signature)
                 continue
             new.append(signature)
-        self.counted.update(supporter_action(signature) for signature in new)
-        self.counters.update(counter_deltas(new))
+        self._count(new)
         return new
 
     def apply(self, records: Iterable[SignatureLogRecord]) -> None:
@@ -352,6 +470,8 @@ class InMemoryTally:
                 self.pending.pop((record.case_id, record.supporter_key), None)
             elif isinstance(record, SupporterErased):
                 self._erase(record.supporter_key)
+            else:
+                self.counters.update(self.invalidations.apply(record))
         self.add(run)
 
     def _confirm(self, confirmation: SignatureConfirmed) -> None:
@@ -359,9 +479,13 @@ class InMemoryTally:
         self.confirmed.add(supporter)
         waiting = self.pending.pop(supporter, {})
         oldest = confirmation.occurred_at - self.expiry
-        new = [signature for signature in waiting.values() if signature.received_at >= oldest]
+        self._count([signature for signature in waiting.values() if signature.received_at >= oldest])
+
+    def _count(self, new: Sequence[Countable]) -> None:
         self.counted.update(supporter_action(signature) for signature in new)
         self.counters.update(counter_deltas(new))
+        for signature in new:
+            self.invalidations.counted(facts_of(signature))
 
     def _erase(self, supporter_key: str) -> None:
         for key in [key for key in self.counted if key.supporter_key == supporter_key]:
@@ -370,6 +494,7 @@ class InMemoryTally:
         for supporter in [s for s in self.pending if s[1] == supporter_key]:
             self.pending[(supporter[0], f"erased:{uuid4().hex}")] = self.pending.pop(supporter)
         self.confirmed = {s for s in self.confirmed if s[1] != supporter_key}
+        self.invalidations.erase(supporter_key)
 
     def as_mapping(self) -> Mapping[CounterKey, int]:
         return {key: count for key, count in self.counters.items() if count}

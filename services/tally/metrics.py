@@ -40,6 +40,16 @@ class TallyMetrics:
             "Signature rows re-keyed with an unlinkable marker (their supporter asked to be forgotten).",
             registry=registry,
         )
+        self.signatures_invalidated = Counter(
+            "clameur_tally_signatures_invalidated",
+            "Counted signatures taken back out of the counts by an invalidation.",
+            registry=registry,
+        )
+        self.signatures_restored = Counter(
+            "clameur_tally_signatures_restored",
+            "Invalidated signatures given back to the counts by a revocation.",
+            registry=registry,
+        )
         self.duplicates = Counter(
             "clameur_tally_duplicates", "Records that were already counted.", registry=registry
         )

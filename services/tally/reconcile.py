@@ -10,7 +10,8 @@ commits both or neither, so a running tally causes no false drift.  ``--fix`` fi
 the counters against writers (SHARE ROW EXCLUSIVE); batches wait and then add to the
 fixed values.  ``--rebuild`` reads the stored offsets and counters in one snapshot, then
 replays each partition of ``signatures.v2`` from the beginning *up to its stored offset*,
-folding it by the same rules as the live tally (:class:`tally.counting.InMemoryTally`):
+folding it by the same rules as the live tally (:class:`tally.counting.InMemoryTally`,
+invalidations and revocations included, at their place in the log):
 the two must agree exactly on total, countries and actions.  ``pending`` is checked
 against the stored rows only (the expiry job drops them by wall-clock time, which a
 replay cannot know).
@@ -50,9 +51,9 @@ from tally.counting import (
 )
 from tally.settings import TallySettings
 
-# What the stored rows say the counters are.  The place where invalidated rows leave the
-# counts: tally.invalidations adds its condition to COUNTED_ROWS.
-COUNTED_ROWS = "state = 'counted'"
+# What the stored rows say the counters are: a row taken out by an invalidation is in
+# neither the counts nor ``pending``.
+COUNTED_ROWS = "state = 'counted' AND invalidation_id IS NULL"
 _EXPECTED = f"""
 SELECT case_id, state, country, action, count(*) AS signatures FROM tally.signatures
 WHERE ($1::text[] IS NULL OR case_id = ANY($1::text[])) AND (state = 'pending' OR ({COUNTED_ROWS}))
