@@ -146,12 +146,14 @@ RETURNING 1
 """
 
 # Every row of the supporter, in every case, gets a marker of its own: the rows can no
-# longer be linked to the address, nor to each other.  Counts do not move.
+# longer be linked to the address, nor to each other.  The email domain goes too: a domain
+# only one supporter uses would name them.  Counts do not move.
 _ERASE = """
 WITH forgotten AS (
     DELETE FROM tally.confirmed_supporters WHERE supporter_key = $1
 )
-UPDATE tally.signatures SET supporter_key = 'erased:' || replace(gen_random_uuid()::text, '-', '')
+UPDATE tally.signatures
+SET supporter_key = 'erased:' || replace(gen_random_uuid()::text, '-', ''), email_domain = NULL
 WHERE supporter_key = $1
 RETURNING 1
 """

@@ -383,10 +383,12 @@ class InMemoryInvalidations:
         self.signatures.setdefault((signature.case_id, signature.supporter_key, signature.action), signature)
 
     def erase(self, supporter_key: str) -> None:
-        """The supporter's signatures get markers of their own, as the rows do."""
+        """The supporter's signatures get markers of their own and lose their email domain, as the rows do."""
         for key in [key for key in self.signatures if key[1] == supporter_key]:
             marked = (key[0], f"erased:{uuid4().hex}", key[2])
-            self.signatures[marked] = replace(self.signatures.pop(key), supporter_key=marked[1])
+            self.signatures[marked] = replace(
+                self.signatures.pop(key), supporter_key=marked[1], email_domain=None
+            )
             if key in self.held:
                 self.held[marked] = self.held.pop(key)
 

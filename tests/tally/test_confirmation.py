@@ -227,6 +227,10 @@ async def test_an_erased_supporter_is_re_keyed_and_still_counts(
         signature(cases[0], "bob@example.org"),
     )
     before = [await counters(infra.database_url, case_id) for case_id in cases]
+    domains = (
+        "SELECT count(*) FROM tally.signatures WHERE case_id = ANY($1::text[]) AND email_domain IS NOT NULL"
+    )
+    assert await pool.fetchval(domains, cases) == 4  # proof the domains were stored before the erasure
     erasure = SupporterErased(erasure_id=uuid4(), supporter_key=key)
     await tally.apply(erasure)
     await tally.apply(erasure)  # it comes once per partition: the second finds nothing
@@ -238,6 +242,8 @@ async def test_an_erased_supporter_is_re_keyed_and_still_counts(
         cases,
     )
     assert len({row["supporter_key"] for row in markers}) == 3  # unlinkable, even to each other
+    # A domain only one supporter uses would name them: the erased rows keep none; bob's stays.
+    assert await pool.fetchval(domains, cases) == 1
     assert [await counters(infra.database_url, case_id) for case_id in cases] == before
     for case_id in cases:
         await _no_drift(pool, case_id)
