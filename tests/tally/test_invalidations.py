@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +15,7 @@ from tally import invalidations
 from tally.case_store import PostgresCaseStore
 from tally.cases import CaseCreate, new_case
 from tally.counter_store import OFFSETS, PostgresCounterStore
-from tally.counting import CounterKey
+from tally.counting import CounterKey, InMemoryTally
 from tally.invalidations import (
     SUPPORTERS_PER_EVENT,
     InMemoryInvalidations,
@@ -27,7 +28,14 @@ from tally.invalidations import (
 from tally.metrics import TallyMetrics
 from tally.reconcile import check_counters
 
-from clameur.events import Action, InvalidationFilter, InvalidationRequested, SignatureAccepted
+from clameur.events import (
+    Action,
+    InvalidationFilter,
+    InvalidationRequested,
+    SignatureAccepted,
+    SignatureConfirmed,
+    SupporterErased,
+)
 from clameur.topics import Topics
 from tests.tally.helpers import case_body, counters, supporter_key
 from tests.tally.invalidation_support import (
@@ -314,3 +322,30 @@ async def test_the_sql_and_the_in_memory_twin_agree_on_random_logs(
     stored = await counters(infra.database_url, case_id)
     assert nonzero(stored) == {(k.dimension, k.key): n for k, n in expected.items() if n}
     assert len(twin.held) > 0 and stored[("total", "")] < len(twin.signatures)  # some are out
+
+
+def test_the_rebuilds_one_fold_applies_invalidations_among_confirmations_and_erasures() -> None:
+    """InMemoryTally folds invalidations at their place in the log: a signature confirmed
+    after an invalidation is not taken, an erased supporter loses the domain a successor's
+    filter would match, and a revocation gives back exactly what no later one holds."""
+    first = requested("c", InvalidationFilter(email_domains=("bot-farm.example",)))
+    second = requested("c", InvalidationFilter(email_domains=("bot-farm.example",)))
+    bots = [signed("c", f"bot{n}@bot-farm.example") for n in range(4)]
+    late = bots[3].model_copy(update={"awaits_confirmation": True})
+    tally = InMemoryTally()
+    tally.apply([*bots[:3], late, first])
+    assert tally.as_mapping() == {}  # the three counted bots taken out; the pending one waits
+    tally.apply(
+        [
+            SignatureConfirmed(case_id="c", supporter_key=late.supporter_key),  # counted after `first`
+            SupporterErased(erasure_id=uuid.uuid4(), supporter_key=bots[0].supporter_key),
+            second,  # takes only the late one
+            revoked(first),  # bots 1 and 2 pass to `second`; bot 0 has no domain left: back
+        ]
+    )
+    assert dict(tally.as_mapping()) == {
+        CounterKey("c", "total", ""): 1,
+        CounterKey("c", "country", "FR"): 1,
+        CounterKey("c", "action", "signature"): 1,
+    }
+    assert sorted(tally.invalidations.held.values()) == [second.invalidation_id] * 3

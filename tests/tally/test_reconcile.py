@@ -14,10 +14,11 @@ from tally.counting import CounterKey
 from tally.reconcile import check_counters, expected_counters, rebuild_counters
 from tally.settings import TallySettings
 
-from clameur.events import SignatureConfirmed, SignaturesRejected, SupporterErased
+from clameur.events import InvalidationFilter, SignatureConfirmed, SignaturesRejected, SupporterErased
 from clameur.topics import Topics
 from tests.support import ROOT, eventually
 from tests.tally.helpers import counters, many, produce, signature, supporter_key, total
+from tests.tally.invalidation_support import requested, revoked
 
 
 def test_expected_counters_fold_the_groups() -> None:
@@ -126,3 +127,50 @@ async def test_reconcile_and_a_rebuild_agree_after_confirmations_rejections_and_
 
 async def _stored_at_least(pool: asyncpg.Pool[Any], topic: str, expected: int) -> bool:
     return sum((await OFFSETS.read(pool, topic)).values()) >= expected
+
+
+async def test_one_fold_agrees_after_confirmations_erasure_overlapping_invalidations_and_a_restore(
+    tally: Any,
+    tally_settings: TallySettings,
+    topics: Topics,
+    infra: Any,
+    pool: asyncpg.Pool[Any],
+    new_id: Any,
+) -> None:
+    """Confirmations, a rejection, an erasure of a supporter an invalidation holds, two
+    invalidations over the same domain and the first revoked: the live counts, the recount
+    and the rebuild's one fold (InMemoryTally with its InMemoryInvalidations) agree."""
+    case_id = new_id("atena")
+    bots = [f"{new_id('bot')}@bot-farm.example" for _ in range(12)]
+    first = requested(case_id, InvalidationFilter(email_domains=("bot-farm.example",)))
+    second = requested(case_id, InvalidationFilter(email_domains=("bot-farm.example",)))
+    log: list[Any] = [
+        *(signature(case_id, email, country="IR", awaits_confirmation=True) for email in bots),
+        *many(case_id, 10),  # counted at once, example.org
+        *(SignatureConfirmed(case_id=case_id, supporter_key=supporter_key(e)) for e in bots[:10]),
+        first,  # takes the 10 confirmed bots
+        SupporterErased(erasure_id=uuid4(), supporter_key=supporter_key(bots[0])),  # its domain goes
+        SignatureConfirmed(case_id=case_id, supporter_key=supporter_key(bots[10])),  # counted after `first`
+        second,  # takes bots[10] only: the others are held by `first`
+        revoked(first),  # bots[1:10] pass to `second`; bots[0], no domain left, counts again
+        SignaturesRejected(case_id=case_id, supporter_key=supporter_key(bots[11])),
+    ]
+    async with tally(tally_settings):
+        await produce(infra.kafka, topics.signatures, log)
+        await eventually(
+            lambda: _stored_at_least(pool, topics.signatures, len(log) + 2),  # the erasure: 3 partitions
+            within=20,
+            what="the log applied",
+        )
+    held = await pool.fetch(
+        "SELECT invalidation_id, count(*) AS n FROM tally.signatures WHERE case_id = $1 "
+        "AND invalidation_id IS NOT NULL GROUP BY invalidation_id",
+        case_id,
+    )
+    assert {row["invalidation_id"]: row["n"] for row in held} == {second.invalidation_id: 10}
+    live = await counters(infra.database_url, case_id)
+    assert (live[("total", "")], live[("country", "IR")], live.get(("pending", ""), 0)) == (11, 1, 0)
+    assert await check_counters(pool, cases=[case_id]) == []
+    rebuilt = await rebuild_counters(pool, infra.kafka, topics.signatures, cases=[case_id])
+    assert rebuilt.records == len(log) + 2  # proof the whole log, invalidations included, was replayed
+    assert (rebuilt.drifts, rebuilt.counted) == ([], 21)
