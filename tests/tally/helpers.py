@@ -10,7 +10,7 @@ import asyncpg
 import httpx
 from tally.counter_store import OFFSETS
 
-from clameur.events import Action, SignatureAccepted, SignatureLogEvent
+from clameur.events import Action, SignatureAccepted, SignatureLogEvent, SignatureSource
 from clameur.kafka import create_producer
 from clameur.supporters import SupporterKeys
 from tests.conftest import TEST_ADMIN_TOKEN, TEST_SECRET
@@ -33,7 +33,9 @@ def signature(
     action: Action = Action.SIGNATURE,
     received_at: datetime | None = None,
     awaits_confirmation: bool = False,
+    source: SignatureSource | None = None,
 ) -> SignatureAccepted:
+    """A schema 2 signature of ``email``: its supporter key and domain, never the address."""
     return SignatureAccepted(
         case_id=case_id,
         action=action,
@@ -42,6 +44,7 @@ def signature(
         supporter_key=supporter_key(email),
         email_domain=email.rpartition("@")[2].strip().lower(),
         awaits_confirmation=awaits_confirmation,
+        source=source or SignatureSource(),
         received_at=received_at or datetime.now(UTC),
     )
 

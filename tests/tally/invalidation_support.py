@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -18,7 +18,7 @@ from clameur.events import (
     SignatureAccepted,
     SignatureSource,
 )
-from tests.tally.helpers import supporter_key
+from tests.tally.helpers import signature
 
 LogEvent = SignatureAccepted | InvalidationRequested | InvalidationRevoked
 
@@ -34,16 +34,14 @@ def signed(
     partner: str | None = None,
     received_at: datetime | None = None,
 ) -> SignatureAccepted:
-    """A schema 2 signature of ``email`` (its domain recorded, the address not)."""
-    return SignatureAccepted(
-        case_id=case_id,
-        action=action,
+    """A schema 2 signature of ``email`` from a widget and page (:func:`tests.tally.helpers.signature`)."""
+    return signature(
+        case_id,
+        email,
         country=country,
-        locale="fr",
-        supporter_key=supporter_key(email),
-        email_domain=email.rpartition("@")[2].lower(),
+        action=action,
+        received_at=received_at,
         source=SignatureSource(widget=widget, page_url=page_url, partner=partner),
-        received_at=received_at or datetime.now(UTC),
     )
 
 
