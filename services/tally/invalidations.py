@@ -214,20 +214,9 @@ async def apply_invalidation(
         matched.by_country,
         matched.by_action,
     )
-    notices = [
-        (
-            event.case_id,
-            SupportersInvalidated(
-                event_id=notice_event_id(event.invalidation_id, "invalidated", n),
-                case_id=event.case_id,
-                invalidation_id=event.invalidation_id,
-                supporter_keys=chunk,
-            ),
-            f"invalidated:{event.invalidation_id}:{n}",
-        )
-        for n, chunk in enumerate(supporter_chunks(row["supporter_key"] for row in taken))
-    ]
-    effects.notices += await stage_many(connection, effects.case_events_topic, notices)
+    effects.notices += await _announce_invalidated(
+        connection, event, effects.case_events_topic, [row["supporter_key"] for row in taken]
+    )
     logger.info("invalidation applied", extra={"case_id": event.case_id, "matched": matched.matched})
 
 
@@ -306,6 +295,26 @@ async def _hand_over(connection: Connection, event: InvalidationRevoked, applied
             event.invalidation_id,
             *parameters,
         )
+
+
+async def _announce_invalidated(
+    connection: Connection, event: InvalidationRequested, topic: str, supporter_keys: Sequence[str]
+) -> int:
+    """Stage ``SupportersInvalidated`` for the supporters taken out, in chunks; returns the rows staged."""
+    notices: list[tuple[str, Event, str | None]] = [
+        (
+            event.case_id,
+            SupportersInvalidated(
+                event_id=notice_event_id(event.invalidation_id, "invalidated", n),
+                case_id=event.case_id,
+                invalidation_id=event.invalidation_id,
+                supporter_keys=chunk,
+            ),
+            f"invalidated:{event.invalidation_id}:{n}",
+        )
+        for n, chunk in enumerate(supporter_chunks(supporter_keys))
+    ]
+    return await stage_many(connection, topic, notices)
 
 
 async def _announce_restored(
