@@ -20,6 +20,36 @@ class TallyMetrics:
             ["action"],
             registry=registry,
         )
+        self.signatures_confirmed = Counter(
+            "clameur_tally_signatures_confirmed",
+            "Pending signatures counted because their supporter confirmed.",
+            registry=registry,
+        )
+        self.pending_rejected = Counter(
+            "clameur_tally_pending_rejected",
+            "Pending signatures dropped because their address's owner refused them.",
+            registry=registry,
+        )
+        self.pending_expired = Counter(
+            "clameur_tally_pending_expired",
+            "Pending signatures dropped by the expiry job (never confirmed in time).",
+            registry=registry,
+        )
+        self.signatures_erased = Counter(
+            "clameur_tally_signatures_erased",
+            "Signature rows re-keyed with an unlinkable marker (their supporter asked to be forgotten).",
+            registry=registry,
+        )
+        self.signatures_invalidated = Counter(
+            "clameur_tally_signatures_invalidated",
+            "Counted signatures taken back out of the counts by an invalidation.",
+            registry=registry,
+        )
+        self.signatures_restored = Counter(
+            "clameur_tally_signatures_restored",
+            "Invalidated signatures given back to the counts by a revocation.",
+            registry=registry,
+        )
         self.duplicates = Counter(
             "clameur_tally_duplicates", "Records that were already counted.", registry=registry
         )

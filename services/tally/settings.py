@@ -15,7 +15,7 @@ class TallySettings(ClameurSettings):
     """Everything tally reads from ``CLAMEUR_*`` at start."""
 
     tally_port: int = 8002
-    tally_group_id: str = Field(default="tally", description="consumer group of signatures.v1")
+    tally_group_id: str = Field(default="tally", description="consumer group of signatures.v2")
     tally_batch_max_records: int = Field(default=5000, ge=1, description="records per batch, at most")
     tally_batch_max_wait_s: float = Field(
         default=0.25, gt=0, description="how long a batch waits to fill once it has a record"
@@ -46,6 +46,17 @@ class TallySettings(ClameurSettings):
             "announces no milestone again on the live topics"
         ),
     )
+    confirmation_expiry_s: float = Field(
+        default=30 * 24 * 3600,
+        gt=0,
+        description="a pending signature counts if confirmed within this long of its receipt (30 days)",
+    )
+    tally_expiry_grace_s: float = Field(
+        default=24 * 3600,
+        ge=0,
+        description="the expiry job drops pending signatures this long after they can no longer count",
+    )
+    tally_expiry_interval_s: float = Field(default=60, gt=0, description="how often the expiry job runs")
     tally_crash_at: CrashPoint | None = Field(
         default=None,
         description=(

@@ -19,9 +19,19 @@ from tally.reconcile import check_counters
 from tally.settings import TallySettings
 
 from clameur.database import create_pool
+from clameur.events import SignatureConfirmed
 from clameur.topics import Topics
 from tests.support import ServiceProcess, eventually, metric, settings_from
-from tests.tally.helpers import counters, many, produce, scrape, signature, stored_offsets, total
+from tests.tally.helpers import (
+    counters,
+    many,
+    produce,
+    scrape,
+    signature,
+    stored_offsets,
+    supporter_key,
+    total,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -197,3 +207,54 @@ async def _total_is_at(dsn: str, case_id: str, expected: int) -> bool:
         return await total(dsn, case_id) == expected
     except (OSError, asyncpg.PostgresError):
         return False
+
+
+@pytest.mark.parametrize("crash_at", ["before_db_commit", "after_db_commit"])
+async def test_kill_9_mid_way_through_confirmations_then_replay_counts_each_once(
+    crash_at: str, tally_env: dict[str, str], topics: Topics, infra: Any, new_id: Any, tmp_path: Path
+) -> None:
+    case_id = new_id("atena")
+    emails = [f"{new_id('supporter')}@example.org" for _ in range(200)]
+    pending = [signature(case_id, email, awaits_confirmation=True) for email in emails]
+    confirmations = [_confirmation(case_id, email) for email in emails]
+    env = {**tally_env, "CLAMEUR_TALLY_BATCH_MAX_RECORDS": "100"}
+    doomed = ServiceProcess("tally", {**env, "CLAMEUR_TALLY_CRASH_AT": crash_at}, tmp_path).start()
+    try:
+        await produce(infra.kafka, topics.signatures, [*pending, *confirmations])
+        exit_code = await asyncio.to_thread(doomed.wait_exit, 60)
+    finally:
+        doomed.kill()
+    assert exit_code == -signal.SIGKILL, doomed.tail()
+    applied_at_crash = await stored_offsets(infra.database_url, topics.signatures)
+    counted_at_crash = await total(infra.database_url, case_id)
+    if crash_at == "before_db_commit":
+        assert applied_at_crash == 0 and counted_at_crash == 0
+    else:
+        assert 0 < applied_at_crash < 400  # mid-way: one batch committed, the rest not read yet
+
+    survivor = ServiceProcess("tally", env, tmp_path).start()
+    try:
+        await eventually(lambda: _total_is(infra, case_id, 200), within=30, what="200 confirmed and counted")
+        # Replays of confirmations and signatures already applied: they count nothing.
+        await produce(infra.kafka, topics.signatures, [*confirmations[:100], *pending[:50]])
+        replayed = 400 - applied_at_crash + 150
+        await eventually(
+            lambda: _applied_at_least(scrape(survivor.url), replayed),
+            within=30,
+            what=f"{replayed} records applied",
+        )
+        survivor_metrics = await scrape(survivor.url)
+    finally:
+        survivor.stop()
+    # Proof the replays were read: the survivor applied every record the crash left and
+    # the 150 again, found the 50 signatures stored, and confirmed only what the crashed
+    # instance had not.
+    assert metric(survivor_metrics, "clameur_tally_duplicates_total") >= 50
+    assert metric(survivor_metrics, "clameur_tally_signatures_confirmed_total") == 200 - counted_at_crash
+    found = await counters(infra.database_url, case_id)
+    assert (found[("total", "")], found[("pending", "")], found[("action", "signature")]) == (200, 0, 200)
+    await _no_drift(infra.database_url, [case_id])
+
+
+def _confirmation(case_id: str, email: str) -> SignatureConfirmed:
+    return SignatureConfirmed(case_id=case_id, supporter_key=supporter_key(email))

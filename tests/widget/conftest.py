@@ -159,6 +159,7 @@ class WidgetStack:
             "actions": ["signature"],
             "default_locale": "fr",
             "target": "Ministère de l'Intérieur du Maroc",
+            "confirmation": "none",  # counted at once: these tests are not about confirmation
             **changes,
         }
         created = httpx.post(f"{self.tally}/v1/admin/cases", headers=ADMIN, json=body, timeout=10)
