@@ -25,13 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from clameur.events import Contact, SignatureAccepted
@@ -336,6 +336,10 @@ class PartitionLanes:
     times); off for keys seen about once (supporter keys), where the memo would only churn.
     """
 
+    # What ``create_producer`` leaves the producer with; a key's partition is computed
+    # once per partition count and remembered (the hash is pure Python).
+    _partitioner = DefaultPartitioner()
+
     def __init__(
         self, producer: AIOKafkaProducer, topic: str, ack_timeout: float, *, remember_keys: bool = True
     ) -> None:
@@ -370,12 +374,13 @@ class PartitionLanes:
 
     def _partition(self, key: bytes) -> int:
         if not self._remember_keys:
-            return default_partition(key, self._ordered)
+            return int(self._partitioner(key, self._ordered, self._ordered))
         partition = self._partition_of.get(key)
         if partition is None:
             if len(self._partition_of) >= _MAX_KEYS_REMEMBERED:
                 self._partition_of.clear()
-            partition = default_partition(key, self._ordered)
+            # As the producer calls it: (key, all partitions by id, those available).
+            partition = int(self._partitioner(key, self._ordered, self._ordered))
             self._partition_of[key] = partition
         return partition
 
@@ -433,43 +438,6 @@ class PartitionLanes:
 
 
 _MAX_KEYS_REMEMBERED = 100_000
-
-
-def default_partition(key: bytes, partitions: list[int]) -> int:
-    """The partition aiokafka's ``DefaultPartitioner`` (what ``create_producer`` leaves the
-    producer with, as Java's) gives ``key`` among ``partitions`` (sorted by id, all available)."""
-    return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
-
-
-_M = 0x5BD1E995
-_MASK = 0xFFFFFFFF
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 of ``data``, the same number as ``aiokafka.partitioner.murmur2``.
-
-    Twice as fast (the words unpacked at once, fewer masks): every contact has a new key
-    (its supporter's), so its hash is computed per request.  tests/intake/test_publisher.py
-    holds the two side by side.
-    """
-    length = len(data)
-    h = 0x9747B28C ^ length
-    words = length >> 2
-    for word in struct.unpack_from(f"<{words}I", data) if words else ():
-        k = (word * _M) & _MASK
-        k = ((k ^ (k >> 24)) * _M) & _MASK
-        h = ((h * _M) & _MASK) ^ k
-    tail = length & 3
-    if tail:
-        base = length & ~3
-        if tail >= 3:
-            h ^= data[base + 2] << 16
-        if tail >= 2:
-            h ^= data[base + 1] << 8
-        h = ((h ^ data[base]) * _M) & _MASK
-    h ^= h >> 13
-    h = (h * _M) & _MASK
-    return h ^ (h >> 15)
 
 
 class _Lane:

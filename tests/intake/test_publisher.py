@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -12,8 +11,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.partitioner import murmur2 as aiokafka_murmur2
-from intake.publisher import PartitionLanes, murmur2
+from intake.publisher import PartitionLanes
 
 from clameur.events import (
     CaseClosed,
@@ -117,14 +115,6 @@ def _partitioner(lanes: PartitionLanes) -> Callable[[bytes], int]:
     partition_of = lanes.partitioner()
     assert partition_of is not None
     return partition_of
-
-
-def test_our_murmur2_is_aiokafkas() -> None:
-    rng = random.Random(14)
-    keys = [rng.randbytes(rng.randrange(0, 100)) for _ in range(5_000)]
-    keys += [b"", b"a", b"ab", b"abc", b"abcd", bytes(range(256)), b"\xff" * 67, ("cd" * 32).encode()]
-    for key in keys:
-        assert murmur2(key) == aiokafka_murmur2(key), key
 
 
 def test_partitions_are_the_default_partitioners_even_when_partitions_are_added() -> None:
