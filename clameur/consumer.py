@@ -253,9 +253,12 @@ class BatchDecoder(Generic[T]):
         metrics: ConsumerMetrics,
         read_slice: int,
         retrying: Retrying[None],
+        decode_record: Callable[[ConsumerRecord[bytes, bytes]], T] | None = None,
     ) -> None:
         self._topic = topic
         self._decode = decode
+        # A compacted topic's reader needs the key and the null value of a tombstone.
+        self._decode_record = decode_record
         self._dlq_producer = dlq_producer
         self._read_slice = read_slice
         self._retrying = retrying
@@ -272,9 +275,12 @@ class BatchDecoder(Generic[T]):
                 await asyncio.sleep(0)  # let the applier run
             next_offsets[record.partition] = max(next_offsets.get(record.partition, 0), record.offset + 1)
             try:
-                if record.value is None:
+                if self._decode_record is not None:
+                    event = self._decode_record(record)
+                elif record.value is None:
                     raise ValueError("record has no value")
-                event = decode(record.value)
+                else:
+                    event = decode(record.value)
             except Exception as error:  # noqa: BLE001 - any decoding failure is poison, set aside
                 poisoned += 1
                 await self._set_aside(record, error)
@@ -572,7 +578,9 @@ class LagReport:
 class BatchConsumer(Generic[T]):
     """Reads ``topic`` in a consumer group and hands decoded batches to ``applier``.
 
-    ``decode`` turns the raw value into an event and raises on poison.  ``lag`` (a gauge
+    ``decode`` turns the raw value into an event and raises on poison; ``decode_record``,
+    when given, is used instead and sees the whole record (key, and a null value: the
+    tombstones of a compacted topic).  ``lag`` (a gauge
     labelled by ``partition``) is set after each batch to high-water mark minus the
     stored offset.  ``clock`` bounds the time spent gathering a batch.
     """
@@ -591,8 +599,10 @@ class BatchConsumer(Generic[T]):
         lag: Gauge | None = None,
         client_id: str = "clameur",
         clock: Clock = time.monotonic,
+        decode_record: Callable[[ConsumerRecord[bytes, bytes]], T] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.decode_record = decode_record
         self.topic = topic
         self.group_id = group_id
         self.decode = decode
@@ -632,7 +642,13 @@ class BatchConsumer(Generic[T]):
         self._started.set()
         reader = BatchReader(consumer, self.limits, self._clock, self._stopping.is_set)
         decoder = BatchDecoder(
-            self.topic, self.decode, self.dlq_producer, self.metrics, self.limits.read_slice, self._retrying
+            self.topic,
+            self.decode,
+            self.dlq_producer,
+            self.metrics,
+            self.limits.read_slice,
+            self._retrying,
+            self.decode_record,
         )
         # One batch waits here while another is applied: reading overlaps the database.
         ready: asyncio.Queue[_Read[T] | None] = asyncio.Queue(maxsize=1)
