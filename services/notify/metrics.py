@@ -38,7 +38,15 @@ class NotifyMetrics:
         self.unsubscribes = Counter(
             "clameur_notify_unsubscribes", "Unsubscriptions.", ["scope"], registry=registry
         )
-        for kind in ("milestone", "victory"):
+        self.confirmation_links = Counter(
+            "clameur_notify_confirmation_links",
+            "Confirm and reject links acted on (events published), by action.",
+            ["action"],
+            registry=registry,
+        )
+        for action in ("confirm", "reject"):
+            self.confirmation_links.labels(action)
+        for kind in ("milestone", "victory", "confirmation", "reminder"):
             self.attempts.labels(kind)
             self.sent.labels(kind)
             for reason in ("temporary", "permanent"):

@@ -1,4 +1,4 @@
-"""What notify runs between start and stop: its connections and its five loops.
+"""What notify runs between start and stop: its connections and its six loops.
 
 :class:`NotifyLifespan` opens the connections once (:class:`Connections`), starts the
 loops (:class:`Loops`) and, on shutdown, drains them in the order that loses nothing:
@@ -23,18 +23,19 @@ from fastapi import FastAPI
 
 from clameur.consumer import BatchApplier, BatchConsumer, BatchLimits, ConsumerMetrics
 from clameur.database import create_pool
-from clameur.events import CaseEvent, SignatureAccepted, decode_case_event, decode_signature
+from clameur.events import CaseEvent, Event, SignatureLogEvent, decode_case_event, decode_signature_log_event
 from clameur.kafka import create_producer
 from clameur.web import ReadinessCheck
+from notify.contacts import ContactCipher, ContactRecord, ContactsApplier, decode_contact_record
 from notify.ledger import CaseNewsApplier, DeliveryLedger, Preferences, SupporterListApplier
-from notify.messages import MessageRenderer, SenderIdentity, Templates
+from notify.messages import ConfirmationRenderer, MessageRenderer, SenderIdentity, Templates
 from notify.metrics import NotifyMetrics
 from notify.progress import TopicEnds, supporters_caught_up
 from notify.retries import RateLimiter
 from notify.sending import FanOut, Sender, SendingOptions
 from notify.settings import NotifySettings
 from notify.smtp import SmtpPool
-from notify.tokens import TokenSigner
+from notify.tokens import ConfirmationSigner, TokenSigner
 
 if TYPE_CHECKING:
     import asyncpg
@@ -57,6 +58,8 @@ class NotifyParts:
     consumer_metrics: ConsumerMetrics
     templates: Templates
     signer: TokenSigner
+    confirmation_signer: ConfirmationSigner
+    cipher: ContactCipher
     preferences: Preferences
     """Given its pool when the connections open (the routes hold it from the start)."""
 
@@ -69,6 +72,7 @@ class Connections:
     producer: AIOKafkaProducer
     ends: TopicEnds
     transport: SmtpPool
+    contact_ends: TopicEnds
 
 
 @contextlib.asynccontextmanager
@@ -91,33 +95,55 @@ async def open_connections(settings: NotifySettings) -> AsyncIterator[Connection
         ends = TopicEnds(settings.kafka, settings.topics.signatures)
         await ends.start()
         opened.push_async_callback(ends.stop)
-        yield Connections(pool, producer, ends, transport)
+        contact_ends = TopicEnds(settings.kafka, settings.topics.contacts)
+        await contact_ends.start()
+        opened.push_async_callback(contact_ends.stop)
+        yield Connections(pool, producer, ends, transport, contact_ends)
 
 
 class Loops:
-    """Notify's background loops: two consumers, the fan-out, the sender, the pending gauge."""
+    """Notify's background loops: three consumers, the fan-out, the sender, the pending gauge."""
 
     def __init__(self, parts: NotifyParts, connections: Connections) -> None:
         settings, pool, metrics = parts.settings, connections.pool, parts.metrics
         topics = settings.topics
-        self.ledger = DeliveryLedger(pool)
+        self.ledger = DeliveryLedger(pool, parts.cipher.open)
         self.metrics = metrics
         prefix = settings.topic_prefix
         supporters = SupporterListApplier(
             pool, f"{prefix}notify-supporters", on_recorded=metrics.supporters_recorded.inc
         )
         news = CaseNewsApplier(pool, f"{prefix}notify-deliveries")
-        self.supporters: BatchConsumer[SignatureAccepted] = _consumer(
-            parts, connections, topics.signatures, supporters, decode_signature, BatchLimits(max_records=2000)
+        self.supporters: BatchConsumer[SignatureLogEvent] = _consumer(
+            parts,
+            connections,
+            topics.signatures,
+            supporters,
+            decode_signature_log_event,
+            BatchLimits(max_records=2000),
+        )
+        contacts = ContactsApplier(pool, f"{prefix}notify-contacts", parts.cipher)
+        self.contacts: BatchConsumer[ContactRecord] = BatchConsumer(
+            bootstrap=settings.kafka,
+            topic=topics.contacts,
+            group_id=f"{prefix}notify-contacts",
+            decode=_never,
+            decode_record=decode_contact_record,
+            applier=contacts,
+            dlq_producer=connections.producer,
+            metrics=parts.consumer_metrics,
+            limits=BatchLimits(max_records=2000),
+            client_id=CLIENT_ID,
         )
         self.case_news: BatchConsumer[CaseEvent] = _consumer(
             parts, connections, topics.case_events, news, decode_case_event, BatchLimits()
         )
         self.fan_out = FanOut(
             self.ledger,
-            supporters_caught_up(connections.ends, supporters),
+            supporters_caught_up(connections.ends, supporters, (connections.contact_ends, contacts)),
             grace_s=settings.notify_fanout_grace_s,
             idle_poll_s=settings.notify_idle_poll_s,
+            reminder_after_s=settings.confirmation_reminder_s,
         )
         self.sender = _sender(parts, connections.transport, self.ledger)
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -126,6 +152,7 @@ class Loops:
         self._tasks = {
             "supporters": asyncio.create_task(self.supporters.run(), name="notify-supporters"),
             "case-news": asyncio.create_task(self.case_news.run(), name="notify-case-news"),
+            "contacts": asyncio.create_task(self.contacts.run(), name="notify-contacts"),
             "fan-out": asyncio.create_task(self.fan_out.run(), name="notify-fan-out"),
             "sender": asyncio.create_task(self.sender.run(), name="notify-sender"),
             "pending": asyncio.create_task(watch_pending(self.ledger, self.metrics), name="notify-pending"),
@@ -145,8 +172,10 @@ class Loops:
         await _finish(self._tasks["fan-out"], "fan-out")
         self.supporters.stop()
         self.case_news.stop()
+        self.contacts.stop()
         await _finish(self._tasks["supporters"], "supporters consumer")
         await _finish(self._tasks["case-news"], "case news consumer")
+        await _finish(self._tasks["contacts"], "contacts consumer")
         self._tasks["pending"].cancel()
         await asyncio.gather(self._tasks["pending"], return_exceptions=True)
 
@@ -199,7 +228,26 @@ def _sender(parts: NotifyParts, transport: SmtpPool, ledger: DeliveryLedger) -> 
         settings.email_retries,
         RateLimiter(settings.notify_rate_per_s, time.monotonic, burst=settings.notify_concurrency),
         options,
+        confirmations=ConfirmationRenderer(
+            parts.templates, identity, parts.confirmation_signer, settings.confirmation_expiry_s
+        ),
     )
+
+
+def _never(value: bytes) -> ContactRecord:
+    raise AssertionError("contacts.v1 is decoded whole (decode_record)")
+
+
+def signatures_publisher(
+    settings: NotifySettings, running: Callable[[], Running]
+) -> Callable[[Event, str], Any]:
+    """Publish on signatures.v2 through notify's producer, waiting for the ack."""
+
+    async def publish(event: Event, key: str) -> None:
+        producer = running().connections.producer
+        await producer.send_and_wait(settings.topics.signatures, event.to_json(), key=key.encode())
+
+    return publish
 
 
 async def watch_pending(ledger: DeliveryLedger, metrics: NotifyMetrics, every_s: float = 5.0) -> None:

@@ -103,6 +103,16 @@ class NotifySettings(ClameurSettings):
         ge=0,
         description="wait this long after an event before fanning out (late signatures land)",
     )
+    confirmation_expiry_s: float = Field(
+        default=30 * 24 * 3600.0,
+        gt=0,
+        description="a confirm or reject link works this long after its email",
+    )
+    confirmation_reminder_s: float = Field(
+        default=48 * 3600.0,
+        gt=0,
+        description="one reminder goes this long after an unanswered confirmation email",
+    )
     notify_ready_checks_smtp: bool = False
     notify_crash_after_smtp: bool = Field(
         default=False, description="test only: die with SIGKILL after the first accepted email"
