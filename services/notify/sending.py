@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import random
@@ -70,6 +71,34 @@ class _Job:
     delivery: ClaimedDelivery
     news: CaseNews | None
     """``None`` for a confirmation or a reminder (no case event behind it)."""
+
+
+class _Jobs:
+    """Claimed jobs waiting for a worker: confirmations and reminders first, then claim order.
+
+    The claim already takes them first; this keeps a confirmation claimed while a batch of
+    news waits here from queueing behind it.  ``None`` (a worker's stop) comes last.
+    """
+
+    def __init__(self) -> None:
+        self._queue: asyncio.PriorityQueue[tuple[int, int, _Job | None]] = asyncio.PriorityQueue()
+        self._order = itertools.count()
+
+    def put_nowait(self, job: _Job | None) -> None:
+        priority = 2 if job is None else 0 if job.news is None else 1
+        self._queue.put_nowait((priority, next(self._order), job))
+
+    async def get(self) -> _Job | None:
+        return (await self._queue.get())[2]
+
+    def get_nowait(self) -> _Job | None:
+        return self._queue.get_nowait()[2]
+
+    def qsize(self) -> int:
+        return self._queue.qsize()
+
+    def empty(self) -> bool:
+        return self._queue.empty()
 
 
 @dataclass
@@ -137,7 +166,7 @@ class Sender:
         self._stopping.set()
 
     async def run(self) -> None:
-        queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        queue = _Jobs()
         workers = [asyncio.create_task(self._work(queue)) for _ in range(self.options.concurrency)]
         recorder = asyncio.create_task(self._record_continuously())
         try:
@@ -155,7 +184,7 @@ class Sender:
             await asyncio.gather(recorder, return_exceptions=True)
             await self._flush_until_recorded()
 
-    async def _claim_continuously(self, queue: asyncio.Queue[_Job | None]) -> None:
+    async def _claim_continuously(self, queue: _Jobs) -> None:
         batch = self.options.claim_batch
         while not self._stopping.is_set():
             if queue.qsize() >= batch:
@@ -201,7 +230,7 @@ class Sender:
             self._flush_now.set()
         return jobs
 
-    async def _work(self, queue: asyncio.Queue[_Job | None]) -> None:
+    async def _work(self, queue: _Jobs) -> None:
         while (job := await queue.get()) is not None:
             if queue.qsize() < self.options.claim_batch:
                 self._room.set()
