@@ -107,7 +107,7 @@ def confirmation_router(pages: ConfirmationPages) -> APIRouter:
             return failed
         pages.metrics.confirmation_links.labels("confirm").inc()
         logger.info("signature confirmed", extra={"case_id": request.case_id})
-        return page("confirmed.html", request.locale, wants_updates=False)
+        return page("confirmed.html", request.locale)
 
     @router.get("/v1/reject/{token}", response_class=HTMLResponse)
     async def ask_rejection(token: str, http: Request) -> Response:

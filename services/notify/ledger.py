@@ -270,6 +270,8 @@ class ClaimedDelivery:
     recipient: Recipient | None
     unsubscribed: bool
     case_id: str = ""
+    answered: bool = False
+    """A confirmation or reminder whose (case, supporter) is confirmed or rejected since."""
 
 
 @dataclass(frozen=True)
@@ -385,7 +387,12 @@ class DeliveryLedger:
                        SELECT 1 FROM notify.unsubscriptions u
                        WHERE u.supporter_key = c.supporter_key
                          AND u.case_id IN ('', COALESCE(c.case_id, e.case_id))
-                   ) AS unsubscribed
+                   ) AS unsubscribed,
+                   c.priority = 0 AND NOT EXISTS (
+                       SELECT 1 FROM notify.subscriptions s
+                       WHERE s.case_id = c.case_id AND s.supporter_key = c.supporter_key
+                         AND s.confirmed_at IS NULL
+                   ) AS answered
             FROM claimed c
             LEFT JOIN notify.case_events e ON e.event_id = c.event_id
             LEFT JOIN notify.contacts k ON k.supporter_key = c.supporter_key
@@ -403,6 +410,7 @@ class DeliveryLedger:
                 recipient=self._recipient(row),
                 unsubscribed=row["unsubscribed"],
                 case_id=row["case_id"] or "",
+                answered=row["answered"],
             )
             for row in rows
         ]

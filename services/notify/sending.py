@@ -217,6 +217,9 @@ class Sender:
                 self._outcomes.cancelled.append((delivery.id, "supporter erased"))
             elif delivery.unsubscribed:
                 self._outcomes.cancelled.append((delivery.id, "unsubscribed"))
+            elif delivery.answered:
+                # Confirmed or rejected while the email waited: asking again would confuse.
+                self._outcomes.cancelled.append((delivery.id, "answered"))
             elif self.retry.gives_up_after(delivery.attempts - 1):
                 # The attempt before this claim was the last one allowed: only a lease that ran
                 # out (a crash) gets here.  Give up like any last attempt.

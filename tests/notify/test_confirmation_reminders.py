@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from clameur.events import SignatureConfirmed
 from clameur.kafka import create_producer
 from clameur.topics import CONTACTS_TICK_KEY, Topics
 from devstack.mailsink import SmtpSink
@@ -22,11 +23,14 @@ def notify_env(notify_env: dict[str, str]) -> dict[str, str]:
     return {**notify_env, "CLAMEUR_CONFIRMATION_REMINDER_S": str(REMINDER_S)}
 
 
-async def until_received(sink: SmtpSink, count: int, within: float = 30.0) -> None:
-    async def arrived() -> bool:
-        return sink.count() >= count
+async def until_received(sink: SmtpSink, address: str, count: int, within: float = 30.0) -> None:
+    """Wait for ``count`` emails to ``address`` (the session's database is shared: a notify
+    with a 1 s reminder delay also reminds earlier tests' supporters, so count by address)."""
 
-    await eventually(arrived, within=within, what=f"{count} emails at the SMTP server")
+    async def arrived() -> bool:
+        return len(sink.to(address)) >= count
+
+    await eventually(arrived, within=within, what=f"{count} emails to {address}")
 
 
 async def sign(infra: Infra, topics: Topics, case_id: str, name: str) -> str:
@@ -41,12 +45,12 @@ async def test_one_reminder_after_the_delay_then_none(
 ) -> None:
     case_id = new_id("nawal")
     await sign(infra, topics, case_id, "amina")
-    await until_received(smtp_sink, 2)
+    await until_received(smtp_sink, email_of("amina", case_id), 2)
     first, reminder = smtp_sink.to(email_of("amina", case_id))
     assert first.message["Subject"] == "Please confirm your signature"
     assert reminder.message["Subject"] == "Reminder: please confirm your signature"
     await asyncio.sleep(REMINDER_S * 4)  # several more reminder periods, and fan-out passes
-    assert smtp_sink.count() == 2, "one reminder, then none"
+    assert len(smtp_sink.to(email_of("amina", case_id))) == 2, "one reminder, then none"
 
 
 async def test_a_permanent_failure_leaves_it_unconfirmed_with_no_retry_and_no_reminder(
@@ -84,8 +88,8 @@ async def test_the_database_holds_no_email_or_first_name_in_clear_and_a_tombston
     signed = signature(case_id, "amina", first_name="Zuleikha", awaits_confirmation=True)
     await produce(infra.kafka, topics.signatures, [signed], key=lambda e: case_id)
     await publish_contacts(infra, topics, [CONTACTS[signed.supporter_key]])
-    await until_received(smtp_sink, 1)  # the contact is stored (and opened to send)
-    assert "Zuleikha" in str(smtp_sink.received[0].message["To"])
+    await until_received(smtp_sink, email_of("amina", case_id), 1)  # the contact is stored (and opened)
+    assert "Zuleikha" in str(smtp_sink.to(email_of("amina", case_id))[0].message["To"])
 
     tables = await notify.database.fetch(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'notify'"
@@ -116,3 +120,23 @@ async def test_the_database_holds_no_email_or_first_name_in_clear_and_a_tombston
 
     await eventually(erased, within=15, what="the tombstone to erase the contact")
     assert await read_topic(infra.kafka, topics.dlq(topics.contacts)) == [], "the tick is no poison"
+
+
+async def test_no_reminder_once_confirmed(
+    notify: RunningNotify, smtp_sink: SmtpSink, infra: Infra, topics: Topics, new_id: Callable[..., str]
+) -> None:
+    case_id = new_id("nawal")
+    key = await sign(infra, topics, case_id, "amina")
+    await until_received(smtp_sink, email_of("amina", case_id), 1)
+    confirmed = SignatureConfirmed(case_id=case_id, supporter_key=key)
+    await produce(infra.kafka, topics.signatures, [confirmed], key=lambda e: case_id)
+
+    async def applied() -> bool:
+        at = await notify.database.fetchval(
+            "SELECT confirmed_at FROM notify.subscriptions WHERE supporter_key = $1", key
+        )
+        return at is not None
+
+    await eventually(applied, within=15, what="the confirmation to be read")
+    await asyncio.sleep(REMINDER_S * 4)
+    assert len(smtp_sink.to(email_of("amina", case_id))) == 1, "no reminder after confirming"

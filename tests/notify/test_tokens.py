@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import base64
 import zlib
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from itsdangerous import URLSafeSerializer
-from notify.tokens import SALT, InvalidToken, TokenSigner, UnsubscribeRequest
+from notify.tokens import (
+    SALT,
+    ConfirmationRequest,
+    ConfirmationSigner,
+    ExpiredToken,
+    InvalidToken,
+    TokenSigner,
+    UnsubscribeRequest,
+)
 
 
 def test_a_token_round_trips_who_what_and_the_language() -> None:
@@ -52,10 +61,6 @@ def test_tokens_are_what_itsdangerous_reads_and_old_compressed_tokens_still_veri
 
 
 def test_a_confirmation_token_is_scoped_signed_and_expires() -> None:
-    from datetime import UTC, datetime, timedelta
-
-    from notify.tokens import ConfirmationRequest, ConfirmationSigner, ExpiredToken, InvalidToken, TokenSigner
-
     now = datetime(2026, 1, 1, tzinfo=UTC)
     signer = ConfirmationSigner("secret")
     request = ConfirmationRequest(
