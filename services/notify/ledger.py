@@ -272,6 +272,8 @@ class ClaimedDelivery:
     case_id: str = ""
     answered: bool = False
     """A confirmation or reminder whose (case, supporter) is confirmed or rejected since."""
+    news_only: bool = False
+    """A confirmation that asks only whether the supporter wants news (a ``"none"`` case)."""
 
 
 @dataclass(frozen=True)
@@ -392,7 +394,11 @@ class DeliveryLedger:
                        SELECT 1 FROM notify.subscriptions s
                        WHERE s.case_id = c.case_id AND s.supporter_key = c.supporter_key
                          AND s.confirmed_at IS NULL
-                   ) AS answered
+                   ) AS answered,
+                   c.priority = 0 AND NOT COALESCE((
+                       SELECT s.awaits_confirmation FROM notify.subscriptions s
+                       WHERE s.case_id = c.case_id AND s.supporter_key = c.supporter_key
+                   ), true) AS news_only
             FROM claimed c
             LEFT JOIN notify.case_events e ON e.event_id = c.event_id
             LEFT JOIN notify.contacts k ON k.supporter_key = c.supporter_key
@@ -411,6 +417,7 @@ class DeliveryLedger:
                 unsubscribed=row["unsubscribed"],
                 case_id=row["case_id"] or "",
                 answered=row["answered"],
+                news_only=row["news_only"],
             )
             for row in rows
         ]

@@ -451,8 +451,15 @@ class ConfirmationRenderer:
         return f"{self.sender.public_url}/v1/{request.action}/{self.signer.sign(request)}"
 
     def render(
-        self, kind: ConfirmationKind, case_id: str, recipient: Recipient, now: datetime
+        self,
+        kind: ConfirmationKind,
+        case_id: str,
+        recipient: Recipient,
+        now: datetime,
+        *,
+        news_only: bool = False,
     ) -> OutgoingEmail:
+        """``news_only``: the signature already counts (a ``"none"`` case); ask only about news."""
         locale = choose_locale(recipient.locale, FALLBACK_LOCALE, self.templates.locales)
         expires_at = int(now.timestamp() + self.expiry_s)
         key = recipient.supporter_key
@@ -460,6 +467,7 @@ class ConfirmationRenderer:
         context = {
             "locale": locale,
             "reminder": kind == "reminder",
+            "news_only": news_only,
             "first_name": first_name,
             "confirm_url": self.link(ConfirmationRequest("confirm", key, case_id, locale, expires_at)),
             "reject_url": self.link(ConfirmationRequest("reject", key, case_id, locale, expires_at)),

@@ -283,7 +283,9 @@ class Sender:
         if self.confirmations is None:
             raise UnsendableEmail("this sender renders no confirmation emails")
         kind: ConfirmationKind = "reminder" if delivery.kind == "reminder" else "confirmation"
-        return self.confirmations.render(kind, delivery.case_id, delivery.recipient, self._clock())
+        return self.confirmations.render(
+            kind, delivery.case_id, delivery.recipient, self._clock(), news_only=delivery.news_only
+        )
 
     def _record_failure(
         self, delivery: ClaimedDelivery, failure: SendFailure, log_fields: dict[str, object]

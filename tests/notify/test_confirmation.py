@@ -299,3 +299,19 @@ async def test_a_large_mailing_does_not_delay_a_confirmation_email(
     recipients = [m.rcpt_tos[0] for m in smtp_sink.received]
     position = recipients.index(CONTACTS[late.supporter_key].email)
     assert position < supporters - 100, f"the confirmation went out at {position} of {supporters + 1}"
+
+
+async def test_on_a_case_without_confirmation_asking_for_news_gets_one_email_asking_about_news(
+    notify: RunningNotify, smtp_sink: SmtpSink, infra: Infra, topics: Topics, new_id: Callable[..., str]
+) -> None:
+    case_id = new_id("nawal")
+    signed = signature(case_id, "ben", locale="en", consent=True, awaits_confirmation=False)
+    await produce(infra.kafka, topics.signatures, [signed, signed], key=lambda e: case_id)
+    await publish_contacts(infra, topics, [CONTACTS[signed.supporter_key]])
+    await until_received(smtp_sink, 1)
+    await asyncio.sleep(SETTLE_S)
+    [mail] = smtp_sink.to(email_of("ben", case_id))
+    assert mail.message["Subject"] == "Confirm that you want news of this case"
+    text = mail.message.get_body(("plain",))
+    assert text is not None and "Your signature counts already" in text.get_content()
+    links_in(mail)
