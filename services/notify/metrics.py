@@ -38,6 +38,22 @@ class NotifyMetrics:
         self.unsubscribes = Counter(
             "clameur_notify_unsubscribes", "Unsubscriptions.", ["scope"], registry=registry
         )
+        self.erasures = Counter(
+            "clameur_notify_erasures",
+            "Supporters forgotten (contact tombstoned, rows deleted), by why.",
+            ["reason"],
+            registry=registry,
+        )
+        self.retention_erased = Counter(
+            "clameur_notify_retention_erased",
+            "Supporters the retention job forgot, by why.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in ("erased", "rejected", "unsubscribed", "retention", "expired"):
+            self.erasures.labels(reason)
+        for reason in ("case_ended", "unconfirmed"):
+            self.retention_erased.labels(reason)
         for kind in ("milestone", "victory"):
             self.attempts.labels(kind)
             self.sent.labels(kind)
