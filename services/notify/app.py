@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from clameur.consumer import ConsumerMetrics
 from clameur.web import HttpMetrics, HttpMetricsMiddleware, install_problem_handlers, operations_router
-from notify.erasure import ErasureDesk, erasure_router
+from notify.erasure import Eraser, ErasureDesk, erasure_router
 from notify.ledger import Preferences
 from notify.messages import Templates
 from notify.metrics import NotifyMetrics
@@ -42,8 +42,14 @@ def create_app(settings: NotifySettings) -> FastAPI:
     install_problem_handlers(app)
     app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry, SERVICE))
     app.include_router(operations_router(registry, readiness_checks(settings, lambda: lifespan.running)))
+
+    def eraser() -> Eraser:
+        return lifespan.running.eraser
+
     app.include_router(
-        unsubscribe_router(UnsubscribePages(parts.signer, parts.templates, parts.preferences, parts.metrics))
+        unsubscribe_router(
+            UnsubscribePages(parts.signer, parts.templates, parts.preferences, parts.metrics, eraser)
+        )
     )
-    app.include_router(erasure_router(ErasureDesk(secret, admin_token, parts.preferences)))
+    app.include_router(erasure_router(ErasureDesk(secret, admin_token, eraser)))
     return app
