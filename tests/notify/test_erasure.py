@@ -1,0 +1,101 @@
+"""POST /v1/admin/supporters/erase: the topics say "forgotten", the rows go, the answer is honest."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from clameur.events import SupporterErased, decode_signature_log_event, utc_now
+from clameur.kafka import partitions_of
+from clameur.topics import CONTACTS_TICK_KEY, Topics
+from tests.conftest import TEST_ERASURE_BOUND_S, Infra
+from tests.notify.conftest import RunningNotify, scrape
+from tests.notify.forgetting import rows_of, seed_pending_delivery, seed_supporter
+from tests.support import metric, read_topic
+
+
+def admin(notify: RunningNotify) -> dict[str, str]:
+    return {"authorization": f"Bearer {notify.settings.admin_token.get_secret_value()}"}
+
+
+async def test_erasure_tombstones_the_contact_announces_to_every_partition_deletes_the_rows_and_says_so(
+    notify: RunningNotify, infra: Infra, topics: Topics, new_id: Callable[..., str]
+) -> None:
+    first, second = new_id("atena"), new_id("nawal")
+    email = f"Atena.{first}@example.org"
+    key = await seed_supporter(notify.database, email, "Atena", [first, second])
+    await seed_pending_delivery(notify.database, first, key)
+    # The fault to undo is there: notify holds her address, two cases and a pending email.
+    assert await rows_of(notify.database, key) == {
+        "supporters": 1,
+        "subscriptions": 2,
+        "deliveries": 1,
+        "unsubscriptions": 0,
+    }
+
+    asked_at = utc_now()
+    answer = await notify.client.post(
+        "/v1/admin/supporters/erase", json={"email": f"  {email.upper()} "}, headers=admin(notify)
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["status"] == "erased"
+    assert body["erased"] == {"contact": 1, "subscriptions": 2, "pending_deliveries": 1}
+    assert body["remains"]["suppression"] is False  # she may sign again, with fresh consent
+    assert "unlinkable marker" in body["remains"]["signatures"]
+    completes_at = datetime.fromisoformat(body["completes_at"])
+    bound = timedelta(seconds=TEST_ERASURE_BOUND_S)
+    assert asked_at + bound <= completes_at <= utc_now() + bound
+
+    assert await rows_of(notify.database, key) == dict.fromkeys(
+        ("supporters", "subscriptions", "deliveries", "unsubscriptions"), 0
+    )
+    contacts = [
+        r for r in await read_topic(infra.kafka, topics.contacts, at_least=1) if r.key == key.encode()
+    ]
+    assert [r.value for r in contacts] == [None]  # a tombstone
+    partitions = await partitions_of(infra.kafka, topics.signatures)
+    assert len(partitions) == 3
+    announced = await read_topic(infra.kafka, topics.signatures, at_least=len(partitions))
+    events = [(r.partition, decode_signature_log_event(r.value)) for r in announced]
+    assert sorted(p for p, _ in events) == partitions  # every partition, once
+    assert all(isinstance(e, SupporterErased) and e.supporter_key == key for _, e in events)
+    assert len({e.erasure_id for _, e in events if isinstance(e, SupporterErased)}) == 1
+    assert metric(await scrape(notify.client), "clameur_notify_erasures_total", reason="erased") == 1
+
+
+async def test_erasure_twice_answers_the_second_time_with_nothing_left_to_erase(
+    notify: RunningNotify, infra: Infra, topics: Topics, new_id: Callable[..., str]
+) -> None:
+    email = f"ben.{new_id('ben')}@example.org"
+    await seed_supporter(notify.database, email, "Ben", [new_id()])
+    first = await notify.client.post(
+        "/v1/admin/supporters/erase", json={"email": email}, headers=admin(notify)
+    )
+    again = await notify.client.post(
+        "/v1/admin/supporters/erase", json={"email": email}, headers=admin(notify)
+    )
+    assert first.status_code == again.status_code == 200
+    assert first.json()["erased"]["contact"] == 1
+    assert again.json()["erased"] == {"contact": 0, "subscriptions": 0, "pending_deliveries": 0}
+    assert first.json()["erasure_id"] != again.json()["erasure_id"]
+
+
+async def test_erasure_refuses_strangers_and_bad_addresses_with_a_problem_and_changes_nothing(
+    notify: RunningNotify, infra: Infra, topics: Topics, new_id: Callable[..., str]
+) -> None:
+    email = f"chirine.{new_id('c')}@example.org"
+    key = await seed_supporter(notify.database, email, "Chirine", [new_id()])
+    stranger = await notify.client.post(
+        "/v1/admin/supporters/erase", json={"email": email}, headers={"authorization": "Bearer wrong"}
+    )
+    assert stranger.status_code == 401
+    assert stranger.headers["content-type"] == "application/problem+json"
+    for body in ({"email": "not an address"}, {"email": email, "extra": 1}, {}):
+        refused = await notify.client.post("/v1/admin/supporters/erase", json=body, headers=admin(notify))
+        assert refused.status_code == 422, body
+        assert refused.headers["content-type"] == "application/problem+json"
+    assert (await rows_of(notify.database, key))["supporters"] == 1
+    written = await read_topic(infra.kafka, topics.contacts)
+    assert written, "notify's contacts ticks run"
+    assert {r.key for r in written} == {CONTACTS_TICK_KEY}  # ticks only: no tombstone
