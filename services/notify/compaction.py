@@ -1,13 +1,15 @@
 """Ticks on contacts.v1: what makes the broker compact an erased contact away within the bound.
 
 The broker never compacts a partition's active segment, and rolls a segment only when
-something is appended to it (after ``segment.ms`` / ``max.compaction.lag.ms``, both the
-erasure bound).  In a quiet partition the segment holding a contact and its tombstone
-would stay active, and on disk, indefinitely.  So notify appends a tiny record (key
-``CONTACTS_TICK_KEY``, null value: nothing personal, and compaction keeps only the latest
-tick) to every partition at least every half bound: each segment rolls within the bound
-and the cleaner (waking every ``log.cleaner.backoff.ms``) removes the superseded contact.
-Consumers of contacts.v1 skip the tick's key.
+something is appended to it (after ``segment.ms`` / ``max.compaction.lag.ms``: half the
+erasure bound, clameur/topics.py).  In a quiet partition the segment holding a contact
+and its tombstone would stay active, and on disk, indefinitely.  So notify appends a tiny
+record (key ``CONTACTS_TICK_KEY``, null value: nothing personal, and compaction keeps only
+the latest tick) to every partition every quarter bound: the segment holding a tombstone
+rolls by 3/4 of the bound after it, and the cleaner (waking every
+``log.cleaner.backoff.ms``, 15 s by default) then removes the superseded contact and
+deletes the old file after ``file.delete.delay.ms`` (1 s).  Consumers of contacts.v1 skip
+the tick's key.
 """
 
 from __future__ import annotations
@@ -33,14 +35,14 @@ async def tick(producer: AIOKafkaProducer, bootstrap: str, topic: str) -> int:
 
 
 def tick_interval_s(erasure_bound_s: float) -> float:
-    """Half the bound: a segment is then rolled no later than the bound after its first record."""
-    return erasure_bound_s / 2
+    """A quarter of the bound: with segment.ms half the bound, a segment rolls within 3/4 of it."""
+    return erasure_bound_s / 4
 
 
 async def keep_ticking(
     producer: AIOKafkaProducer, bootstrap: str, topic: str, erasure_bound_s: float
 ) -> None:
-    """Tick every half bound until cancelled; a failed tick is logged and tried at the next one."""
+    """Tick every quarter bound until cancelled; a failed tick is logged and tried at the next one."""
     every_s = tick_interval_s(erasure_bound_s)
     while True:
         try:
