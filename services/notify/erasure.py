@@ -214,6 +214,16 @@ class Eraser:
             return None
         return await self.forget(supporter_key, "unsubscribed", suppression=suppression)
 
+    async def holds(self, supporter_key: str) -> bool:
+        """Whether notify holds a contact or a subscription of the supporter (not once forgotten)."""
+        return bool(
+            await self.pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM notify.supporters WHERE supporter_key = $1)"
+                " OR EXISTS (SELECT 1 FROM notify.subscriptions WHERE supporter_key = $1)",
+                supporter_key,
+            )
+        )
+
     async def _subscribed_elsewhere(self, supporter_key: str, case_id: str) -> bool:
         return bool(
             await self.pool.fetchval(

@@ -78,6 +78,10 @@ def unsubscribe_router(pages: UnsubscribePages) -> APIRouter:
     async def unsubscribe(token: str, http: Request) -> Response:
         if (request := verified(token)) is None:
             return refuse(http)
+        if not await pages.eraser().holds(request.supporter_key):
+            # Forgotten already (an earlier click, an erasure): only the suppression is
+            # left, and a new unsubscription row would bring their key back.
+            return page("unsubscribed.html", request, action=http.url.path)
         if await pages.preferences.unsubscribe(request.supporter_key, request.case_id):
             pages.metrics.unsubscribes.labels(request.scope).inc()
             logger.info("supporter unsubscribed", extra={"scope": request.scope, "case_id": request.case_id})
