@@ -120,3 +120,20 @@ async def publish_contacts(kafka: str, topics: Topics, contacts: Iterable[Contac
 
 def now_iso() -> str:
     return utc_now().isoformat()
+
+
+async def tables_holding(database: Pool, needle: str) -> list[str]:
+    """The tables of the notify schema with a row whose text holds ``needle`` (a pg_dump, table by table)."""
+    tables = await database.fetch(
+        "SELECT table_name FROM information_schema.tables"
+        " WHERE table_schema = 'notify' AND table_type = 'BASE TABLE'"
+    )
+    holding = []
+    for row in tables:
+        found = await database.fetchval(
+            f'SELECT EXISTS (SELECT 1 FROM notify."{row["table_name"]}" t WHERE t::text ILIKE $1)',
+            f"%{needle}%",
+        )
+        if found:
+            holding.append(row["table_name"])
+    return holding
