@@ -74,6 +74,29 @@ async def is_suppressed(connection: Connection | Pool, address_hash: str, case_i
     return bool(found)
 
 
+async def suppressed_among(
+    connection: Connection | Pool, wanted: Collection[tuple[str, str | None]]
+) -> set[tuple[str, str | None]]:
+    """Which (address hash, case id) pairs must not be mailed: :func:`is_suppressed` for a batch.
+
+    One query for a claimed batch of deliveries; returns the suppressed pairs as given.
+    """
+    if not wanted:
+        return set()
+    pairs = list(wanted)
+    rows = await connection.fetch(
+        """
+        SELECT w.address_hash, w.case_id FROM unnest($1::text[], $2::text[]) AS w(address_hash, case_id)
+        WHERE EXISTS (
+            SELECT 1 FROM notify.suppressions s
+            WHERE s.address_hash = w.address_hash AND s.case_id IN ('', COALESCE(w.case_id, '')))
+        """,
+        [address for address, _ in pairs],
+        [case_id for _, case_id in pairs],
+    )
+    return {(row["address_hash"], row["case_id"]) for row in rows}
+
+
 async def record_suppression(connection: Connection | Pool, suppression: Suppression) -> None:
     """Store one suppression (idempotent: the first reason and time of a scope stay)."""
     await _store(connection, [suppression])

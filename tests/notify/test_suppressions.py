@@ -11,9 +11,15 @@ from asgi_lifespan import LifespanManager
 from notify.app import create_app
 from notify.erasure import reject_supporter
 from notify.settings import NotifySettings
-from notify.suppressions import AddressHashes, address_hash, is_suppressed
+from notify.suppressions import (
+    AddressHashes,
+    address_hash,
+    is_suppressed,
+    record_suppression,
+    suppressed_among,
+)
 
-from clameur.events import SupporterErased, decode_signature_log_event, decode_suppression
+from clameur.events import SupporterErased, Suppression, decode_signature_log_event, decode_suppression
 from clameur.topics import Topics
 from tests.conftest import TEST_SECRET, Infra
 from tests.notify.forgetting import key_of, rows_of, running_eraser, seed_supporter
@@ -110,3 +116,25 @@ async def test_a_rebuilt_notify_knows_the_suppressions_from_the_topic_alone(
         assert not await is_suppressed(rebuilt, hashes[1], new_id("another"))
     finally:
         await rebuilt.close()
+
+
+async def test_a_batch_check_finds_exactly_the_suppressed_pairs(
+    database: asyncpg.Pool[Any], new_id: Callable[..., str]
+) -> None:
+    case_id, other = new_id("nawal"), new_id("atena")
+    everywhere, one_case, free = (address_hash(TEST_SECRET, f"{n}.{case_id}@example.org") for n in "abc")
+    await record_suppression(database, Suppression(address_hash=everywhere, reason="rejected"))
+    await record_suppression(
+        database, Suppression(address_hash=one_case, case_id=case_id, reason="unsubscribed")
+    )
+    wanted = [(h, c) for h in (everywhere, one_case, free) for c in (case_id, other)]
+    assert await suppressed_among(database, wanted) == {
+        (everywhere, case_id),
+        (everywhere, other),
+        (one_case, case_id),
+    }
+    assert await suppressed_among(database, []) == set()
+    for address, case in wanted:
+        assert await is_suppressed(database, address, case) == (
+            (address, case) in await suppressed_among(database, wanted)
+        )
