@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
+
+from notify.ledger import _SUPPORTER_LIST_LOCK
 
 from clameur.events import SupporterErased, decode_signature_log_event, utc_now
 from clameur.kafka import partitions_of
 from clameur.topics import CONTACTS_TICK_KEY, Topics
 from tests.conftest import TEST_ERASURE_BOUND_S, Infra
 from tests.notify.conftest import RunningNotify, scrape
-from tests.notify.forgetting import rows_of, seed_pending_delivery, seed_supporter
-from tests.support import metric, read_topic
+from tests.notify.forgetting import key_of, rows_of, running_eraser, seed_pending_delivery, seed_supporter
+from tests.support import eventually, metric, read_topic
 
 
 def admin(notify: RunningNotify) -> dict[str, str]:
@@ -99,3 +102,38 @@ async def test_erasure_refuses_strangers_and_bad_addresses_with_a_problem_and_ch
     written = await read_topic(infra.kafka, topics.contacts)
     assert written, "notify's contacts ticks run"
     assert {r.key for r in written} == {CONTACTS_TICK_KEY}  # ticks only: no tombstone
+
+
+async def test_an_erasure_waits_for_a_batch_being_folded_and_then_deletes_what_it_wrote(
+    notify: RunningNotify, infra: Infra, topics: Topics, new_id: Callable[..., str]
+) -> None:
+    """Without the lock, the erasure's DELETE would not see the fold's uncommitted rows: re-created."""
+    case_id = new_id("nawal")
+    email = f"dina.{case_id}@example.org"
+    key = key_of(email)
+    async with running_eraser(infra.kafka, infra.database_url, topics) as eraser:
+        async with notify.database.acquire() as fold:
+            transaction = fold.transaction()
+            await transaction.start()
+            # A batch being folded: the shared lock, then the supporter's rows, not yet committed.
+            await fold.execute(_SUPPORTER_LIST_LOCK.format(mode="_shared"))
+            await fold.execute(
+                "INSERT INTO notify.supporters (supporter_key, email, first_name, locale, received_at)"
+                " VALUES ($1, $2, 'Dina', 'fr', now())",
+                key,
+                email,
+            )
+            erasing = asyncio.create_task(eraser.forget(key, "erased"))
+
+            async def blocked() -> bool:
+                waiting = await notify.database.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                )
+                return bool(waiting)
+
+            await eventually(blocked, within=15, what="the erasure waiting for the fold's lock")
+            assert not erasing.done()
+            await transaction.commit()
+        done = await erasing
+    assert done.erased.contact == 1
+    assert (await rows_of(notify.database, key))["supporters"] == 0
