@@ -105,7 +105,7 @@ class DueSupporter:
 
 
 async def due_supporters(
-    connection: Connection | Pool, now: datetime, override_days: int | None, limit: int = 1000
+    connection: Connection | Pool, now: datetime, override_days: int | None, limit: int | None = None
 ) -> list[DueSupporter]:
     """Supporters subscribed only to cases ended at least their retention before ``now``.
 
@@ -170,20 +170,25 @@ class RetentionJob:
         self._override_days = override_days
         self._clock = clock
 
-    async def run_once(self, *, dry_run: bool = False) -> RetentionReport:
-        """One pass.  A dry run (or a job without an eraser) reads and reports only."""
-        due = await due_supporters(self.pool, self._clock(), self._override_days)
+    async def run_once(self, *, dry_run: bool = False, chunk: int = 1000) -> RetentionReport:
+        """One pass, until no one is due.  A dry run (or a job without an eraser) only reports."""
+        now = self._clock()
         if dry_run or self._eraser is None:
-            return RetentionReport(due, 0, dry_run=True)
-        forgotten = 0
-        for supporter in due:
-            await self._eraser.forget(supporter.supporter_key, "retention")
-            forgotten += 1
-            if self._metrics is not None:
-                self._metrics.retention_erased.labels("case_ended").inc()
-        if forgotten:
-            logger.info("retention forgot supporters", extra={"count": forgotten})
-        return RetentionReport(due, forgotten, dry_run=False)
+            return RetentionReport(await due_supporters(self.pool, now, self._override_days), 0, dry_run=True)
+        due: list[DueSupporter] = []
+        while True:
+            # In chunks: a large case's supporters are forgotten in one pass, a chunk read at a time.
+            found = await due_supporters(self.pool, now, self._override_days, limit=chunk)
+            for supporter in found:
+                await self._eraser.forget(supporter.supporter_key, "retention")
+                if self._metrics is not None:
+                    self._metrics.retention_erased.labels("case_ended").inc()
+            due.extend(found)
+            if len(found) < chunk:
+                break
+        if due:
+            logger.info("retention forgot supporters", extra={"count": len(due)})
+        return RetentionReport(due, len(due), dry_run=False)
 
     async def run(self, every_s: float) -> None:
         """A pass every ``every_s`` until cancelled; a failed pass is logged and retried next time."""

@@ -77,15 +77,17 @@ async def test_retention_forgets_a_closed_cases_supporters_at_its_time_and_not_b
 
     async with running_eraser(infra.kafka, infra.database_url, topics, metrics) as eraser:
         before = RetentionJob(eraser.pool, eraser, metrics, None, clock=lambda: due_at - timedelta(seconds=1))
-        assert (await before.run_once()).due == []  # not before its time
+        # (The session's database is shared: look at this test's supporters only.)
+        mine = {only_closed, both, only_open}
+        assert [d for d in (await before.run_once()).due if d.supporter_key in mine] == []  # not before
         on_time = RetentionJob(eraser.pool, eraser, metrics, None, clock=lambda: due_at)
         dry = await on_time.run_once(dry_run=True)
-        assert [d.supporter_key for d in dry.due] == [only_closed]
-        assert dry.as_json()["by_case"] == {closed: 1} and dry.forgotten == 0
+        assert [d.supporter_key for d in dry.due if d.supporter_key in mine] == [only_closed]
+        assert dry.as_json()["by_case"][closed] == 1 and dry.forgotten == 0
         assert (await rows_of(notify.database, only_closed))["supporters"] == 1  # the dry run changed nothing
-        done = await on_time.run_once()
+        done = await on_time.run_once(chunk=1)  # in chunks of one: every chunk is taken
 
-    assert done.forgotten == 1
+    assert [d.supporter_key for d in done.due if d.supporter_key in mine] == [only_closed]
     assert await rows_of(notify.database, only_closed) == dict.fromkeys(
         ("supporters", "subscriptions", "deliveries", "unsubscriptions"), 0
     )
@@ -97,7 +99,7 @@ async def test_retention_forgets_a_closed_cases_supporters_at_its_time_and_not_b
         metric(
             generate_latest(registry).decode(), "clameur_notify_retention_erased_total", reason="case_ended"
         )
-        == 1
+        == done.forgotten
     )
 
 
