@@ -6,12 +6,19 @@ import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+import asyncpg
+import httpx
+from fastapi import FastAPI
+from notify.erasure import Eraser, ErasureDesk, erasure_router
 from notify.ledger import _SUPPORTER_LIST_LOCK
+from notify.metrics import NotifyMetrics
+from prometheus_client import CollectorRegistry
 
 from clameur.events import SupporterErased, decode_signature_log_event, utc_now
-from clameur.kafka import partitions_of
+from clameur.kafka import create_producer, partitions_of
 from clameur.topics import CONTACTS_TICK_KEY, Topics
-from tests.conftest import TEST_ERASURE_BOUND_S, Infra
+from clameur.web import install_problem_handlers
+from tests.conftest import TEST_ADMIN_TOKEN, TEST_ERASURE_BOUND_S, TEST_SECRET, Infra
 from tests.notify.conftest import RunningNotify, scrape
 from tests.notify.forgetting import key_of, rows_of, running_eraser, seed_pending_delivery, seed_supporter
 from tests.support import eventually, metric, read_topic
@@ -137,3 +144,45 @@ async def test_an_erasure_waits_for_a_batch_being_folded_and_then_deletes_what_i
         done = await erasing
     assert done.erased.contact == 1
     assert (await rows_of(notify.database, key))["supporters"] == 0
+
+
+async def test_an_erasure_kafka_does_not_acknowledge_answers_503_and_deletes_nothing(
+    infra: Infra, new_id: Callable[..., str]
+) -> None:
+    """Publishing comes first: when it fails, the rows stay and the caller may try again."""
+    unprovisioned = Topics(
+        prefix=f"{new_id('never')}."
+    )  # no such topics: the broker cannot take the tombstone
+    pool = await asyncpg.create_pool(infra.database_url, min_size=1, max_size=2)
+    assert pool is not None
+    producer = create_producer(infra.kafka, request_timeout_ms=1500)
+    await producer.start()
+    try:
+        email = f"eva.{new_id('eva')}@example.org"
+        key = await seed_supporter(pool, email, "Eva", [new_id()])
+        eraser = Eraser(
+            pool,
+            producer,
+            infra.kafka,
+            unprovisioned,
+            TEST_SECRET,
+            TEST_ERASURE_BOUND_S,
+            NotifyMetrics(CollectorRegistry()),
+        )
+        app = FastAPI()
+        install_problem_handlers(app)
+        app.include_router(erasure_router(ErasureDesk(TEST_SECRET, TEST_ADMIN_TOKEN, lambda: eraser)))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://clameur.example.org") as client:
+            answer = await client.post(
+                "/v1/admin/supporters/erase",
+                json={"email": email},
+                headers={"authorization": f"Bearer {TEST_ADMIN_TOKEN}"},
+            )
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert "Try again" in answer.json()["detail"]
+        assert (await rows_of(pool, key))["supporters"] == 1  # nothing deleted
+    finally:
+        await producer.stop()
+        await pool.close()
