@@ -7,6 +7,8 @@ drains them in order on shutdown.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
@@ -14,7 +16,7 @@ from clameur.consumer import ConsumerMetrics
 from clameur.web import HttpMetrics, HttpMetricsMiddleware, install_problem_handlers, operations_router
 from notify.confirmation import ConfirmationPages, SupporterRejection, confirmation_router
 from notify.contacts import ContactCipher
-from notify.erasure import ErasureDesk, erasure_router
+from notify.erasure import Eraser, ErasureDesk, erasure_router, reject_supporter
 from notify.ledger import Preferences
 from notify.messages import Templates
 from notify.metrics import NotifyMetrics
@@ -46,10 +48,16 @@ def create_app(settings: NotifySettings) -> FastAPI:
     install_problem_handlers(app)
     app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry, SERVICE))
     app.include_router(operations_router(registry, readiness_checks(settings, lambda: lifespan.running)))
+
+    def eraser() -> Eraser:
+        return lifespan.running.eraser
+
     app.include_router(
-        unsubscribe_router(UnsubscribePages(parts.signer, parts.templates, parts.preferences, parts.metrics))
+        unsubscribe_router(
+            UnsubscribePages(parts.signer, parts.templates, parts.preferences, parts.metrics, eraser)
+        )
     )
-    app.include_router(erasure_router(ErasureDesk(secret, admin_token, parts.preferences)))
+    app.include_router(erasure_router(ErasureDesk(secret, admin_token, eraser)))
     app.include_router(
         confirmation_router(
             ConfirmationPages(
@@ -57,22 +65,18 @@ def create_app(settings: NotifySettings) -> FastAPI:
                 parts.templates,
                 parts.metrics,
                 signatures_publisher(settings, lambda: lifespan.running),
-                _reject_supporter(parts.preferences),
+                _reject_supporter(eraser),
             )
         )
     )
     return app
 
 
-def _reject_supporter(preferences: Preferences) -> SupporterRejection:
-    """ "It wasn't me" in notify's data.
-
-    TODO(merge, wt-notify-b): call ``notify.erasure.reject_supporter(...)`` here (delete
-    rows, suppression "*", contacts.v1 tombstone).  Until then: notify's own erasure
-    (rows deleted, tombstone in notify.erasures).
-    """
+def _reject_supporter(eraser: Callable[[], Eraser]) -> SupporterRejection:
+    """ "It wasn't me" in notify's data: the running eraser's :func:`reject_supporter`
+    (suppression of the address for every case, contact tombstoned, rows deleted)."""
 
     async def reject(supporter_key: str, case_id: str) -> None:
-        await preferences.erase(supporter_key)
+        await reject_supporter(eraser(), supporter_key, case_id)
 
     return reject

@@ -46,6 +46,22 @@ class NotifyMetrics:
         )
         for action in ("confirm", "reject"):
             self.confirmation_links.labels(action)
+        self.erasures = Counter(
+            "clameur_notify_erasures",
+            "Supporters forgotten (contact tombstoned, rows deleted), by why.",
+            ["reason"],
+            registry=registry,
+        )
+        self.retention_erased = Counter(
+            "clameur_notify_retention_erased",
+            "Supporters the retention job forgot, by why.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in ("erased", "rejected", "unsubscribed", "retention", "expired"):
+            self.erasures.labels(reason)
+        for reason in ("case_ended", "unconfirmed"):
+            self.retention_erased.labels(reason)
         for kind in ("milestone", "victory", "confirmation", "reminder"):
             self.attempts.labels(kind)
             self.sent.labels(kind)

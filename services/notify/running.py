@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,18 +24,32 @@ from fastapi import FastAPI
 
 from clameur.consumer import BatchApplier, BatchConsumer, BatchLimits, ConsumerMetrics
 from clameur.database import create_pool
-from clameur.events import CaseEvent, Event, SignatureLogEvent, decode_case_event, decode_signature_log_event
+from clameur.events import (
+    CaseEvent,
+    CaseState,
+    Event,
+    SignatureLogEvent,
+    Suppression,
+    decode_case_event,
+    decode_case_state,
+    decode_signature_log_event,
+    decode_suppression,
+)
 from clameur.kafka import create_producer
 from clameur.web import ReadinessCheck
+from notify.compaction import keep_ticking
 from notify.contacts import ContactCipher, ContactRecord, ContactsApplier, decode_contact_record
+from notify.erasure import Eraser
 from notify.ledger import CaseNewsApplier, DeliveryLedger, Preferences, SupporterListApplier
 from notify.messages import ConfirmationRenderer, MessageRenderer, SenderIdentity, Templates
 from notify.metrics import NotifyMetrics
 from notify.progress import TopicEnds, supporters_caught_up
+from notify.retention import CaseRetentionApplier, RetentionJob
 from notify.retries import RateLimiter
 from notify.sending import FanOut, Sender, SendingOptions
 from notify.settings import NotifySettings
 from notify.smtp import SmtpPool
+from notify.suppressions import SuppressionApplier
 from notify.tokens import ConfirmationSigner, TokenSigner
 
 if TYPE_CHECKING:
@@ -102,9 +117,10 @@ async def open_connections(settings: NotifySettings) -> AsyncIterator[Connection
 
 
 class Loops:
-    """Notify's background loops: three consumers, the fan-out, the sender, the pending gauge."""
+    """Notify's background loops: the consumers, the fan-out, the sender, the pending gauge,
+    and erasure's: the contacts ticks (compaction within the bound) and the retention job."""
 
-    def __init__(self, parts: NotifyParts, connections: Connections) -> None:
+    def __init__(self, parts: NotifyParts, connections: Connections, eraser: Eraser) -> None:
         settings, pool, metrics = parts.settings, connections.pool, parts.metrics
         topics = settings.topics
         self.ledger = DeliveryLedger(pool, parts.cipher.open)
@@ -146,6 +162,27 @@ class Loops:
             reminder_after_s=settings.confirmation_reminder_s,
         )
         self.sender = _sender(parts, connections.transport, self.ledger)
+        self.suppressions: BatchConsumer[Suppression] = _consumer(
+            parts,
+            connections,
+            topics.suppressions,
+            SuppressionApplier(pool, f"{prefix}notify-suppressions"),
+            decode_suppression,
+            BatchLimits(),
+        )
+        self.case_clocks: BatchConsumer[CaseState] = _consumer(
+            parts,
+            connections,
+            topics.cases,
+            CaseRetentionApplier(pool, f"{prefix}notify-retention"),
+            decode_case_state,
+            BatchLimits(),
+        )
+        self.ticks = functools.partial(
+            keep_ticking, connections.producer, settings.kafka, topics.contacts, settings.erasure_bound_s
+        )
+        self.retention = RetentionJob(pool, eraser, metrics, settings.retention_days)
+        self.retention_every_s = settings.retention_interval_s
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def start(self) -> None:
@@ -156,6 +193,12 @@ class Loops:
             "fan-out": asyncio.create_task(self.fan_out.run(), name="notify-fan-out"),
             "sender": asyncio.create_task(self.sender.run(), name="notify-sender"),
             "pending": asyncio.create_task(watch_pending(self.ledger, self.metrics), name="notify-pending"),
+            "suppressions": asyncio.create_task(self.suppressions.run(), name="notify-suppressions"),
+            "case-clocks": asyncio.create_task(self.case_clocks.run(), name="notify-case-clocks"),
+            "contacts-ticks": asyncio.create_task(self.ticks(), name="notify-contacts-ticks"),
+            "retention": asyncio.create_task(
+                self.retention.run(self.retention_every_s), name="notify-retention"
+            ),
         }
         for name, task in self._tasks.items():
             task.add_done_callback(_log_unexpected_end(name))
@@ -173,11 +216,18 @@ class Loops:
         self.supporters.stop()
         self.case_news.stop()
         self.contacts.stop()
+        self.suppressions.stop()
+        self.case_clocks.stop()
         await _finish(self._tasks["supporters"], "supporters consumer")
         await _finish(self._tasks["case-news"], "case news consumer")
         await _finish(self._tasks["contacts"], "contacts consumer")
-        self._tasks["pending"].cancel()
-        await asyncio.gather(self._tasks["pending"], return_exceptions=True)
+        await _finish(self._tasks["suppressions"], "suppressions consumer")
+        await _finish(self._tasks["case-clocks"], "case clocks consumer")
+        # The ticks and a retention pass hold nothing that a restart would lose.
+        timers = [self._tasks[name] for name in ("pending", "contacts-ticks", "retention")]
+        for task in timers:
+            task.cancel()
+        await asyncio.gather(*timers, return_exceptions=True)
 
 
 class _GroupApplier(BatchApplier[E], Protocol[E]):
@@ -266,6 +316,7 @@ class Running:
 
     connections: Connections
     loops: Loops
+    eraser: Eraser
 
 
 class NotifyLifespan:
@@ -290,9 +341,18 @@ class NotifyLifespan:
         settings = self.parts.settings
         async with open_connections(settings) as connections:
             self.parts.preferences.attach(connections.pool)
-            loops = Loops(self.parts, connections)
+            eraser = Eraser(
+                connections.pool,
+                connections.producer,
+                settings.kafka,
+                settings.topics,
+                settings.secret.get_secret_value(),
+                settings.erasure_bound_s,
+                self.parts.metrics,
+            )
+            loops = Loops(self.parts, connections, eraser)
             loops.start()
-            self._running = Running(connections, loops)
+            self._running = Running(connections, loops, eraser)
             logger.info("notify started", extra={"port": settings.notify_port})
             try:
                 yield

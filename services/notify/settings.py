@@ -114,6 +114,15 @@ class NotifySettings(ClameurSettings):
         description="one reminder goes this long after an unanswered confirmation email",
     )
     notify_ready_checks_smtp: bool = False
+    retention_interval_s: float = Field(
+        default=3600.0, gt=0, description="how often the retention job looks for supporters to forget"
+    )
+    retention_days: int | None = Field(
+        default=None,
+        ge=0,
+        description="days personal data is kept after a case is won or closed, for every case"
+        " (unset: each case's retention_days)",
+    )
     notify_crash_after_smtp: bool = Field(
         default=False, description="test only: die with SIGKILL after the first accepted email"
     )
