@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .cache/bootstrap.stamp
 
-.PHONY: up down reset status mail test test-fast check fmt bench bench-intake bench-tally bench-notify demo reconcile bootstrap widget test-widget
+.PHONY: up down reset status mail test test-fast check fmt bench bench-intake bench-tally bench-notify demo reconcile rebuild bootstrap widget test-widget
 
 $(STAMP): pyproject.toml uv.lock scripts/bootstrap
 	@bash scripts/bootstrap
@@ -48,6 +48,10 @@ fmt: $(STAMP)
 ## reconcile: recompute every counter from the stored signatures (FIX=1 repairs drift)
 reconcile: $(STAMP)
 	@$(PY) -m tally.reconcile $(if $(FIX),--fix,)
+
+## rebuild: replay every topic from offset 0 into an empty database (tally, notify sending nothing); counts next to the live ones
+rebuild: $(STAMP)
+	@$(PY) -m devstack rebuild $(if $(KEEP),--keep,)
 
 ## demo: real cases, a surge, milestones, a victory, emails (on a running `make up`)
 demo: $(STAMP)

@@ -49,6 +49,7 @@ from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from clameur.kafka import send_to_dlq
+from clameur.logs import describe_error
 from clameur.retry import RetryPolicy, retry
 
 T = TypeVar("T")
@@ -420,7 +421,9 @@ class InOrderApplies(Generic[T]):
             task.cancel()
         for result in await asyncio.gather(*tasks, return_exceptions=True):
             if isinstance(result, Exception) and not isinstance(result, PreviousBatchNotApplied):
-                logger.warning("apply in flight failed while stopping", extra={"error": repr(result)})
+                logger.warning(
+                    "apply in flight failed while stopping", extra={"error": describe_error(result)}
+                )
 
     async def revoke(self) -> None:
         """Partitions are being revoked: finish the applies in flight (their offsets get

@@ -6,6 +6,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
+from clameur.logs import error_locations
+
 
 class UnknownTopic(LookupError):
     """The cluster does not know the topic: it was never provisioned."""
@@ -35,10 +37,16 @@ def create_producer(
 
 
 def dlq_headers(record: ConsumerRecord[bytes, bytes], error: BaseException) -> list[tuple[str, bytes]]:
-    """Headers that say where a set-aside record came from and why it was refused."""
+    """Headers that say where a set-aside record came from and why it was refused.
+
+    Why is the error's type and, for a validation error, its locations
+    (``"email:value_error"``): never its text, which can quote a name or an address
+    from the record.  The DLQ is read by operators and kept for the erasure bound; the
+    headers must not become a second copy of what the record holds.
+    """
     return [
         ("clameur.error.type", type(error).__name__.encode()),
-        ("clameur.error.message", str(error)[:2000].encode(errors="replace")),
+        ("clameur.error.locations", ", ".join(error_locations(error)).encode()),
         ("clameur.source.topic", record.topic.encode()),
         ("clameur.source.partition", str(record.partition).encode()),
         ("clameur.source.offset", str(record.offset).encode()),

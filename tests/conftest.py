@@ -190,6 +190,8 @@ def spare_kafka(tmp_path: Path) -> Iterator[Any]:
         tmp_path / "run",
         tmp_path / "logs",
         heap="384m",
+        cleaner_backoff_ms=1000,
+        retention_check_interval_ms=1000,
     )
     broker.start()
     try:

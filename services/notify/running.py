@@ -125,7 +125,9 @@ class Loops:
         topics = settings.topics
         self.ledger = DeliveryLedger(pool, parts.cipher.open)
         self.metrics = metrics
-        prefix = settings.topic_prefix
+        prefix = settings.notify_group_prefix
+        if prefix is None:
+            prefix = settings.topic_prefix
         supporters = SupporterListApplier(
             pool, f"{prefix}notify-supporters", on_recorded=metrics.supporters_recorded.inc
         )
@@ -159,7 +161,8 @@ class Loops:
             supporters_caught_up(connections.ends, supporters, (connections.contact_ends, contacts)),
             grace_s=settings.notify_fanout_grace_s,
             idle_poll_s=settings.notify_idle_poll_s,
-            reminder_after_s=settings.confirmation_reminder_s,
+            # A rebuild writes no reminder: its confirmations were answered or reminded live.
+            reminder_after_s=settings.confirmation_reminder_s if settings.notify_send else None,
         )
         self.sender = _sender(parts, connections.transport, self.ledger)
         self.suppressions: BatchConsumer[Suppression] = _consumer(
@@ -183,6 +186,8 @@ class Loops:
         )
         self.retention = RetentionJob(pool, eraser, metrics, settings.retention_days)
         self.retention_every_s = settings.retention_interval_s
+        # A rebuild (CLAMEUR_NOTIFY_SEND=false) never runs the sender: nothing is claimed or sent.
+        self.sending = settings.notify_send
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def start(self) -> None:
@@ -191,15 +196,18 @@ class Loops:
             "case-news": asyncio.create_task(self.case_news.run(), name="notify-case-news"),
             "contacts": asyncio.create_task(self.contacts.run(), name="notify-contacts"),
             "fan-out": asyncio.create_task(self.fan_out.run(), name="notify-fan-out"),
-            "sender": asyncio.create_task(self.sender.run(), name="notify-sender"),
             "pending": asyncio.create_task(watch_pending(self.ledger, self.metrics), name="notify-pending"),
             "suppressions": asyncio.create_task(self.suppressions.run(), name="notify-suppressions"),
             "case-clocks": asyncio.create_task(self.case_clocks.run(), name="notify-case-clocks"),
-            "contacts-ticks": asyncio.create_task(self.ticks(), name="notify-contacts-ticks"),
-            "retention": asyncio.create_task(
-                self.retention.run(self.retention_every_s), name="notify-retention"
-            ),
         }
+        if self.sending:
+            # A rebuild publishes nothing on the live topics: no ticks, no retention
+            # (its tombstones), no sender; only the live notify does these.
+            self._tasks["sender"] = asyncio.create_task(self.sender.run(), name="notify-sender")
+            self._tasks["contacts-ticks"] = asyncio.create_task(self.ticks(), name="notify-contacts-ticks")
+            self._tasks["retention"] = asyncio.create_task(
+                self.retention.run(self.retention_every_s), name="notify-retention"
+            )
         for name, task in self._tasks.items():
             task.add_done_callback(_log_unexpected_end(name))
 
@@ -211,7 +219,8 @@ class Loops:
         """Stop sending first, then fanning out, then reading: each finishes what it holds."""
         self.sender.stop()
         self.fan_out.stop()
-        await _finish(self._tasks["sender"], "sender")
+        if "sender" in self._tasks:
+            await _finish(self._tasks["sender"], "sender")
         await _finish(self._tasks["fan-out"], "fan-out")
         self.supporters.stop()
         self.case_news.stop()
@@ -224,7 +233,7 @@ class Loops:
         await _finish(self._tasks["suppressions"], "suppressions consumer")
         await _finish(self._tasks["case-clocks"], "case clocks consumer")
         # The ticks and a retention pass hold nothing that a restart would lose.
-        timers = [self._tasks[name] for name in ("pending", "contacts-ticks", "retention")]
+        timers = [self._tasks[n] for n in ("pending", "contacts-ticks", "retention") if n in self._tasks]
         for task in timers:
             task.cancel()
         await asyncio.gather(*timers, return_exceptions=True)

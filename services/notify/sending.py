@@ -34,6 +34,7 @@ import asyncpg
 from cachetools import LRUCache
 
 from clameur.events import utc_now
+from clameur.logs import describe_error
 from clameur.retry import RetryPolicy
 from notify.ledger import CONFIRMATION_KINDS, ClaimedDelivery, DeliveryLedger, Outcomes, Reschedule
 from notify.messages import (
@@ -385,7 +386,7 @@ class FanOut:
                     # Reminders are written here too: one loop polls the ledger for due work.
                     progressed = await self.ledger.request_reminders(self.reminder_after_s) > 0 or progressed
             except Exception as error:  # noqa: BLE001 - database or broker away: retry, never stop
-                logger.warning("fan-out failed (%s: %s); retrying", type(error).__name__, error)
+                logger.warning("fan-out failed; retrying", extra={"error": describe_error(error)})
                 progressed = False
             if not progressed:
                 with contextlib.suppress(TimeoutError):

@@ -123,6 +123,20 @@ class NotifySettings(ClameurSettings):
         description="days personal data is kept after a case is won or closed, for every case"
         " (unset: each case's retention_days)",
     )
+    notify_send: bool = Field(
+        default=True,
+        description=(
+            "false for `make rebuild`: read and fan out as usual, but send nothing and mark nothing "
+            "as sent (past events must not email anyone again)"
+        ),
+    )
+    notify_group_prefix: str | None = Field(
+        default=None,
+        description=(
+            "prefix of notify's consumer groups instead of CLAMEUR_TOPIC_PREFIX: a rebuild reads "
+            "the live topics in groups of its own"
+        ),
+    )
     notify_crash_after_smtp: bool = Field(
         default=False, description="test only: die with SIGKILL after the first accepted email"
     )

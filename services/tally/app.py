@@ -139,6 +139,9 @@ async def started_tally(
         relay = OutboxRelay(
             pool, producer, [topics.cases, topics.case_events], metrics, poll_s=settings.tally_relay_poll_s
         )
+        if not settings.tally_publish:
+            # A rebuild: a relay stopped before it runs publishes nothing to the live topics.
+            relay.stop()
         counter_store = PostgresCounterStore(
             pool,
             metrics,

@@ -39,6 +39,13 @@ class TallySettings(ClameurSettings):
     tally_live_interval_s: float = Field(
         default=0.5, gt=0, description="a live (SSE) stream looks for a new count this often"
     )
+    tally_publish: bool = Field(
+        default=True,
+        description=(
+            "false for `make rebuild`: outbox rows are written but never published, so a rebuild "
+            "announces no milestone again on the live topics"
+        ),
+    )
     tally_crash_at: CrashPoint | None = Field(
         default=None,
         description=(
