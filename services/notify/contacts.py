@@ -7,6 +7,8 @@
   row or column does not open.
 - :class:`ContactsApplier` applies a batch of contacts.v1 (a ``Contact``, or a null
   value: the tombstone that erases it) with the consumer's offsets in one transaction,
+  with the address's keyed hash (the send-time suppression check), skipping a contact
+  recorded before its supporter's erasure (``notify.erasures``),
   then writes the confirmation emails that waited for these contacts
   (:func:`notify.ledger.request_confirmations`).
 """
@@ -25,7 +27,8 @@ from clameur.consumer import Batch
 from clameur.events import Contact, decode_contact
 from clameur.keys import Purpose, derive_key
 from clameur.topics import CONTACTS_TICK_KEY
-from notify.ledger import consumer_offsets, request_confirmations
+from notify.ledger import _SUPPORTER_LIST_LOCK, consumer_offsets, request_confirmations
+from notify.suppressions import AddressHashes
 
 if TYPE_CHECKING:
     import asyncpg
@@ -83,10 +86,11 @@ def decode_contact_record(record: ConsumerRecord[bytes, bytes]) -> ContactRecord
 class ContactsApplier:
     """``BatchApplier`` for contacts.v1: the sealed contacts, latest per supporter wins."""
 
-    def __init__(self, pool: Pool, group_id: str, cipher: ContactCipher) -> None:
+    def __init__(self, pool: Pool, group_id: str, cipher: ContactCipher, hashes: AddressHashes) -> None:
         self.pool = pool
         self.group_id = group_id
         self.cipher = cipher
+        self.hashes = hashes
         self.offsets = consumer_offsets(group_id)
 
     async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
@@ -101,6 +105,10 @@ class ContactsApplier:
         contacts = [record.contact for record in latest.values() if record.contact is not None]
         await batch.previous_applied()  # the BatchApplier contract
         async with self.pool.acquire() as connection, connection.transaction():
+            # Shared with other folds, exclusive with an erasure: an erasure either committed
+            # before (its time is read below) or deletes what this batch writes.
+            await connection.execute(_SUPPORTER_LIST_LOCK.format(mode="_shared"))
+            contacts = await _not_erased(connection, contacts)
             if erased:
                 await connection.execute(
                     "DELETE FROM notify.contacts WHERE supporter_key = ANY($1::text[])", erased
@@ -115,11 +123,13 @@ class ContactsApplier:
         await connection.execute(
             """
             INSERT INTO notify.contacts AS c
-                (supporter_key, email_sealed, first_name_sealed, locale, recorded_at)
-            SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::timestamptz[])
+                (supporter_key, email_sealed, first_name_sealed, locale, recorded_at, address_hash)
+            SELECT * FROM unnest(
+                $1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::timestamptz[], $6::text[])
             ON CONFLICT (supporter_key) DO UPDATE
                 SET email_sealed = EXCLUDED.email_sealed, first_name_sealed = EXCLUDED.first_name_sealed,
-                    locale = EXCLUDED.locale, recorded_at = EXCLUDED.recorded_at
+                    locale = EXCLUDED.locale, recorded_at = EXCLUDED.recorded_at,
+                    address_hash = EXCLUDED.address_hash
                 WHERE c.recorded_at <= EXCLUDED.recorded_at
             """,
             [c.supporter_key for c in contacts],
@@ -127,4 +137,29 @@ class ContactsApplier:
             [seal(c.supporter_key, "first_name", c.first_name) for c in contacts],
             [c.locale for c in contacts],
             [c.recorded_at for c in contacts],
+            [self._address_hash(c.email) for c in contacts],
         )
+
+    def _address_hash(self, email: str) -> str | None:
+        # intake validated the address; one it could not canonicalise is stored without a
+        # hash rather than stopping the whole topic (such an address is never mailed anyway).
+        try:
+            return self.hashes.of(email)
+        except ValueError:
+            return None
+
+
+async def _not_erased(connection: Any, contacts: list[Contact]) -> list[Contact]:
+    """The contacts recorded after their supporter's last erasure (if any).
+
+    A contact recorded at or before it is a replay of what the supporter asked us to
+    forget (its tombstone may come later in the log, or be compacted away): skipped.
+    """
+    if not contacts:
+        return contacts
+    rows = await connection.fetch(
+        "SELECT supporter_key, erased_at FROM notify.erasures WHERE supporter_key = ANY($1::text[])",
+        [c.supporter_key for c in contacts],
+    )
+    erased = {row["supporter_key"]: row["erased_at"] for row in rows}
+    return [c for c in contacts if c.supporter_key not in erased or c.recorded_at > erased[c.supporter_key]]

@@ -38,6 +38,7 @@ from uuid import UUID, uuid4
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from cryptography.exceptions import InvalidTag
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,6 +46,7 @@ from clameur.events import SupporterErased, Suppression, utc_now
 from clameur.kafka import partitions_of
 from clameur.topics import Topics
 from clameur.web import Problem, bearer_guard
+from notify.contacts import ContactCipher
 from notify.ledger import _SUPPORTER_LIST_LOCK
 from notify.metrics import NotifyMetrics
 from notify.supporters import supporter_key
@@ -61,16 +63,21 @@ logger = logging.getLogger(__name__)
 ForgetReason = Literal["erased", "rejected", "unsubscribed", "retention", "expired"]
 
 
-async def address_of(connection: Connection | Pool, supporter_key: str) -> str | None:
+async def address_of(connection: Connection | Pool, cipher: ContactCipher, supporter_key: str) -> str | None:
     """The address notify would write to for this supporter, or ``None`` when it has none.
 
-    TODO(merge with notify-a): read (and decrypt) notify-a's contact table here; until
-    then the supporter list's plain ``email`` column stands in.
+    Opens ``notify.contacts.email_sealed``; a contact that does not open (the secret
+    changed) is as good as none: ``None``.
     """
-    email = await connection.fetchval(
-        "SELECT email FROM notify.supporters WHERE supporter_key = $1", supporter_key
+    sealed = await connection.fetchval(
+        "SELECT email_sealed FROM notify.contacts WHERE supporter_key = $1", supporter_key
     )
-    return None if email is None else str(email)
+    if sealed is None:
+        return None
+    try:
+        return cipher.open(supporter_key, "email", bytes(sealed))
+    except InvalidTag:
+        return None
 
 
 @dataclass(frozen=True)
@@ -85,8 +92,8 @@ class ErasedRows:
 async def delete_supporter_rows(connection: Connection, supporter_key: str) -> ErasedRows:
     """Delete every row notify holds on the supporter; call inside the caller's transaction.
 
-    Finished deliveries go too: an SMTP server's reply kept in ``last_error`` may quote
-    the address.  TODO(merge with notify-a): their contact table and pending confirmations.
+    Every delivery goes: pending news, pending confirmations and reminders, and finished
+    ones too (an SMTP server's reply kept in ``last_error`` may quote the address).
     """
     pending = await connection.fetchval(
         "WITH gone AS (DELETE FROM notify.deliveries WHERE supporter_key = $1"
@@ -94,12 +101,13 @@ async def delete_supporter_rows(connection: Connection, supporter_key: str) -> E
         supporter_key,
     )
     await connection.execute("DELETE FROM notify.unsubscriptions WHERE supporter_key = $1", supporter_key)
+    await connection.execute(
+        "DELETE FROM notify.invalidated_supporters WHERE supporter_key = $1", supporter_key
+    )
     subscriptions = await connection.execute(
         "DELETE FROM notify.subscriptions WHERE supporter_key = $1", supporter_key
     )
-    contact = await connection.execute(
-        "DELETE FROM notify.supporters WHERE supporter_key = $1", supporter_key
-    )
+    contact = await connection.execute("DELETE FROM notify.contacts WHERE supporter_key = $1", supporter_key)
     return ErasedRows(_count(contact), _count(subscriptions), int(pending or 0))
 
 
@@ -137,6 +145,7 @@ class Eraser:
         self._bootstrap = bootstrap
         self._topics = topics
         self._hashes = AddressHashes(secret)
+        self._cipher = ContactCipher(secret)
         self._bound = timedelta(seconds=erasure_bound_s)
         self._metrics = metrics
         self._clock = clock
@@ -192,7 +201,7 @@ class Eraser:
 
     async def reject(self, supporter_key: str, case_id: str) -> Forgotten:
         """ "It wasn't me" (see :func:`reject_supporter`)."""
-        email = await address_of(self.pool, supporter_key)
+        email = await address_of(self.pool, self._cipher, supporter_key)
         suppression = None if email is None else self.suppression(email, "rejected", None)
         logger.info("signatures rejected by the address's owner", extra={"case_id": case_id})
         return await self.forget(supporter_key, "rejected", suppression=suppression)
@@ -204,7 +213,7 @@ class Eraser:
         is forgotten too (only the suppression stays).  Returns ``None`` when the contact
         is kept (other cases' news still goes out) or notify had no address for them.
         """
-        email = await address_of(self.pool, supporter_key)
+        email = await address_of(self.pool, self._cipher, supporter_key)
         if email is None:
             return None
         suppression = self.suppression(email, "unsubscribed", case_id)
@@ -218,7 +227,7 @@ class Eraser:
         """Whether notify holds a contact or a subscription of the supporter (not once forgotten)."""
         return bool(
             await self.pool.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM notify.supporters WHERE supporter_key = $1)"
+                "SELECT EXISTS (SELECT 1 FROM notify.contacts WHERE supporter_key = $1)"
                 " OR EXISTS (SELECT 1 FROM notify.subscriptions WHERE supporter_key = $1)",
                 supporter_key,
             )

@@ -27,7 +27,7 @@ end) -> ``sent`` | ``failed`` | ``cancelled``, or back to ``pending`` with a lat
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -116,6 +116,8 @@ class SupporterListApplier:
 
 async def _write_supporters(connection: Connection, changes: SupporterChanges) -> int:
     """Apply the batch's changes; returns how many (case, supporter) subscriptions are new."""
+    if changes.erased:
+        await _forget_erased(connection, changes.erased)
     if changes.rejected:
         await connection.execute(
             """
@@ -160,6 +162,26 @@ async def _write_supporters(connection: Connection, changes: SupporterChanges) -
             list(changes.confirmed.values()),
         )
     return inserted
+
+
+async def _forget_erased(connection: Connection, erased: Mapping[str, datetime]) -> None:
+    """``SupporterErased`` read back (a rebuild, or another notify): the supporter's
+    subscriptions and pending deliveries go, and the erasure time is kept so a contact or
+    signature replayed from before it is not taken back in."""
+    keys, times = list(erased), list(erased.values())
+    await connection.execute("DELETE FROM notify.subscriptions WHERE supporter_key = ANY($1::text[])", keys)
+    await connection.execute(
+        "DELETE FROM notify.deliveries WHERE supporter_key = ANY($1::text[]) AND state = 'pending'", keys
+    )
+    await connection.execute(
+        """
+        INSERT INTO notify.erasures AS e (supporter_key, erased_at)
+        SELECT * FROM unnest($1::text[], $2::timestamptz[])
+        ON CONFLICT (supporter_key) DO UPDATE SET erased_at = GREATEST(e.erased_at, EXCLUDED.erased_at)
+        """,
+        keys,
+        times,
+    )
 
 
 async def request_confirmations(connection: Connection, supporter_keys: Sequence[str]) -> None:
@@ -274,6 +296,8 @@ class ClaimedDelivery:
     """A confirmation or reminder whose (case, supporter) is confirmed or rejected since."""
     news_only: bool = False
     """A confirmation that asks only whether the supporter wants news (a ``"none"`` case)."""
+    suppressed: bool = False
+    """The address is suppressed (notify.suppressions) for this case or every case: never sent."""
 
 
 @dataclass(frozen=True)
@@ -363,9 +387,11 @@ class DeliveryLedger:
 
         Due: pending with ``next_attempt_at`` passed, or sending with an expired lease;
         confirmations and reminders first (priority 0), then news.  Concurrent claimers
-        skip each other's rows.  The supporter's contact (opened here) and whether they
-        unsubscribed are read in the same statement (the send-time check; unsubscribing
-        stops news, not the confirmation of a new signature).
+        skip each other's rows.  The supporter's contact (opened here), whether they
+        unsubscribed, and whether their address is suppressed (by its hash, for this case
+        or every case) are read in the same statement: the send-time check.  Unsubscribing
+        stops news, not the confirmation of a new signature; a suppression stops every
+        kind ("never mail this address again", whatever the reason).
         """
         rows = await self.pool.fetch(
             """
@@ -390,6 +416,11 @@ class DeliveryLedger:
                        WHERE u.supporter_key = c.supporter_key
                          AND u.case_id IN ('', COALESCE(c.case_id, e.case_id))
                    ) AS unsubscribed,
+                   EXISTS (
+                       SELECT 1 FROM notify.suppressions x
+                       WHERE x.address_hash = k.address_hash
+                         AND x.case_id IN ('', COALESCE(c.case_id, e.case_id))
+                   ) AS suppressed,
                    c.priority = 0 AND NOT EXISTS (
                        SELECT 1 FROM notify.subscriptions s
                        WHERE s.case_id = c.case_id AND s.supporter_key = c.supporter_key
@@ -418,6 +449,7 @@ class DeliveryLedger:
                 case_id=row["case_id"] or "",
                 answered=row["answered"],
                 news_only=row["news_only"],
+                suppressed=row["suppressed"],
             )
             for row in rows
         ]

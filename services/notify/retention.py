@@ -16,8 +16,10 @@ counting twice; the key is a keyed hash, and the address it was made from is gon
 ``python -m notify.retention --dry-run`` (against the configured database) reports what
 the job would forget now and changes nothing.
 
-Not yet: unconfirmed signatures' contacts at the confirmation expiry, which needs
-notify-a's confirmation tables (see the report of wave 2).
+The same pass forgets a supporter whose every subscription still awaits confirmation
+and was signed longer ago than ``CLAMEUR_CONFIRMATION_EXPIRY_S`` (:func:`unconfirmed_supporters`,
+reason ``expired``, metric reason ``unconfirmed``): a signature never confirmed no longer
+counts, and its contact is not kept for it.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from clameur.consumer import Batch
 from clameur.database import create_pool
@@ -132,6 +134,28 @@ async def due_supporters(
     return [DueSupporter(row["supporter_key"], tuple(row["case_ids"])) for row in rows]
 
 
+async def unconfirmed_supporters(
+    connection: Connection | Pool, now: datetime, expiry_s: float, limit: int | None = None
+) -> list[DueSupporter]:
+    """Supporters whose every subscription awaits confirmation, unconfirmed, signed at
+    least ``expiry_s`` before ``now``: their confirmation link has expired everywhere."""
+    rows = await connection.fetch(
+        """
+        SELECT s.supporter_key, array_agg(s.case_id ORDER BY s.case_id) AS case_ids
+        FROM notify.subscriptions s
+        GROUP BY s.supporter_key
+        HAVING bool_and(s.awaits_confirmation AND s.confirmed_at IS NULL
+                        AND s.signed_at + make_interval(secs => $2) <= $1)
+        ORDER BY s.supporter_key
+        LIMIT $3
+        """,
+        now,
+        expiry_s,
+        limit,
+    )
+    return [DueSupporter(row["supporter_key"], tuple(row["case_ids"])) for row in rows]
+
+
 @dataclass(frozen=True)
 class RetentionReport:
     """What one run found due and, unless a dry run, forgot."""
@@ -139,6 +163,8 @@ class RetentionReport:
     due: list[DueSupporter]
     forgotten: int
     dry_run: bool
+    unconfirmed: list[DueSupporter] = field(default_factory=list)
+    """Supporters whose signatures were never confirmed within the expiry."""
 
     def as_json(self) -> dict[str, Any]:
         cases: dict[str, int] = {}
@@ -148,6 +174,7 @@ class RetentionReport:
         return {
             "dry_run": self.dry_run,
             "due_supporters": len(self.due),
+            "unconfirmed_supporters": len(self.unconfirmed),
             "forgotten": self.forgotten,
             "by_case": cases,
         }
@@ -163,32 +190,59 @@ class RetentionJob:
         metrics: NotifyMetrics | None,
         override_days: int | None,
         clock: Callable[[], datetime] = utc_now,
+        confirmation_expiry_s: float | None = None,
     ) -> None:
         self.pool = pool
         self._eraser = eraser
         self._metrics = metrics
         self._override_days = override_days
         self._clock = clock
+        self._expiry_s = confirmation_expiry_s
 
     async def run_once(self, *, dry_run: bool = False, chunk: int = 1000) -> RetentionReport:
         """One pass, until no one is due.  A dry run (or a job without an eraser) only reports."""
         now = self._clock()
         if dry_run or self._eraser is None:
-            return RetentionReport(await due_supporters(self.pool, now, self._override_days), 0, dry_run=True)
-        due: list[DueSupporter] = []
+            unconfirmed = (
+                [] if self._expiry_s is None else await unconfirmed_supporters(self.pool, now, self._expiry_s)
+            )
+            due = await due_supporters(self.pool, now, self._override_days)
+            return RetentionReport(due, 0, dry_run=True, unconfirmed=unconfirmed)
+        due = await self._forget_all(
+            lambda: due_supporters(self.pool, now, self._override_days, limit=chunk), chunk, "case_ended"
+        )
+        unconfirmed = []
+        if self._expiry_s is not None:
+            expiry_s = self._expiry_s
+            unconfirmed = await self._forget_all(
+                lambda: unconfirmed_supporters(self.pool, now, expiry_s, limit=chunk), chunk, "unconfirmed"
+            )
+        if due or unconfirmed:
+            logger.info(
+                "retention forgot supporters", extra={"count": len(due), "unconfirmed": len(unconfirmed)}
+            )
+        return RetentionReport(due, len(due) + len(unconfirmed), dry_run=False, unconfirmed=unconfirmed)
+
+    async def _forget_all(
+        self,
+        find: Callable[[], Awaitable[list[DueSupporter]]],
+        chunk: int,
+        why: Literal["case_ended", "unconfirmed"],
+    ) -> list[DueSupporter]:
+        assert self._eraser is not None
+        forgotten: list[DueSupporter] = []
         while True:
             # In chunks: a large case's supporters are forgotten in one pass, a chunk read at a time.
-            found = await due_supporters(self.pool, now, self._override_days, limit=chunk)
+            found = await find()
             for supporter in found:
-                await self._eraser.forget(supporter.supporter_key, "retention")
+                await self._eraser.forget(
+                    supporter.supporter_key, "retention" if why == "case_ended" else "expired"
+                )
                 if self._metrics is not None:
-                    self._metrics.retention_erased.labels("case_ended").inc()
-            due.extend(found)
+                    self._metrics.retention_erased.labels(why).inc()
+            forgotten.extend(found)
             if len(found) < chunk:
-                break
-        if due:
-            logger.info("retention forgot supporters", extra={"count": len(due)})
-        return RetentionReport(due, len(due), dry_run=False)
+                return forgotten
 
     async def run(self, every_s: float) -> None:
         """A pass every ``every_s`` until cancelled; a failed pass is logged and retried next time."""
@@ -204,7 +258,10 @@ async def dry_run(settings: NotifySettings) -> RetentionReport:
     """What the retention job would forget now, against the configured database."""
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
     try:
-        return await RetentionJob(pool, None, None, settings.retention_days).run_once(dry_run=True)
+        job = RetentionJob(
+            pool, None, None, settings.retention_days, confirmation_expiry_s=settings.confirmation_expiry_s
+        )
+        return await job.run_once(dry_run=True)
     finally:
         await pool.close()
 

@@ -49,7 +49,7 @@ from notify.retries import RateLimiter
 from notify.sending import FanOut, Sender, SendingOptions
 from notify.settings import NotifySettings
 from notify.smtp import SmtpPool
-from notify.suppressions import SuppressionApplier
+from notify.suppressions import AddressHashes, SuppressionApplier
 from notify.tokens import ConfirmationSigner, TokenSigner
 
 if TYPE_CHECKING:
@@ -88,6 +88,7 @@ class Connections:
     ends: TopicEnds
     transport: SmtpPool
     contact_ends: TopicEnds
+    suppression_ends: TopicEnds
 
 
 @contextlib.asynccontextmanager
@@ -113,7 +114,10 @@ async def open_connections(settings: NotifySettings) -> AsyncIterator[Connection
         contact_ends = TopicEnds(settings.kafka, settings.topics.contacts)
         await contact_ends.start()
         opened.push_async_callback(contact_ends.stop)
-        yield Connections(pool, producer, ends, transport, contact_ends)
+        suppression_ends = TopicEnds(settings.kafka, settings.topics.suppressions)
+        await suppression_ends.start()
+        opened.push_async_callback(suppression_ends.stop)
+        yield Connections(pool, producer, ends, transport, contact_ends, suppression_ends)
 
 
 class Loops:
@@ -140,55 +144,66 @@ class Loops:
             decode_signature_log_event,
             BatchLimits(max_records=2000),
         )
-        contacts = ContactsApplier(pool, f"{prefix}notify-contacts", parts.cipher)
-        self.contacts: BatchConsumer[ContactRecord] = BatchConsumer(
-            bootstrap=settings.kafka,
-            topic=topics.contacts,
-            group_id=f"{prefix}notify-contacts",
-            decode=_never,
-            decode_record=decode_contact_record,
-            applier=contacts,
-            dlq_producer=connections.producer,
-            metrics=parts.consumer_metrics,
-            limits=BatchLimits(max_records=2000),
-            client_id=CLIENT_ID,
+        contacts = ContactsApplier(
+            pool, f"{prefix}notify-contacts", parts.cipher, AddressHashes(settings.secret.get_secret_value())
         )
+        self.contacts = _contacts_consumer(parts, connections, contacts)
         self.case_news: BatchConsumer[CaseEvent] = _consumer(
             parts, connections, topics.case_events, news, decode_case_event, BatchLimits()
         )
+        suppressions = SuppressionApplier(pool, f"{prefix}notify-suppressions")
+        self.suppressions: BatchConsumer[Suppression] = _consumer(
+            parts, connections, topics.suppressions, suppressions, decode_suppression, BatchLimits()
+        )
         self.fan_out = FanOut(
             self.ledger,
-            supporters_caught_up(connections.ends, supporters, (connections.contact_ends, contacts)),
+            # News waits for the suppressions too: a notify on a fresh database mails no one
+            # suppressed before it has read them all.
+            supporters_caught_up(
+                connections.ends,
+                supporters,
+                (connections.contact_ends, contacts),
+                (connections.suppression_ends, suppressions),
+            ),
             grace_s=settings.notify_fanout_grace_s,
             idle_poll_s=settings.notify_idle_poll_s,
             # A rebuild writes no reminder: its confirmations were answered or reminded live.
             reminder_after_s=settings.confirmation_reminder_s if settings.notify_send else None,
         )
         self.sender = _sender(parts, connections.transport, self.ledger)
-        self.suppressions: BatchConsumer[Suppression] = _consumer(
-            parts,
-            connections,
-            topics.suppressions,
-            SuppressionApplier(pool, f"{prefix}notify-suppressions"),
-            decode_suppression,
-            BatchLimits(),
-        )
+        self._erasure_loops(parts, connections, eraser, prefix)
+        # A rebuild (CLAMEUR_NOTIFY_SEND=false) never runs the sender: nothing is claimed or sent.
+        self.sending = settings.notify_send
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def _erasure_loops(
+        self, parts: NotifyParts, connections: Connections, eraser: Eraser, prefix: str
+    ) -> None:
+        """The cases' retention clocks, the contacts ticks and the retention job."""
+        settings, pool = parts.settings, connections.pool
         self.case_clocks: BatchConsumer[CaseState] = _consumer(
             parts,
             connections,
-            topics.cases,
+            settings.topics.cases,
             CaseRetentionApplier(pool, f"{prefix}notify-retention"),
             decode_case_state,
             BatchLimits(),
         )
         self.ticks = functools.partial(
-            keep_ticking, connections.producer, settings.kafka, topics.contacts, settings.erasure_bound_s
+            keep_ticking,
+            connections.producer,
+            settings.kafka,
+            settings.topics.contacts,
+            settings.erasure_bound_s,
         )
-        self.retention = RetentionJob(pool, eraser, metrics, settings.retention_days)
+        self.retention = RetentionJob(
+            pool,
+            eraser,
+            parts.metrics,
+            settings.retention_days,
+            confirmation_expiry_s=settings.confirmation_expiry_s,
+        )
         self.retention_every_s = settings.retention_interval_s
-        # A rebuild (CLAMEUR_NOTIFY_SEND=false) never runs the sender: nothing is claimed or sent.
-        self.sending = settings.notify_send
-        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def start(self) -> None:
         self._tasks = {
@@ -263,6 +278,24 @@ def _consumer(
         dlq_producer=connections.producer,
         metrics=parts.consumer_metrics,
         limits=limits,
+        client_id=CLIENT_ID,
+    )
+
+
+def _contacts_consumer(
+    parts: NotifyParts, connections: Connections, contacts: ContactsApplier
+) -> BatchConsumer[ContactRecord]:
+    """contacts.v1 is read record by record with its key (a tombstone has no value)."""
+    return BatchConsumer(
+        bootstrap=parts.settings.kafka,
+        topic=parts.settings.topics.contacts,
+        group_id=contacts.group_id,
+        decode=_never,
+        decode_record=decode_contact_record,
+        applier=contacts,
+        dlq_producer=connections.producer,
+        metrics=parts.consumer_metrics,
+        limits=BatchLimits(max_records=2000),
         client_id=CLIENT_ID,
     )
 

@@ -216,6 +216,8 @@ class Sender:
         for delivery in claimed:
             if delivery.recipient is None:
                 self._outcomes.cancelled.append((delivery.id, "supporter erased"))
+            elif delivery.suppressed:
+                self._outcomes.cancelled.append((delivery.id, "suppressed"))
             elif delivery.unsubscribed:
                 self._outcomes.cancelled.append((delivery.id, "unsubscribed"))
             elif delivery.answered:

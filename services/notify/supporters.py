@@ -12,7 +12,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from clameur.events import SignatureAccepted, SignatureConfirmed, SignatureLogEvent, SignaturesRejected
+from clameur.events import (
+    SignatureAccepted,
+    SignatureConfirmed,
+    SignatureLogEvent,
+    SignaturesRejected,
+    SupporterErased,
+)
 from clameur.supporters import SupporterKeys
 
 
@@ -46,9 +52,14 @@ class _Pair:
 class SupporterChanges:
     """What a batch of signatures.v2 changes, per (case, supporter), to apply in this order.
 
-    ``rejected`` pairs lose their unconfirmed subscription first, then ``subscriptions``
-    are upserted, then ``confirmed`` pairs are marked confirmed (earliest time wins).
+    ``erased`` supporters lose every subscription and pending delivery first (and their
+    erasure time is kept), then ``rejected`` pairs lose their unconfirmed subscription,
+    then ``subscriptions`` are upserted, then ``confirmed`` pairs are marked confirmed
+    (earliest time wins).
     """
+
+    erased: dict[str, datetime] = field(default_factory=dict)
+    """Supporter key to the time of its latest ``SupporterErased`` in the batch."""
 
     subscriptions: list[Subscription] = field(default_factory=list)
     confirmed: dict[tuple[str, str], datetime] = field(default_factory=dict)
@@ -71,11 +82,21 @@ def fold_signatures(events: Iterable[SignatureLogEvent], erased: Mapping[str, da
       or awaiting confirmation once is enough.
     - ``SignaturesRejected`` drops what the batch held for the pair unless it was
       confirmed before it in the log ("It wasn't me" takes back only pending signatures).
-    - Other events of the topic (invalidations, erasures) change nothing here.
+    - ``SupporterErased`` drops what the batch held for the supporter before it in the
+      log; what they sign after it is a new consent.
+    - Other events of the topic (invalidations) change nothing here.
     """
     pairs: dict[tuple[str, str], _Pair] = {}
+    forgotten: dict[str, datetime] = {}
     recorded = 0
     for event in events:
+        if isinstance(event, SupporterErased):
+            forgotten[event.supporter_key] = max(
+                event.occurred_at, forgotten.get(event.supporter_key, event.occurred_at)
+            )
+            for pair_key in [k for k in pairs if k[1] == event.supporter_key]:
+                del pairs[pair_key]
+            continue
         if isinstance(event, SignatureAccepted):
             if not needs_an_address(event):
                 continue
@@ -98,6 +119,7 @@ def fold_signatures(events: Iterable[SignatureLogEvent], erased: Mapping[str, da
         confirmed={key: p.confirmed_at for key, p in pairs.items() if p.confirmed_at is not None},
         rejected=[key for key, p in pairs.items() if p.rejected],
         recorded=recorded,
+        erased=forgotten,
     )
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 import asyncpg
+from notify.contacts import ContactCipher
 from notify.erasure import Eraser
 from notify.metrics import NotifyMetrics
 from notify.supporters import supporter_key
+from notify.suppressions import AddressHashes
 from prometheus_client import CollectorRegistry
 
 from clameur.events import Contact, utc_now
@@ -28,23 +31,39 @@ def key_of(email: str) -> str:
 
 
 async def seed_supporter(
-    database: Pool, email: str, first_name: str, case_ids: Iterable[str], locale: str = "fr"
+    database: Pool,
+    email: str,
+    first_name: str,
+    case_ids: Iterable[str],
+    locale: str = "fr",
+    *,
+    confirmed: bool = True,
+    signed_at: datetime | None = None,
 ) -> str:
-    """A consenting supporter following ``case_ids`` (notify's supporter list); returns the key."""
+    """A consenting supporter following ``case_ids``: their contact sealed in notify.contacts
+    (with its address hash) and their subscriptions (confirmed, unless ``confirmed`` is
+    False: then awaiting confirmation since ``signed_at``); returns the key."""
     key = key_of(email)
+    cipher = ContactCipher(TEST_SECRET)
     await database.execute(
-        "INSERT INTO notify.supporters (supporter_key, email, first_name, locale, received_at)"
-        " VALUES ($1, $2, $3, $4, now())",
+        "INSERT INTO notify.contacts"
+        " (supporter_key, email_sealed, first_name_sealed, locale, recorded_at, address_hash)"
+        " VALUES ($1, $2, $3, $4, now(), $5)",
         key,
-        email,
-        first_name,
+        cipher.seal(key, "email", email),
+        cipher.seal(key, "first_name", first_name),
         locale,
+        AddressHashes(TEST_SECRET).of(email),
     )
     for case_id in case_ids:
         await database.execute(
-            "INSERT INTO notify.subscriptions (case_id, supporter_key, signed_at) VALUES ($1, $2, now())",
+            "INSERT INTO notify.subscriptions"
+            " (case_id, supporter_key, signed_at, awaits_confirmation, confirmed_at)"
+            " VALUES ($1, $2, COALESCE($3, now()), $4, CASE WHEN $4 THEN NULL ELSE now() END)",
             case_id,
             key,
+            signed_at,
+            not confirmed,
         )
     return key
 
@@ -70,7 +89,7 @@ async def seed_pending_delivery(database: Pool, case_id: str, key: str) -> UUID:
 async def rows_of(database: Pool, key: str) -> dict[str, int]:
     """How many rows notify holds on the supporter, per table."""
     counts = {}
-    for table in ("supporters", "subscriptions", "deliveries", "unsubscriptions"):
+    for table in ("contacts", "subscriptions", "deliveries", "unsubscriptions"):
         counts[table] = int(
             await database.fetchval(f"SELECT count(*) FROM notify.{table} WHERE supporter_key = $1", key)
         )

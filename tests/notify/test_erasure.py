@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import asyncpg
 import httpx
 from fastapi import FastAPI
+from notify.contacts import ContactCipher
 from notify.erasure import Eraser, ErasureDesk, erasure_router
 from notify.ledger import _SUPPORTER_LIST_LOCK
 from notify.metrics import NotifyMetrics
@@ -37,7 +38,7 @@ async def test_erasure_tombstones_the_contact_announces_to_every_partition_delet
     await seed_pending_delivery(notify.database, first, key)
     # The fault to undo is there: notify holds her address, two cases and a pending email.
     assert await rows_of(notify.database, key) == {
-        "supporters": 1,
+        "contacts": 1,
         "subscriptions": 2,
         "deliveries": 1,
         "unsubscriptions": 0,
@@ -58,7 +59,7 @@ async def test_erasure_tombstones_the_contact_announces_to_every_partition_delet
     assert asked_at + bound <= completes_at <= utc_now() + bound
 
     assert await rows_of(notify.database, key) == dict.fromkeys(
-        ("supporters", "subscriptions", "deliveries", "unsubscriptions"), 0
+        ("contacts", "subscriptions", "deliveries", "unsubscriptions"), 0
     )
     contacts = [
         r for r in await read_topic(infra.kafka, topics.contacts, at_least=1) if r.key == key.encode()
@@ -105,7 +106,7 @@ async def test_erasure_refuses_strangers_and_bad_addresses_with_a_problem_and_ch
         refused = await notify.client.post("/v1/admin/supporters/erase", json=body, headers=admin(notify))
         assert refused.status_code == 422, body
         assert refused.headers["content-type"] == "application/problem+json"
-    assert (await rows_of(notify.database, key))["supporters"] == 1
+    assert (await rows_of(notify.database, key))["contacts"] == 1
     written = await read_topic(infra.kafka, topics.contacts)
     assert written, "notify's contacts ticks run"
     assert {r.key for r in written} == {CONTACTS_TICK_KEY}  # ticks only: no tombstone
@@ -124,11 +125,14 @@ async def test_an_erasure_waits_for_a_batch_being_folded_and_then_deletes_what_i
             await transaction.start()
             # A batch being folded: the shared lock, then the supporter's rows, not yet committed.
             await fold.execute(_SUPPORTER_LIST_LOCK.format(mode="_shared"))
+            cipher = ContactCipher(TEST_SECRET)
             await fold.execute(
-                "INSERT INTO notify.supporters (supporter_key, email, first_name, locale, received_at)"
-                " VALUES ($1, $2, 'Dina', 'fr', now())",
+                "INSERT INTO notify.contacts"
+                " (supporter_key, email_sealed, first_name_sealed, locale, recorded_at)"
+                " VALUES ($1, $2, $3, 'fr', now())",
                 key,
-                email,
+                cipher.seal(key, "email", email),
+                cipher.seal(key, "first_name", "Dina"),
             )
             erasing = asyncio.create_task(eraser.forget(key, "erased"))
 
@@ -143,7 +147,7 @@ async def test_an_erasure_waits_for_a_batch_being_folded_and_then_deletes_what_i
             await transaction.commit()
         done = await erasing
     assert done.erased.contact == 1
-    assert (await rows_of(notify.database, key))["supporters"] == 0
+    assert (await rows_of(notify.database, key))["contacts"] == 0
 
 
 async def test_an_erasure_kafka_does_not_acknowledge_answers_503_and_deletes_nothing(
@@ -182,7 +186,7 @@ async def test_an_erasure_kafka_does_not_acknowledge_answers_503_and_deletes_not
         assert answer.status_code == 503, answer.text
         assert answer.headers["content-type"] == "application/problem+json"
         assert "Try again" in answer.json()["detail"]
-        assert (await rows_of(pool, key))["supporters"] == 1  # nothing deleted
+        assert (await rows_of(pool, key))["contacts"] == 1  # nothing deleted
     finally:
         await producer.stop()
         await pool.close()

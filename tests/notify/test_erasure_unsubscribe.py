@@ -26,9 +26,9 @@ async def test_unsubscribing_from_everything_leaves_only_the_suppression(
     email, name = f"amina.{case_id}@example.org", f"Amina{case_id.replace('-', '')}"
     key = await seed_supporter(notify.database, email, name, [case_id, new_id()])
     await seed_pending_delivery(notify.database, case_id, key)
-    # Before: notify holds both, as a dump would show.
-    assert await tables_holding(notify.database, email) == ["supporters"]
-    assert await tables_holding(notify.database, name) == ["supporters"]
+    # Before: notify holds both, sealed in notify.contacts (a dump shows neither in clear).
+    assert (await rows_of(notify.database, key))["contacts"] == 1
+    assert await tables_holding(notify.database, email) == []
 
     answer = await notify.client.post(unsubscribe_path(key, None))
     assert answer.status_code == 200, answer.text
@@ -36,7 +36,7 @@ async def test_unsubscribing_from_everything_leaves_only_the_suppression(
     assert await tables_holding(notify.database, email) == []
     assert await tables_holding(notify.database, name) == []
     assert await rows_of(notify.database, key) == dict.fromkeys(
-        ("supporters", "subscriptions", "deliveries", "unsubscriptions"), 0
+        ("contacts", "subscriptions", "deliveries", "unsubscriptions"), 0
     )
     hashed = address_hash(TEST_SECRET, email)
     assert await is_suppressed(notify.database, hashed, None)
@@ -68,7 +68,7 @@ async def test_unsubscribing_from_one_case_keeps_the_contact_while_another_case_
     assert (await notify.client.post(unsubscribe_path(key, first))).status_code == 200
     assert await is_suppressed(notify.database, hashed, first)
     assert not await is_suppressed(notify.database, hashed, second)
-    assert (await rows_of(notify.database, key))["supporters"] == 1  # still hears about the other case
+    assert (await rows_of(notify.database, key))["contacts"] == 1  # still hears about the other case
     written = await read_topic(infra.kafka, topics.contacts)
     assert {r.key for r in written} <= {CONTACTS_TICK_KEY}  # no tombstone
 

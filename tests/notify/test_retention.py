@@ -84,15 +84,15 @@ async def test_retention_forgets_a_closed_cases_supporters_at_its_time_and_not_b
         dry = await on_time.run_once(dry_run=True)
         assert [d.supporter_key for d in dry.due if d.supporter_key in mine] == [only_closed]
         assert dry.as_json()["by_case"][closed] == 1 and dry.forgotten == 0
-        assert (await rows_of(notify.database, only_closed))["supporters"] == 1  # the dry run changed nothing
+        assert (await rows_of(notify.database, only_closed))["contacts"] == 1  # the dry run changed nothing
         done = await on_time.run_once(chunk=1)  # in chunks of one: every chunk is taken
 
     assert [d.supporter_key for d in done.due if d.supporter_key in mine] == [only_closed]
     assert await rows_of(notify.database, only_closed) == dict.fromkeys(
-        ("supporters", "subscriptions", "deliveries", "unsubscriptions"), 0
+        ("contacts", "subscriptions", "deliveries", "unsubscriptions"), 0
     )
     for kept in (both, only_open):  # they still follow an open case
-        assert (await rows_of(notify.database, kept))["supporters"] == 1
+        assert (await rows_of(notify.database, kept))["contacts"] == 1
     tombstones = [r for r in await read_topic(infra.kafka, topics.contacts, at_least=1) if r.value is None]
     assert only_closed.encode() in {r.key for r in tombstones}
     assert (
@@ -150,4 +150,4 @@ async def test_the_dry_run_command_reports_who_would_be_forgotten_and_forgets_no
     report = json.loads(ran.stdout)
     assert report["dry_run"] is True and report["forgotten"] == 0
     assert report["by_case"][old] == 1
-    assert (await rows_of(notify.database, key))["supporters"] == 1
+    assert (await rows_of(notify.database, key))["contacts"] == 1

@@ -66,7 +66,7 @@ async def test_it_wasnt_me_suppresses_the_address_everywhere_forgets_the_support
         assert await is_suppressed(database, hashed, case)
     assert not await is_suppressed(database, address_hash(TEST_SECRET, f"else.{case_id}@example.org"), None)
     assert await rows_of(database, key) == dict.fromkeys(
-        ("supporters", "subscriptions", "deliveries", "unsubscriptions"), 0
+        ("contacts", "subscriptions", "deliveries", "unsubscriptions"), 0
     )
     published = await read_topic(infra.kafka, topics.suppressions, at_least=1)
     assert [(r.key, decode_suppression(r.value).reason) for r in published] == [

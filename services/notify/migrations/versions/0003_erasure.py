@@ -1,4 +1,5 @@
-"""Suppressions (from suppressions.v1) and the cases' retention clocks (from cases.v1).
+"""Suppressions (from suppressions.v1), the cases' retention clocks (from cases.v1), and
+each contact's address hash (the send-time suppression check).
 
 Revision ID: 0003
 Revises: 0002
@@ -36,9 +37,16 @@ UPGRADE = [
             ended_at timestamptz
         )
     """,
+    # The keyed hash of the contact's address (notify.suppressions' key), written with the
+    # sealed contact: the claim checks suppressions without opening any address.  NULL only
+    # for a contact stored before this migration, until contacts.v1 delivers it again.
+    "ALTER TABLE notify.contacts ADD COLUMN address_hash text",
+    "CREATE INDEX contacts_address_hash ON notify.contacts (address_hash)",
 ]
 
 DOWNGRADE = [
+    "DROP INDEX notify.contacts_address_hash",
+    "ALTER TABLE notify.contacts DROP COLUMN address_hash",
     "DROP TABLE notify.case_retention",
     "DROP TABLE notify.suppressions",
 ]
