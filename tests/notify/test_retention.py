@@ -151,3 +151,48 @@ async def test_the_dry_run_command_reports_who_would_be_forgotten_and_forgets_no
     assert report["dry_run"] is True and report["forgotten"] == 0
     assert report["by_case"][old] == 1
     assert (await rows_of(notify.database, key))["contacts"] == 1
+
+
+async def test_retention_forgets_contacts_of_signatures_never_confirmed_by_the_expiry(
+    notify: RunningNotify, infra: Infra, topics: Topics, new_id: Callable[..., str]
+) -> None:
+    case_id, other = new_id("nawal"), new_id("atena")
+    long_ago = utc_now() - timedelta(days=2)
+    expiry_s = timedelta(days=1).total_seconds()
+    seed = notify.database
+    expired = await seed_supporter(
+        seed, f"x.{case_id}@example.org", "X", [case_id, other], confirmed=False, signed_at=long_ago
+    )
+    recent = await seed_supporter(seed, f"y.{case_id}@example.org", "Y", [case_id], confirmed=False)
+    half = await seed_supporter(
+        seed, f"z.{case_id}@example.org", "Z", [case_id], confirmed=False, signed_at=long_ago
+    )
+    # Z confirmed another case: she keeps her contact for its news.
+    await seed.execute(
+        "INSERT INTO notify.subscriptions (case_id, supporter_key, signed_at, confirmed_at)"
+        " VALUES ($1, $2, now(), now())",
+        other,
+        half,
+    )
+    mine = {expired, recent, half}
+    registry = CollectorRegistry()
+    metrics = NotifyMetrics(registry)
+    async with running_eraser(infra.kafka, infra.database_url, topics, metrics) as eraser:
+        job = RetentionJob(eraser.pool, eraser, metrics, None, confirmation_expiry_s=expiry_s)
+        dry = await job.run_once(dry_run=True)
+        assert {s.supporter_key for s in dry.unconfirmed} & mine == {expired}
+        assert dry.as_json()["unconfirmed_supporters"] >= 1
+        assert (await rows_of(seed, expired))["contacts"] == 1  # the dry run changed nothing
+
+        done = await job.run_once()
+    assert {s.supporter_key for s in done.unconfirmed} & mine == {expired}
+    assert await rows_of(seed, expired) == dict.fromkeys(
+        ("contacts", "subscriptions", "deliveries", "unsubscriptions"), 0
+    )
+    assert (await rows_of(seed, recent))["contacts"] == 1
+    assert (await rows_of(seed, half))["contacts"] == 1
+    contacts = [r for r in await read_topic(infra.kafka, topics.contacts, at_least=1) if r.value is None]
+    assert expired.encode() in {r.key for r in contacts}
+    scraped = generate_latest(registry).decode()
+    assert metric(scraped, "clameur_notify_retention_erased_total", reason="unconfirmed") >= 1
+    assert metric(scraped, "clameur_notify_erasures_total", reason="expired") >= 1
