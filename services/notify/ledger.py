@@ -321,6 +321,50 @@ class Outcomes:
         return len(self.sent) + len(self.retry) + len(self.failed) + len(self.cancelled) + len(self.released)
 
 
+_CLAIM = """
+    WITH due AS (
+        SELECT id FROM notify.deliveries
+        WHERE state IN ('pending', 'sending') AND next_attempt_at <= now()
+        ORDER BY priority, next_attempt_at
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE notify.deliveries d
+        SET state = 'sending', attempts = d.attempts + 1,
+            next_attempt_at = now() + make_interval(secs => $2)
+        FROM due WHERE d.id = due.id
+        RETURNING d.id, d.event_id, d.supporter_key, d.kind, d.attempts, d.case_id, d.priority
+    )
+    SELECT c.id, c.event_id, c.supporter_key, c.kind, c.attempts,
+           COALESCE(c.case_id, e.case_id) AS case_id,
+           k.email_sealed, k.first_name_sealed, k.locale,
+           c.priority > 0 AND EXISTS (
+               SELECT 1 FROM notify.unsubscriptions u
+               WHERE u.supporter_key = c.supporter_key
+                 AND u.case_id IN ('', COALESCE(c.case_id, e.case_id))
+           ) AS unsubscribed,
+           EXISTS (
+               SELECT 1 FROM notify.suppressions x
+               WHERE x.address_hash = k.address_hash
+                 AND x.case_id IN ('', COALESCE(c.case_id, e.case_id))
+           ) AS suppressed,
+           c.priority = 0 AND NOT EXISTS (
+               SELECT 1 FROM notify.subscriptions s
+               WHERE s.case_id = c.case_id AND s.supporter_key = c.supporter_key
+                 AND s.confirmed_at IS NULL
+           ) AS answered,
+           c.priority = 0 AND NOT COALESCE((
+               SELECT s.awaits_confirmation FROM notify.subscriptions s
+               WHERE s.case_id = c.case_id AND s.supporter_key = c.supporter_key
+           ), true) AS news_only
+    FROM claimed c
+    LEFT JOIN notify.case_events e ON e.event_id = c.event_id
+    LEFT JOIN notify.contacts k ON k.supporter_key = c.supporter_key
+    ORDER BY c.priority, c.id
+    """
+"""Due rows taken and leased, each with its contact, unsubscription, suppression, answer."""
+
+
 class DeliveryLedger:
     """The send ledger: fan-out, claims with a lease, and outcomes.
 
@@ -394,47 +438,7 @@ class DeliveryLedger:
         kind ("never mail this address again", whatever the reason).
         """
         rows = await self.pool.fetch(
-            """
-            WITH due AS (
-                SELECT id FROM notify.deliveries
-                WHERE state IN ('pending', 'sending') AND next_attempt_at <= now()
-                ORDER BY priority, next_attempt_at
-                LIMIT $1
-                FOR UPDATE SKIP LOCKED
-            ), claimed AS (
-                UPDATE notify.deliveries d
-                SET state = 'sending', attempts = d.attempts + 1,
-                    next_attempt_at = now() + make_interval(secs => $2)
-                FROM due WHERE d.id = due.id
-                RETURNING d.id, d.event_id, d.supporter_key, d.kind, d.attempts, d.case_id, d.priority
-            )
-            SELECT c.id, c.event_id, c.supporter_key, c.kind, c.attempts,
-                   COALESCE(c.case_id, e.case_id) AS case_id,
-                   k.email_sealed, k.first_name_sealed, k.locale,
-                   c.priority > 0 AND EXISTS (
-                       SELECT 1 FROM notify.unsubscriptions u
-                       WHERE u.supporter_key = c.supporter_key
-                         AND u.case_id IN ('', COALESCE(c.case_id, e.case_id))
-                   ) AS unsubscribed,
-                   EXISTS (
-                       SELECT 1 FROM notify.suppressions x
-                       WHERE x.address_hash = k.address_hash
-                         AND x.case_id IN ('', COALESCE(c.case_id, e.case_id))
-                   ) AS suppressed,
-                   c.priority = 0 AND NOT EXISTS (
-                       SELECT 1 FROM notify.subscriptions s
-                       WHERE s.case_id = c.case_id AND s.supporter_key = c.supporter_key
-                         AND s.confirmed_at IS NULL
-                   ) AS answered,
-                   c.priority = 0 AND NOT COALESCE((
-                       SELECT s.awaits_confirmation FROM notify.subscriptions s
-                       WHERE s.case_id = c.case_id AND s.supporter_key = c.supporter_key
-                   ), true) AS news_only
-            FROM claimed c
-            LEFT JOIN notify.case_events e ON e.event_id = c.event_id
-            LEFT JOIN notify.contacts k ON k.supporter_key = c.supporter_key
-            ORDER BY c.priority, c.id
-            """,
+            _CLAIM,
             limit,
             lease_s,
         )

@@ -46,6 +46,16 @@ class NotifyMetrics:
         )
         for action in ("confirm", "reject"):
             self.confirmation_links.labels(action)
+        self._erasure_metrics(registry)
+        for kind in ("milestone", "victory", "confirmation", "reminder"):
+            self.attempts.labels(kind)
+            self.sent.labels(kind)
+            for reason in ("temporary", "permanent"):
+                self.failed.labels(kind, reason)
+        for scope in ("all", "case"):
+            self.unsubscribes.labels(scope)
+
+    def _erasure_metrics(self, registry: CollectorRegistry) -> None:
         self.erasures = Counter(
             "clameur_notify_erasures",
             "Supporters forgotten (contact tombstoned, rows deleted), by why.",
@@ -62,10 +72,3 @@ class NotifyMetrics:
             self.erasures.labels(reason)
         for reason in ("case_ended", "unconfirmed"):
             self.retention_erased.labels(reason)
-        for kind in ("milestone", "victory", "confirmation", "reminder"):
-            self.attempts.labels(kind)
-            self.sent.labels(kind)
-            for reason in ("temporary", "permanent"):
-                self.failed.labels(kind, reason)
-        for scope in ("all", "case"):
-            self.unsubscribes.labels(scope)
