@@ -12,7 +12,7 @@
 - :class:`DeliveryLedger` fans a recorded event out into delivery rows (one
   ``INSERT ... SELECT`` per event, unique on (event, supporter)), claims due deliveries in
   batches with ``FOR UPDATE SKIP LOCKED`` and a lease, and records outcomes in batches.
-- :class:`Preferences` holds unsubscriptions and erasures.
+- :class:`Preferences` holds unsubscriptions (erasure: :mod:`notify.erasure`).
 
 Confirmations and reminders are claimed before any news (``priority`` 0 against 1), so
 a 100,000-recipient mailing never delays them.  Their event id is derived from (kind,
@@ -559,7 +559,7 @@ class DeliveryLedger:
 
 
 class Preferences:
-    """Unsubscriptions and erasures: what a supporter asked of us.
+    """Unsubscriptions: what a supporter asked of us (erasure is :class:`notify.erasure.Eraser`).
 
     Built with the app (its routes need it) and given its pool when the lifespan starts.
     """
@@ -607,31 +607,3 @@ class Preferences:
             "SELECT locale FROM notify.contacts WHERE supporter_key = $1", supporter_key
         )
         return None if locale is None else str(locale)
-
-    async def erase(self, supporter_key: str) -> bool:
-        """Forget a supporter: their row, subscriptions, deliveries and unsubscriptions.
-
-        Keeps only a tombstone (the key and when) so a replay of ``signatures.v2`` does
-        not bring them back; a signature received after the erasure is a new consent.
-        Returns whether notify held any data on them.
-        """
-        async with self.pool.acquire() as connection, connection.transaction():
-            await connection.execute(_SUPPORTER_LIST_LOCK.format(mode=""))
-            await connection.execute(
-                "INSERT INTO notify.erasures (supporter_key) VALUES ($1)"
-                " ON CONFLICT (supporter_key) DO UPDATE SET erased_at = now()",
-                supporter_key,
-            )
-            deliveries = await connection.execute(
-                "DELETE FROM notify.deliveries WHERE supporter_key = $1", supporter_key
-            )
-            await connection.execute(
-                "DELETE FROM notify.unsubscriptions WHERE supporter_key = $1", supporter_key
-            )
-            await connection.execute(
-                "DELETE FROM notify.subscriptions WHERE supporter_key = $1", supporter_key
-            )
-            supporter = await connection.execute(
-                "DELETE FROM notify.contacts WHERE supporter_key = $1", supporter_key
-            )
-        return supporter != "DELETE 0" or deliveries != "DELETE 0"
