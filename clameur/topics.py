@@ -75,12 +75,16 @@ class Topics:
             "cleanup.policy": "compact",
             **{k: v for k, v in keep_forever.items() if k != "retention.ms"},
         }
+        # A segment rolls on the first append after segment.ms: with half the bound, and
+        # notify's ticks every quarter (notify/compaction.py), the segment holding a
+        # tombstone is rolled and cleanable by 3/4 of the bound after the erasure.
+        half_bound_ms = str(max(1000, int(erasure_bound_s * 500)))
         erasable = {
             **compacted,
             # A tombstone supersedes the contact once the segments holding both are rolled
             # and cleaned: within the bound, the old value is gone from disk.
-            "max.compaction.lag.ms": bound_ms,
-            "segment.ms": bound_ms,
+            "max.compaction.lag.ms": half_bound_ms,
+            "segment.ms": half_bound_ms,
             "delete.retention.ms": bound_ms,
             "min.cleanable.dirty.ratio": "0.01",
             "file.delete.delay.ms": "1000",

@@ -38,10 +38,37 @@ class NotifyMetrics:
         self.unsubscribes = Counter(
             "clameur_notify_unsubscribes", "Unsubscriptions.", ["scope"], registry=registry
         )
-        for kind in ("milestone", "victory"):
+        self.confirmation_links = Counter(
+            "clameur_notify_confirmation_links",
+            "Confirm and reject links acted on (events published), by action.",
+            ["action"],
+            registry=registry,
+        )
+        for action in ("confirm", "reject"):
+            self.confirmation_links.labels(action)
+        self._erasure_metrics(registry)
+        for kind in ("milestone", "victory", "confirmation", "reminder"):
             self.attempts.labels(kind)
             self.sent.labels(kind)
             for reason in ("temporary", "permanent"):
                 self.failed.labels(kind, reason)
         for scope in ("all", "case"):
             self.unsubscribes.labels(scope)
+
+    def _erasure_metrics(self, registry: CollectorRegistry) -> None:
+        self.erasures = Counter(
+            "clameur_notify_erasures",
+            "Supporters forgotten (contact tombstoned, rows deleted), by why.",
+            ["reason"],
+            registry=registry,
+        )
+        self.retention_erased = Counter(
+            "clameur_notify_retention_erased",
+            "Supporters the retention job forgot, by why.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in ("erased", "rejected", "unsubscribed", "retention", "expired"):
+            self.erasures.labels(reason)
+        for reason in ("case_ended", "unconfirmed"):
+            self.retention_erased.labels(reason)

@@ -1,6 +1,7 @@
 """From recorded case news to emails: the fan-out loop and the sender loop.
 
-The sender claims due deliveries in batches (a lease each), checks the unsubscription
+The sender claims due deliveries in batches (a lease each; confirmations and reminders
+before any news, so a large mailing never delays them), checks the unsubscription
 again (in the claim itself), renders, paces sends to the rate cap, sends over a pool
 of SMTP connections with bounded concurrency, and records outcomes in batches.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import random
@@ -34,15 +36,22 @@ from cachetools import LRUCache
 from clameur.events import utc_now
 from clameur.logs import describe_error
 from clameur.retry import RetryPolicy
-from notify.ledger import ClaimedDelivery, DeliveryLedger, Outcomes, Reschedule
-from notify.messages import CaseNews, MessageRenderer, UnsendableEmail
+from notify.ledger import CONFIRMATION_KINDS, ClaimedDelivery, DeliveryLedger, Outcomes, Reschedule
+from notify.messages import (
+    CaseNews,
+    ConfirmationKind,
+    ConfirmationRenderer,
+    MessageRenderer,
+    OutgoingEmail,
+    UnsendableEmail,
+)
 from notify.metrics import NotifyMetrics
 from notify.retries import RateLimiter
 from notify.smtp import MailTransport, SendFailure
 
 logger = logging.getLogger(__name__)
 
-_KINDS = ("milestone", "victory")
+_KINDS = ("milestone", "victory", *CONFIRMATION_KINDS)
 _DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
@@ -61,7 +70,36 @@ class SendingOptions:
 @dataclass(frozen=True)
 class _Job:
     delivery: ClaimedDelivery
-    news: CaseNews
+    news: CaseNews | None
+    """``None`` for a confirmation or a reminder (no case event behind it)."""
+
+
+class _Jobs:
+    """Claimed jobs waiting for a worker: confirmations and reminders first, then claim order.
+
+    The claim already takes them first; this keeps a confirmation claimed while a batch of
+    news waits here from queueing behind it.  ``None`` (a worker's stop) comes last.
+    """
+
+    def __init__(self) -> None:
+        self._queue: asyncio.PriorityQueue[tuple[int, int, _Job | None]] = asyncio.PriorityQueue()
+        self._order = itertools.count()
+
+    def put_nowait(self, job: _Job | None) -> None:
+        priority = 2 if job is None else 0 if job.news is None else 1
+        self._queue.put_nowait((priority, next(self._order), job))
+
+    async def get(self) -> _Job | None:
+        return (await self._queue.get())[2]
+
+    def get_nowait(self) -> _Job | None:
+        return self._queue.get_nowait()[2]
+
+    def qsize(self) -> int:
+        return self._queue.qsize()
+
+    def empty(self) -> bool:
+        return self._queue.empty()
 
 
 @dataclass
@@ -103,9 +141,11 @@ class Sender:
         *,
         clock: Callable[[], datetime] = utc_now,
         random_value: Callable[[], float] = random.random,
+        confirmations: ConfirmationRenderer | None = None,
     ) -> None:
         self.ledger = ledger
         self.renderer = renderer
+        self.confirmations = confirmations
         self.transport = transport
         self.metrics = metrics
         self.retry = retry
@@ -127,7 +167,7 @@ class Sender:
         self._stopping.set()
 
     async def run(self) -> None:
-        queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        queue = _Jobs()
         workers = [asyncio.create_task(self._work(queue)) for _ in range(self.options.concurrency)]
         recorder = asyncio.create_task(self._record_continuously())
         try:
@@ -145,7 +185,7 @@ class Sender:
             await asyncio.gather(recorder, return_exceptions=True)
             await self._flush_until_recorded()
 
-    async def _claim_continuously(self, queue: asyncio.Queue[_Job | None]) -> None:
+    async def _claim_continuously(self, queue: _Jobs) -> None:
         batch = self.options.claim_batch
         while not self._stopping.is_set():
             if queue.qsize() >= batch:
@@ -167,27 +207,36 @@ class Sender:
                 await self._pause(self.options.idle_poll_s)
 
     async def _triage(self, claimed: list[ClaimedDelivery]) -> list[_Job]:
-        missing = {d.event_id for d in claimed if d.event_id not in self._news}
+        missing = {
+            d.event_id for d in claimed if d.kind not in CONFIRMATION_KINDS and d.event_id not in self._news
+        }
         if missing:
             self._news.update(await self.ledger.case_news(missing))
         jobs = []
         for delivery in claimed:
             if delivery.recipient is None:
                 self._outcomes.cancelled.append((delivery.id, "supporter erased"))
+            elif delivery.suppressed:
+                self._outcomes.cancelled.append((delivery.id, "suppressed"))
             elif delivery.unsubscribed:
                 self._outcomes.cancelled.append((delivery.id, "unsubscribed"))
+            elif delivery.answered:
+                # Confirmed or rejected while the email waited: asking again would confuse.
+                self._outcomes.cancelled.append((delivery.id, "answered"))
             elif self.retry.gives_up_after(delivery.attempts - 1):
                 # The attempt before this claim was the last one allowed: only a lease that ran
                 # out (a crash) gets here.  Give up like any last attempt.
                 self.metrics.failed.labels(delivery.kind, "permanent").inc()
                 self._outcomes.failed.append((delivery.id, "attempts exhausted"))
+            elif delivery.kind in CONFIRMATION_KINDS:
+                jobs.append(_Job(delivery, None))
             else:
                 jobs.append(_Job(delivery, self._news[delivery.event_id]))
         if len(self._outcomes) >= self.options.flush_size:
             self._flush_now.set()
         return jobs
 
-    async def _work(self, queue: asyncio.Queue[_Job | None]) -> None:
+    async def _work(self, queue: _Jobs) -> None:
         while (job := await queue.get()) is not None:
             if queue.qsize() < self.options.claim_batch:
                 self._room.set()
@@ -202,12 +251,12 @@ class Sender:
         kind = delivery.kind
         log_fields = {
             "event_id": str(delivery.event_id),
-            "case_id": job.news.case_id,
+            "case_id": delivery.case_id,
             "delivery": delivery.id,
         }
         self._attempts[kind].inc()
         try:
-            email = self.renderer.render(job.news, delivery.recipient, self._clock())
+            email = self._render(job)
         except UnsendableEmail as error:
             self.metrics.failed.labels(kind, "permanent").inc()
             self._outcomes.failed.append((delivery.id, str(error)))
@@ -228,6 +277,18 @@ class Sender:
             self._outcomes.sent.append(delivery.id)
         if len(self._outcomes) >= self.options.flush_size:
             self._flush_now.set()
+
+    def _render(self, job: _Job) -> OutgoingEmail:
+        delivery = job.delivery
+        assert delivery.recipient is not None  # triage keeps only deliveries with a supporter
+        if job.news is not None:
+            return self.renderer.render(job.news, delivery.recipient, self._clock())
+        if self.confirmations is None:
+            raise UnsendableEmail("this sender renders no confirmation emails")
+        kind: ConfirmationKind = "reminder" if delivery.kind == "reminder" else "confirmation"
+        return self.confirmations.render(
+            kind, delivery.case_id, delivery.recipient, self._clock(), news_only=delivery.news_only
+        )
 
     def _record_failure(
         self, delivery: ClaimedDelivery, failure: SendFailure, log_fields: dict[str, object]
@@ -306,8 +367,10 @@ class FanOut:
         grace_s: float,
         idle_poll_s: float,
         clock: Callable[[], datetime] = utc_now,
+        reminder_after_s: float | None = None,
     ) -> None:
         self.ledger = ledger
+        self.reminder_after_s = reminder_after_s
         self.supporters_caught_up = supporters_caught_up
         self.grace = timedelta(seconds=grace_s)
         self.idle_poll_s = idle_poll_s
@@ -321,6 +384,9 @@ class FanOut:
         while not self._stopping.is_set():
             try:
                 progressed = await self.fan_out_ready()
+                if self.reminder_after_s is not None:
+                    # Reminders are written here too: one loop polls the ledger for due work.
+                    progressed = await self.ledger.request_reminders(self.reminder_after_s) > 0 or progressed
             except Exception as error:  # noqa: BLE001 - database or broker away: retry, never stop
                 logger.warning("fan-out failed; retrying", extra={"error": describe_error(error)})
                 progressed = False

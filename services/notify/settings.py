@@ -103,7 +103,26 @@ class NotifySettings(ClameurSettings):
         ge=0,
         description="wait this long after an event before fanning out (late signatures land)",
     )
+    confirmation_expiry_s: float = Field(
+        default=30 * 24 * 3600.0,
+        gt=0,
+        description="a confirm or reject link works this long after its email",
+    )
+    confirmation_reminder_s: float = Field(
+        default=48 * 3600.0,
+        gt=0,
+        description="one reminder goes this long after an unanswered confirmation email",
+    )
     notify_ready_checks_smtp: bool = False
+    retention_interval_s: float = Field(
+        default=3600.0, gt=0, description="how often the retention job looks for supporters to forget"
+    )
+    retention_days: int | None = Field(
+        default=None,
+        ge=0,
+        description="days personal data is kept after a case is won or closed, for every case"
+        " (unset: each case's retention_days)",
+    )
     notify_send: bool = Field(
         default=True,
         description=(

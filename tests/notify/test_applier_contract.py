@@ -10,7 +10,7 @@ import pytest
 from notify.ledger import CaseNewsApplier, SupporterListApplier
 
 from clameur.database import create_pool
-from clameur.events import CaseEvent, SignatureAccepted
+from clameur.events import CaseEvent, SignatureAccepted, SignatureLogEvent
 from tests.clameur.applier_contract import BatchApplierContract, Subject
 from tests.notify.conftest import milestone, signature
 
@@ -22,28 +22,23 @@ async def notify_pool(infra: Any) -> AsyncIterator[asyncpg.Pool[Any]]:
     await created.close()
 
 
-class TestSupporterListApplier(BatchApplierContract[SignatureAccepted]):
+class TestSupporterListApplier(BatchApplierContract[SignatureLogEvent]):
     @pytest.fixture
-    def subject(self, notify_pool: asyncpg.Pool[Any], new_id: Any) -> Subject[SignatureAccepted]:
+    def subject(self, notify_pool: asyncpg.Pool[Any], new_id: Any) -> Subject[SignatureLogEvent]:
         applier = SupporterListApplier(notify_pool, new_id("notify-supporters"))
 
-        def new_events(count: int) -> list[SignatureAccepted]:
+        def new_events(count: int) -> list[SignatureLogEvent]:
             case_id = new_id("nawal")
             return [signature(case_id, f"supporter{n}") for n in range(count)]
 
-        async def effect(events: Sequence[SignatureAccepted]) -> Collection[Any]:
-            keys = sorted({event.supporter_key for event in events})
-            supporters = await notify_pool.fetch(
-                "SELECT supporter_key, email, first_name, locale FROM notify.supporters"
-                " WHERE supporter_key = ANY($1::text[])",
-                keys,
-            )
+        async def effect(events: Sequence[SignatureLogEvent]) -> Collection[Any]:
+            keys = sorted({e.supporter_key for e in events if isinstance(e, SignatureAccepted)})
             subscriptions = await notify_pool.fetch(
-                "SELECT case_id, supporter_key FROM notify.subscriptions"
+                "SELECT case_id, supporter_key, wants_updates, confirmed_at FROM notify.subscriptions"
                 " WHERE supporter_key = ANY($1::text[])",
                 keys,
             )
-            return {tuple(row) for row in supporters} | {("subscribed", *row) for row in subscriptions}
+            return {tuple(row) for row in subscriptions}
 
         return Subject(applier, new_events, effect)
 
