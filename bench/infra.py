@@ -105,7 +105,7 @@ def service_env(
 
 
 async def create_topics(bootstrap: str, prefix: str, *, signature_partitions: int = 6) -> Topics:
-    """Every topic under ``prefix`` (signatures.v1 with ``signature_partitions``)."""
+    """Every topic under ``prefix`` (signatures.v2 with ``signature_partitions``)."""
     topics = Topics(prefix=prefix)
     await ensure_topics(bootstrap, topics, signature_partitions=signature_partitions)
     say(f"topics created with prefix {prefix!r} ({signature_partitions} signature partitions)")

@@ -1,4 +1,4 @@
-"""How far notify's supporter list has read ``signatures.v1``: what the fan-out waits for.
+"""How far notify's supporter list has read ``signatures.v2``: what the fan-out waits for.
 
 A milestone must reach everyone who signed before it, so :class:`notify.sending.FanOut`
 fans an event out only once the supporter list's stored offsets reach where the topic

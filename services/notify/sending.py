@@ -353,7 +353,7 @@ class FanOut:
 
     The supporter list and the case events come from two topics read by two consumers.
     A milestone must reach everyone who signed before it, so an event is fanned out
-    only when the supporter list has read ``signatures.v1`` up to where it ended after
+    only when the supporter list has read ``signatures.v2`` up to where it ended after
     the event was recorded: every signature tally counted before emitting the event is
     below that point.  ``grace_s`` also waits for signatures received just before the
     event but still on their way to the broker.

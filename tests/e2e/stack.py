@@ -6,6 +6,7 @@ handled real traffic before their labelled series exist.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from devstack.mailsink import SmtpSink
 from tests.conftest import TEST_ADMIN_TOKEN
 from tests.support import ServiceProcess, free_port, wait_until
 
@@ -100,3 +102,30 @@ def until_intake_answers(
         timeout=timeout,
         what=f"intake to answer {status} for {case_id}",
     )
+
+
+CONFIRM_LINK = re.compile(r"https?://\S+/v1/confirm/[A-Za-z0-9._~:-]+")
+
+
+def confirmation_link(sink: SmtpSink, address: str, timeout: float = 60) -> str:
+    """The confirm link of the confirmation email ``address`` received (waits for it)."""
+
+    def found() -> str | None:
+        for mail in sink.to(address):
+            body = mail.message.get_body(preferencelist=("plain",))
+            text = body.get_content() if body is not None else ""
+            match = CONFIRM_LINK.search(text)
+            if match:
+                return match.group(0)
+        return None
+
+    wait_until(lambda: found() is not None, timeout=timeout, what=f"the confirmation email to {address}")
+    link = found()
+    assert link is not None
+    return link
+
+
+def confirm_by_email(sink: SmtpSink, address: str) -> None:
+    """What a supporter does with their confirmation email: open its confirm link."""
+    opened = httpx.get(confirmation_link(sink, address), timeout=10)
+    assert opened.status_code == 200, opened.text

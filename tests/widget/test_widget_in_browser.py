@@ -225,7 +225,7 @@ def test_consent_is_stored_as_it_was_ticked(
 
     def subscribed() -> set[str]:
         rows = widget_stack.fetch_rows(
-            "SELECT supporter_key FROM notify.subscriptions WHERE case_id = $1", case_id
+            "SELECT supporter_key FROM notify.subscriptions WHERE case_id = $1 AND wants_updates", case_id
         )
         return {row["supporter_key"] for row in rows}
 
@@ -235,11 +235,12 @@ def test_consent_is_stored_as_it_was_ticked(
     )
     eventually_true(lambda: widget_stack.total(case_id) == 2, within=10, what="both signatures counted")
     assert keys.of_address(unticked) not in subscribed()
+    # Only the ticked supporter's contact (sealed: notify keeps no address in clear) is kept.
     stored = widget_stack.fetch_rows(
-        "SELECT email FROM notify.supporters WHERE supporter_key = ANY($1::text[])",
+        "SELECT supporter_key FROM notify.contacts WHERE supporter_key = ANY($1::text[])",
         [keys.of_address(unticked), keys.of_address(ticked)],
     )
-    assert [row["email"] for row in stored] == [ticked]
+    assert [row["supporter_key"] for row in stored] == [keys.of_address(ticked)]
 
 
 def test_keyboard_only_signing(widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]) -> None:
