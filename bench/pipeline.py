@@ -174,6 +174,8 @@ def create_case(base: str, case_id: str, milestones: list[int]) -> None:
             "milestones": milestones,
             "actions": ["signature", "letter", "postcard"],
             "default_locale": "fr",
+            # This bench measures accepting and counting; confirmation has its own bench.
+            "confirmation": "none",
         },
         timeout=30,
     )
