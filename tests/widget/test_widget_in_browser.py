@@ -109,6 +109,25 @@ def test_a_supporter_signs_and_the_counter_moves_within_two_seconds(
     visit.shoot("4-phone-form")
 
 
+def test_on_a_confirmation_case_the_supporter_is_asked_to_check_their_inbox(
+    widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]
+) -> None:
+    case_id = new_id("atena")
+    page, widget = _signing_page(widget_stack, visit, case_id, lang="en", confirmation="email")
+    _fill(widget, "Camille", "Durand", f"camille.{case_id}@example.org")
+    answer = _posted(page, widget.locator('button[type="submit"]').click)
+    assert answer.status == 202 and answer.json()["status"] == "pending_confirmation"
+    expect(widget.locator(".done h3")).to_have_text("Almost done: check your inbox")
+    expect(widget.locator(".done")).to_contain_text("Click its link to confirm your signature.")
+    visit.shoot("1-check-your-inbox")
+    # Not counted until confirmed: the public document says one awaits confirmation.
+    eventually_true(
+        lambda: widget_stack.case(case_id)["pending"] == 1, within=10, what="tally to store it pending"
+    )
+    assert widget_stack.total(case_id) == 0
+    expect(widget.locator(".count")).to_have_text("0 signatures")
+
+
 def test_the_same_supporter_twice_is_thanked_twice_and_counted_once(
     widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]
 ) -> None:
