@@ -413,6 +413,12 @@ def quantile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def sink_rate(links: list[dict[str, object]]) -> float:
+    """Confirmation emails/s at the sink, from the first to the last."""
+    times = [float(str(entry["at"])) for entry in links]
+    return (len(times) - 1) / (max(times) - min(times)) if len(times) > 1 and max(times) > min(times) else 0.0
+
+
 def seconds(value: float | None) -> str:
     if value is not None and math.isinf(value):
         return "not arrived"
@@ -426,6 +432,8 @@ class Figures:
     to_email: list[float]
     to_counted: list[float]
     problems: list[str]
+    page_s: list[float]
+    """Per click: from the GET leaving to notify's page read (part of click to counted)."""
 
 
 def figures(results: Results) -> Figures:
@@ -433,7 +441,8 @@ def figures(results: Results) -> Figures:
     accepted = load.played["accepted"]
     clicked_raw = load.played["clicked"]
     assert isinstance(accepted, dict) and isinstance(clicked_raw, dict)
-    clicked = {address: (float(at), int(status)) for address, (at, status) in clicked_raw.items()}
+    clicked = {address: (float(at), int(status)) for address, (at, status, _) in clicked_raw.items()}
+    page_s = [float(answered) - float(at) for at, _, answered in clicked_raw.values()]
     arrivals: dict[str, float] = {}
     emails_to: dict[str, int] = {}
     for entry in load.links:
@@ -450,7 +459,7 @@ def figures(results: Results) -> Figures:
         if status == 200 and state == "counted":
             to_counted.append(counted_at - at)
     problems = exactness(load, accepted, clicked, key_of, emails_to)
-    return Figures(accepted, clicked, to_email, to_counted, problems)
+    return Figures(accepted, clicked, to_email, to_counted, problems, page_s)
 
 
 def exactness(
@@ -518,14 +527,16 @@ def report_rows(results: Results, args: argparse.Namespace, found: Figures) -> l
         Row(
             "202 to confirmation email at the sink, p50 / p99",
             f"{seconds(email_p50)} / {seconds(email_p99)} ({count(arrived)} of {count(len(found.to_email))} "
-            f"arrived; {count(load.waiting[0])} still in notify's ledger when the bench stopped waiting)",
+            f"arrived; {count(load.waiting[0])} still in notify's ledger when the bench stopped waiting; "
+            f"confirmation emails at the sink: {per_second(sink_rate(load.links))} first to last)",
             "p99 ≤ 10 s",
             email_p99 is not None and email_p99 <= GOAL_EMAIL_P99_S,
         ),
         Row(
             "click to counted, p50 / p99",
             f"{seconds(counted_p50)} / {seconds(counted_p99)} ({count(len(found.to_counted))} clicks of "
-            f"{count(len(found.clicked))})",
+            f"{count(len(found.clicked))}; of which notify's confirm page answering: p50 "
+            f"{seconds(quantile(found.page_s, 0.5))}, p99 {seconds(quantile(found.page_s, 0.99))})",
             "p99 ≤ 1 s",
             counted_p99 is not None and counted_p99 <= GOAL_COUNTED_P99_S,
         ),

@@ -147,8 +147,8 @@ class Played:
     statuses: dict[int, int] = field(default_factory=dict)
     late: list[float] = field(default_factory=list)
     """Per signature: seconds between when it was due and when it left."""
-    clicked: dict[str, tuple[float, int]] = field(default_factory=dict)
-    """address -> (when the GET left, its status)."""
+    clicked: dict[str, tuple[float, int, float]] = field(default_factory=dict)
+    """address -> (when the GET left, its status, when its answer was read)."""
     links_read: int = 0
     sent: int = 0
 
@@ -200,7 +200,7 @@ async def read_mail(args: argparse.Namespace, played: Played, signing: asyncio.T
         sent_at: list[float] = []
         raw = f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode()
         status, answered = await pool.request(raw, sent_at)
-        played.clicked[address] = (sent_at[0] if sent_at else answered, status)
+        played.clicked[address] = (sent_at[0] if sent_at else answered, status, answered)
 
     while True:
         offset = _follow(args.links, offset, mine, seen, played, args.click_share, open_link, tasks)
