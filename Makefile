@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .cache/bootstrap.stamp
 
-.PHONY: up down reset status mail test test-fast check fmt bench bench-intake bench-tally bench-notify demo reconcile rebuild bootstrap widget test-widget
+.PHONY: up down reset status mail test test-fast check fmt bench bench-intake bench-tally bench-notify bench-confirmation demo reconcile rebuild bootstrap widget test-widget
 
 $(STAMP): pyproject.toml uv.lock scripts/bootstrap
 	@bash scripts/bootstrap
@@ -71,6 +71,10 @@ bench-tally: $(STAMP)
 
 bench-notify: $(STAMP)
 	@$(PY) -m bench.notify
+
+# Issue 13: 1,000 signatures/s for 5 minutes that supporters confirm, during a 100,000-recipient mailing.
+bench-confirmation: $(STAMP)
+	@$(PY) -m bench.confirmation
 
 ## widget: build the petition widget intake serves (widget/dist/widget.js) with the locked npm toolchain
 widget: $(STAMP)

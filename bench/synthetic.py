@@ -186,7 +186,13 @@ def _consenting(*, run_id: str, count: int, secret: bytes) -> Iterator[tuple[int
 
 
 def consenting_supporters(
-    *, case_id: str, run_id: str, count: int, secret: bytes, signed_ago: timedelta = timedelta(minutes=1)
+    *,
+    case_id: str,
+    run_id: str,
+    count: int,
+    secret: bytes,
+    signed_ago: timedelta = timedelta(minutes=1),
+    awaits_confirmation: bool = False,
 ) -> Iterator[tuple[bytes, bytes]]:
     """``count`` distinct supporters of ``case_id`` who consented to updates (notify's list).
 
@@ -211,6 +217,7 @@ def consenting_supporters(
                 received_at=received_at,
                 email_domain="bench.invalid",
                 updates=True,
+                awaits_confirmation=awaits_confirmation,
             ),
         )
 
