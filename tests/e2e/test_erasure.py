@@ -75,7 +75,7 @@ def test_a_forgotten_supporter_is_nowhere_after_the_bound_nor_after_a_rebuild(
     tmp_path: Path,
 ) -> None:
     supporter, case_id = Supporter.unique(), new_id("atena")
-    disk = broker_data_dir(infra)
+    disk = broker_data_dir(infra, topics.prefix)
     name = f"clameur_e2e_{uuid.uuid4().hex[:8]}"
     with own_database(infra.server_dsn, name) as database_url:
         env = {**service_env, "CLAMEUR_DATABASE_URL": database_url, **HOW[how]}

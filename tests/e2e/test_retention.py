@@ -53,6 +53,7 @@ def test_a_closed_case_s_supporters_are_forgotten_at_the_next_pass_and_not_befor
 ) -> None:
     closing, still_open = new_id("atena"), new_id("nawal")
     only_closing, only_open, both = Supporter.unique(), Supporter.unique(), Supporter.unique()
+    disk = broker_data_dir(infra, topics.prefix)
     with own_database(infra.server_dsn, f"clameur_e2e_{uuid.uuid4().hex[:8]}") as database_url:
         env = {
             **service_env,
@@ -92,7 +93,7 @@ def test_a_closed_case_s_supporters_are_forgotten_at_the_next_pass_and_not_befor
             assert sealed_contact(database_url, only_open.key) is not None, "an open case's supporter is kept"
             assert sealed_contact(database_url, both.key) is not None, "who follows an open case is kept"
             assert _dry_run(env)["due_supporters"] == 0
-            _only_the_forgotten_left_the_disk(infra, topics, only_closing, [only_open, both], forgotten_at)
+            _only_the_forgotten_left_the_disk(disk, topics, only_closing, [only_open, both], forgotten_at)
             assert case_document(tally, closing)["total"] == 2, "their signatures still count"
 
 
@@ -159,11 +160,10 @@ def _metric(url: str, series: str) -> float:
 
 
 def _only_the_forgotten_left_the_disk(
-    infra: Infra, topics: Topics, forgotten: Supporter, kept: list[Supporter], forgotten_at: datetime
+    disk: Path, topics: Topics, forgotten: Supporter, kept: list[Supporter], forgotten_at: datetime
 ) -> None:
     """Within the bound, the forgotten supporter's contact leaves contacts.v1's files; the
     kept supporters' contacts are still there (compaction keeps the latest of each key)."""
-    disk = broker_data_dir(infra)
     deadline = forgotten_at + timedelta(seconds=TEST_ERASURE_BOUND_S + 20)
     wait_until(
         lambda: topic_data_contains(disk, topics.prefix, forgotten.needles) == {},
