@@ -89,7 +89,7 @@ def test_a_closed_case_s_supporters_are_forgotten_at_the_next_pass_and_not_befor
             )
             forgotten_at = datetime.now(UTC)
             erased = 'clameur_notify_retention_erased_total{reason="case_ended"}'
-            assert _metric(services["notify"].url, erased) == 1.0
+            wait_until(lambda: _metric(services["notify"].url, erased) == 1.0, timeout=10, what=erased)
             assert sealed_contact(database_url, only_open.key) is not None, "an open case's supporter is kept"
             assert sealed_contact(database_url, both.key) is not None, "who follows an open case is kept"
             assert _dry_run(env)["due_supporters"] == 0
