@@ -216,12 +216,16 @@ async def wait_caught_up(
 
 
 async def counts_by_case(database_url: str) -> CountsByCase:
-    """Every case's counters that are not per country or action: total (and pending)."""
+    """Every case's counters that are not per country or action: total (and pending).
+
+    A counter at 0 is no counter: the live tally keeps the row of a pending signature
+    confirmed later ("pending 0"), which a rebuild reading both in one batch never writes.
+    """
     connection = await asyncpg.connect(database_url)
     try:
         rows = await connection.fetch(
             "SELECT case_id, dimension, key, count FROM tally.counters "
-            "WHERE dimension NOT IN ('country', 'action') ORDER BY case_id"
+            "WHERE dimension NOT IN ('country', 'action') AND count <> 0 ORDER BY case_id"
         )
     finally:
         await connection.close()

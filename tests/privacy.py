@@ -19,6 +19,7 @@ import pytest
 from devstack.databases import database_dsn
 from devstack.layout import TEST
 from devstack.postgres import BIN
+from devstack.processes import poll
 
 PG_DUMP = BIN / "pg_dump"
 
@@ -84,16 +85,29 @@ def pg_dump_contains(dsn: str, database: str, needles: Iterable[bytes]) -> dict[
     return found
 
 
-def broker_data_dir(infra: Any) -> Path:
+def broker_data_dir(infra: Any, topic_prefix: str | None = None) -> Path:
     """The data directory of the tests' broker, to read its segment files.
 
-    ``CLAMEUR_TEST_KAFKA_DATA_DIR`` names it for a broker given by ``CLAMEUR_TEST_KAFKA``;
-    the local test stack's is under ``.cache/test``.  Skips where the files are out of
-    reach (a broker in a container).
+    ``CLAMEUR_TEST_KAFKA_DATA_DIR`` names it for a broker given by ``CLAMEUR_TEST_KAFKA``
+    (or a shared test broker started from another checkout); the local test stack's is
+    under ``.cache/test``.  Skips where the files are out of reach (a broker in a
+    container).  With ``topic_prefix`` (topics created already), the directory must come to hold
+    their partitions: a stale ``.cache/test`` of a broker no longer running would make
+    every "nothing on disk" vacuous.
     """
     named = os.environ.get("CLAMEUR_TEST_KAFKA_DATA_DIR")
     if named:
-        return Path(named)
-    if infra.kafka == f"127.0.0.1:{TEST.kafka_port}" and (TEST.kafka_data / "logs").is_dir():
-        return TEST.kafka_data / "logs"
-    pytest.skip("the broker's files are not on this machine: set CLAMEUR_TEST_KAFKA_DATA_DIR")
+        found = Path(named)
+    elif infra.kafka == f"127.0.0.1:{TEST.kafka_port}" and (TEST.kafka_data / "logs").is_dir():
+        found = TEST.kafka_data / "logs"
+    else:
+        pytest.skip("the broker's files are not on this machine: set CLAMEUR_TEST_KAFKA_DATA_DIR")
+    # The broker makes a new topic's directories a moment after it answers CreateTopics.
+    if topic_prefix and not poll(
+        lambda: any(path.name.startswith(topic_prefix) for path in found.iterdir()), timeout=15, every=0.2
+    ):
+        pytest.skip(
+            f"{found} holds no partition of this test's topics: the broker answering on {infra.kafka}"
+            " keeps its files elsewhere (started from another checkout?): set CLAMEUR_TEST_KAFKA_DATA_DIR"
+        )
+    return found

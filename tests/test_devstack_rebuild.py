@@ -121,12 +121,17 @@ async def test_caught_up_waits_for_tally_and_for_what_notify_reads(rebuilt_datab
         await connection.close()
 
 
-async def test_counts_by_case_reads_totals_and_pending(rebuilt_database: str) -> None:
+async def test_counts_by_case_reads_totals_and_pending_and_a_zero_as_none(rebuilt_database: str) -> None:
     connection = await asyncpg.connect(rebuilt_database)
     try:
         await connection.executemany(
             "INSERT INTO tally.counters (case_id, dimension, key, count) VALUES ($1, $2, $3, $4)",
-            [("nawal-1", "total", "", 41), ("nawal-1", "country", "MA", 40), ("atena-1", "total", "", 2)],
+            [
+                ("nawal-1", "total", "", 41),
+                ("nawal-1", "country", "MA", 40),
+                ("atena-1", "total", "", 2),
+                ("atena-1", "pending", "", 0),  # pending, then confirmed: as if never written
+            ],
         )
     finally:
         await connection.close()

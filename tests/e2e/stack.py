@@ -6,16 +6,23 @@ handled real traffic before their labelled series exist.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
+from notify.supporters import supporter_key
 
-from devstack.mailsink import SmtpSink
-from tests.conftest import TEST_ADMIN_TOKEN
+from clameur.database import migrate
+from devstack.databases import create_database, drop_database
+from devstack.mailsink import Received, SmtpSink
+from tests.conftest import TEST_ADMIN_TOKEN, TEST_SECRET
 from tests.support import ServiceProcess, free_port, wait_until
 
 ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
@@ -129,3 +136,99 @@ def confirm_by_email(sink: SmtpSink, address: str) -> None:
     """What a supporter does with their confirmation email: open its confirm link."""
     opened = httpx.get(confirmation_link(sink, address), timeout=10)
     assert opened.status_code == 200, opened.text
+
+
+@contextmanager
+def own_database(server_dsn: str, name: str) -> Iterator[str]:
+    """A database of this test's own (tally and notify schemas migrated), dropped on exit:
+    a dump or a rebuild of it holds this test's supporters and no other test's."""
+    url = asyncio.run(create_database(server_dsn, name))
+    try:
+        for schema in ("tally", "notify"):
+            migrate(schema, url)
+        yield url
+    finally:
+        with suppress(Exception):
+            asyncio.run(drop_database(server_dsn, name))
+
+
+def links_in_mail(mail: Received, notify: str) -> dict[str, str]:
+    """``{"confirm": url, "reject": url}`` from a confirmation email's text."""
+    text = mail.message.get_body(("plain",))
+    assert text is not None
+    pattern = re.compile(re.escape(notify) + r"/v1/(confirm|reject)/([A-Za-z0-9_.\-]+)")
+    found = {action: f"{notify}/v1/{action}/{token}" for action, token in pattern.findall(text.get_content())}
+    assert set(found) == {"confirm", "reject"}, text.get_content()
+    return found
+
+
+def case_document(tally: str, case_id: str, *, admin: bool = False) -> dict[str, Any]:
+    """The case as the public sees it, or (``admin``) with its exact counts."""
+    path = f"/v1/admin/cases/{case_id}" if admin else f"/v1/cases/{case_id}"
+    answer = httpx.get(f"{tally}{path}", headers=ADMIN if admin else {}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+@dataclass(frozen=True)
+class Supporter:
+    """A supporter no other test or run has: every personal field is unique."""
+
+    first_name: str
+    last_name: str
+    email: str
+    postal_code: str
+
+    @classmethod
+    def unique(cls) -> Supporter:
+        letters = "".join(chr(ord("a") + int(c, 16)) for c in uuid.uuid4().hex[:12])
+        return cls(
+            first_name=f"Ysaline{letters[:6]}",
+            last_name=f"Tehrani{letters[6:]}",
+            email=f"ysaline.{letters}@example.org",
+            postal_code=f"QX{uuid.uuid4().int % 10**8:08d}",
+        )
+
+    @property
+    def needles(self) -> list[bytes]:
+        return [f.encode() for f in (self.first_name, self.last_name, self.email, self.postal_code)]
+
+    @property
+    def never_published(self) -> list[bytes]:
+        return [self.last_name.encode(), self.postal_code.encode()]
+
+    @property
+    def key(self) -> str:
+        return supporter_key(TEST_SECRET, self.email)
+
+    def form(self, **fields: object) -> dict[str, object]:
+        """The widget's body (``fields`` complete or replace it)."""
+        return {
+            "first_name": self.first_name,
+            "last_name": self.last_name,
+            "email": self.email,
+            "postal_code": self.postal_code,
+            "country": "IR",
+            "locale": "en",
+            "consent": {"updates": True},
+            **fields,
+        }
+
+
+def sealed_contact(database_url: str, key: str) -> bytes | None:
+    sealed: bytes | None = fetchval(
+        database_url, "SELECT email_sealed FROM notify.contacts WHERE supporter_key = $1", key
+    )
+    return sealed
+
+
+def fetchval(database_url: str, query: str, *args: Any) -> Any:
+    async def fetch() -> Any:
+        connection = await asyncpg.connect(database_url)
+        try:
+            return await connection.fetchval(query, *args)
+        finally:
+            await connection.close()
+
+    value = asyncio.run(fetch())
+    return bytes(value) if isinstance(value, memoryview | bytearray) else value
