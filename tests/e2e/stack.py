@@ -6,6 +6,7 @@ handled real traffic before their labelled series exist.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from devstack.mailsink import Received, SmtpSink
 from tests.conftest import TEST_ADMIN_TOKEN
 from tests.support import ServiceProcess, free_port, wait_until
 
@@ -81,14 +83,23 @@ def sign(
     intake: str, case_id: str, n: int, *, email_of: Callable[[int], str], **fields: object
 ) -> httpx.Response:
     """Supporter ``n``'s signature (``fields`` complete or replace the form's)."""
+    return sign_from(intake, case_id, n, email_of(n), None, fields)
+
+
+def sign_from(
+    intake: str, case_id: str, n: int, email: str, client_ip: str | None, fields: Mapping[str, object]
+) -> httpx.Response:
+    """Supporter ``n``'s signature with ``email``, from ``client_ip`` as the load balancer says
+    (X-Forwarded-For; many supporters then stay under intake's per-address rate limit)."""
     body = {
         "first_name": f"Supporter{n}",
         "last_name": "Test",
-        "email": email_of(n),
+        "email": email,
         "country": ["FR", "MA", "BE"][n % 3],
         **fields,
     }
-    return httpx.post(f"{intake}/v1/cases/{case_id}/signatures", json=body, timeout=10)
+    headers = {"X-Forwarded-For": client_ip} if client_ip else {}
+    return httpx.post(f"{intake}/v1/cases/{case_id}/signatures", json=body, headers=headers, timeout=10)
 
 
 def until_intake_answers(
@@ -100,3 +111,43 @@ def until_intake_answers(
         timeout=timeout,
         what=f"intake to answer {status} for {case_id}",
     )
+
+
+def public_case(tally: str, case_id: str) -> dict[str, Any]:
+    """The case's public document (``total``, ``pending``, ``by_country``, ``by_action``...)."""
+    answer = httpx.get(f"{tally}/v1/cases/{case_id}", timeout=5)
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def counts_become(tally: str, case_id: str, timeout: float = 30, **expected: object) -> dict[str, Any]:
+    """Poll the public document until its fields are ``expected`` (``total=1, pending=0``); return it."""
+    seen: dict[str, Any] = {}
+
+    def reached() -> bool:
+        seen.update(public_case(tally, case_id))
+        return all(seen.get(name) == value for name, value in expected.items())
+
+    try:
+        wait_until(reached, timeout=timeout, interval=0.2, what=f"{case_id} to show {expected}")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; last seen {seen}") from None
+    return seen
+
+
+_LINK = re.compile(r"(https?://[^/\s]+/v1/(confirm|reject)/[A-Za-z0-9_.\-]+)")
+
+
+def confirmation_links(mail: Received) -> dict[str, str]:
+    """The confirm and reject links of a confirmation email (its plain-text part), by action."""
+    text = mail.message.get_body(("plain",))
+    assert text is not None
+    found = {action: url for url, action in _LINK.findall(text.get_content())}
+    assert set(found) == {"confirm", "reject"}, text.get_content()
+    return found
+
+
+def mails_arrive(sink: SmtpSink, address: str, count: int, timeout: float = 60) -> list[Received]:
+    """Wait until ``count`` emails reached ``address`` at the sink; return them, oldest first."""
+    wait_until(lambda: len(sink.to(address)) >= count, timeout=timeout, what=f"{count} emails to {address}")
+    return sink.to(address)
