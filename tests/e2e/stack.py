@@ -90,14 +90,23 @@ def sign(
     intake: str, case_id: str, n: int, *, email_of: Callable[[int], str], **fields: object
 ) -> httpx.Response:
     """Supporter ``n``'s signature (``fields`` complete or replace the form's)."""
+    return sign_from(intake, case_id, n, email_of(n), None, fields)
+
+
+def sign_from(
+    intake: str, case_id: str, n: int, email: str, client_ip: str | None, fields: Mapping[str, object]
+) -> httpx.Response:
+    """Supporter ``n``'s signature with ``email``, from ``client_ip`` as the load balancer says
+    (X-Forwarded-For; many supporters then stay under intake's per-address rate limit)."""
     body = {
         "first_name": f"Supporter{n}",
         "last_name": "Test",
-        "email": email_of(n),
+        "email": email,
         "country": ["FR", "MA", "BE"][n % 3],
         **fields,
     }
-    return httpx.post(f"{intake}/v1/cases/{case_id}/signatures", json=body, timeout=10)
+    headers = {"X-Forwarded-For": client_ip} if client_ip else {}
+    return httpx.post(f"{intake}/v1/cases/{case_id}/signatures", json=body, headers=headers, timeout=10)
 
 
 def until_intake_answers(
@@ -109,33 +118,6 @@ def until_intake_answers(
         timeout=timeout,
         what=f"intake to answer {status} for {case_id}",
     )
-
-
-CONFIRM_LINK = re.compile(r"https?://\S+/v1/confirm/[A-Za-z0-9._~:-]+")
-
-
-def confirmation_link(sink: SmtpSink, address: str, timeout: float = 60) -> str:
-    """The confirm link of the confirmation email ``address`` received (waits for it)."""
-
-    def found() -> str | None:
-        for mail in sink.to(address):
-            body = mail.message.get_body(preferencelist=("plain",))
-            text = body.get_content() if body is not None else ""
-            match = CONFIRM_LINK.search(text)
-            if match:
-                return match.group(0)
-        return None
-
-    wait_until(lambda: found() is not None, timeout=timeout, what=f"the confirmation email to {address}")
-    link = found()
-    assert link is not None
-    return link
-
-
-def confirm_by_email(sink: SmtpSink, address: str) -> None:
-    """What a supporter does with their confirmation email: open its confirm link."""
-    opened = httpx.get(confirmation_link(sink, address), timeout=10)
-    assert opened.status_code == 200, opened.text
 
 
 @contextmanager
@@ -152,14 +134,9 @@ def own_database(server_dsn: str, name: str) -> Iterator[str]:
             asyncio.run(drop_database(server_dsn, name))
 
 
-def links_in_mail(mail: Received, notify: str) -> dict[str, str]:
-    """``{"confirm": url, "reject": url}`` from a confirmation email's text."""
-    text = mail.message.get_body(("plain",))
-    assert text is not None
-    pattern = re.compile(re.escape(notify) + r"/v1/(confirm|reject)/([A-Za-z0-9_.\-]+)")
-    found = {action: f"{notify}/v1/{action}/{token}" for action, token in pattern.findall(text.get_content())}
-    assert set(found) == {"confirm", "reject"}, text.get_content()
-    return found
+def public_case(tally: str, case_id: str) -> dict[str, Any]:
+    """The case's public document (``total``, ``pending``, ``by_country``, ``by_action``...)."""
+    return case_document(tally, case_id)
 
 
 def case_document(tally: str, case_id: str, *, admin: bool = False) -> dict[str, Any]:
@@ -232,3 +209,43 @@ def fetchval(database_url: str, query: str, *args: Any) -> Any:
 
     value = asyncio.run(fetch())
     return bytes(value) if isinstance(value, memoryview | bytearray) else value
+
+
+def counts_become(tally: str, case_id: str, timeout: float = 30, **expected: object) -> dict[str, Any]:
+    """Poll the public document until its fields are ``expected`` (``total=1, pending=0``); return it."""
+    seen: dict[str, Any] = {}
+
+    def reached() -> bool:
+        seen.update(public_case(tally, case_id))
+        return all(seen.get(name) == value for name, value in expected.items())
+
+    try:
+        wait_until(reached, timeout=timeout, interval=0.2, what=f"{case_id} to show {expected}")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; last seen {seen}") from None
+    return seen
+
+
+_LINK = re.compile(r"(https?://[^/\s]+/v1/(confirm|reject)/[A-Za-z0-9_.\-]+)")
+
+
+def confirmation_links(mail: Received) -> dict[str, str]:
+    """The confirm and reject links of a confirmation email (its plain-text part), by action."""
+    text = mail.message.get_body(("plain",))
+    assert text is not None
+    found = {action: url for url, action in _LINK.findall(text.get_content())}
+    assert set(found) == {"confirm", "reject"}, text.get_content()
+    return found
+
+
+def mails_arrive(sink: SmtpSink, address: str, count: int, timeout: float = 60) -> list[Received]:
+    """Wait until ``count`` emails reached ``address`` at the sink; return them, oldest first."""
+    wait_until(lambda: len(sink.to(address)) >= count, timeout=timeout, what=f"{count} emails to {address}")
+    return sink.to(address)
+
+
+def confirm_by_email(sink: SmtpSink, address: str) -> None:
+    """What a supporter does with their confirmation email: open its confirm link."""
+    (mail,) = mails_arrive(sink, address, 1)[:1]
+    opened = httpx.get(confirmation_links(mail)["confirm"], timeout=10)
+    assert opened.status_code == 200, opened.text

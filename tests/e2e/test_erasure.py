@@ -34,9 +34,9 @@ from tests.e2e.stack import (
     ADMIN,
     Supporter,
     case_document,
+    confirmation_links,
     create_case,
     fetchval,
-    links_in_mail,
     own_database,
     running_stack,
     sealed_contact,
@@ -111,7 +111,7 @@ def _signed_and_mailed(
 
     wait_until(signed, timeout=30, what="intake to take the signature (it learns of cases from cases.v1)")
     wait_until(lambda: len(sink.to(supporter.email)) == 1, timeout=45, what="the confirmation email")
-    return links_in_mail(sink.to(supporter.email)[0], notify)
+    return confirmation_links(sink.to(supporter.email)[0])
 
 
 def _prove_it_is_where_the_design_says(
