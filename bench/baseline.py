@@ -20,8 +20,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient
-
 from bench.common import ROOT, BenchError, say
 
 CHECKOUTS = ROOT / ".cache" / "bench"
@@ -122,16 +120,3 @@ def _git(*arguments: str) -> str:
     if done.returncode != 0:
         raise BenchError(f"git {' '.join(arguments)}: {done.stderr.strip()}")
     return done.stdout
-
-
-async def delete_topic_names(bootstrap: str, names: list[str]) -> None:
-    """Delete those of ``names`` that exist (the baseline's topics, after its run)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        doomed = [name for name in names if name in existing]
-        if doomed:
-            await admin.delete_topics(doomed)
-    finally:
-        await admin.close()
