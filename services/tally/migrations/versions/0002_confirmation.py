@@ -1,5 +1,4 @@
-"""Confirmation: pending signatures, confirmed supporters, what invalidations filter on.
-"""
+"""Confirmation: pending signatures, confirmed supporters, what invalidations filter on."""
 
 from alembic import op
 

@@ -1,5 +1,4 @@
-"""Invalidations: signatures taken back out of the counts, each with its reason and author.
-"""
+"""Invalidations: signatures taken back out of the counts, each with its reason and author."""
 
 from alembic import op
 
