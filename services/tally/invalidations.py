@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -193,10 +193,7 @@ async def apply_invalidation(
         event.case_id,
         *parameters,
     )
-    groups = _groups(taken)
-    for country, action, count in groups:
-        effects.uncount(event.case_id, country, action, count)
-    matched = matched_of(groups)
+    matched = _moved(taken, event.case_id, effects.uncount)
     effects.invalidated += matched.matched
     await connection.execute(
         """
@@ -249,10 +246,7 @@ async def apply_revocation(connection: Connection, event: InvalidationRevoked, e
         event.case_id,
         event.invalidation_id,
     )
-    groups = _groups(restored)
-    for country, action, count in groups:
-        effects.restore(event.case_id, country, action, count)
-    matched = matched_of(groups)
+    matched = _moved(restored, event.case_id, effects.restore)
     effects.restored += matched.matched
     await connection.execute(
         """
@@ -346,9 +340,16 @@ async def _announce_restored(
     return await stage_many(connection, topic, notices)
 
 
-def _groups(rows: Sequence[asyncpg.Record]) -> list[tuple[str, str, int]]:
+def _moved(
+    rows: Sequence[asyncpg.Record], case_id: str, move: Callable[[str, str, str, int], None]
+) -> Matched:
+    """Hand each (country, action) group of ``rows`` to ``move`` (out of or back into the
+    counts); returns what moved."""
     counts = Counter((row["country"], row["action"]) for row in rows)
-    return [(country, action, count) for (country, action), count in counts.items()]
+    groups = [(country, action, count) for (country, action), count in counts.items()]
+    for country, action, count in groups:
+        move(case_id, country, action, count)
+    return matched_of(groups)
 
 
 # -- the admin API's reads and writes ------------------------------------------------------------
