@@ -295,20 +295,7 @@ async def _announce_invalidated(
     connection: Connection, event: InvalidationRequested, topic: str, supporter_keys: Sequence[str]
 ) -> int:
     """Stage ``SupportersInvalidated`` for the supporters taken out, in chunks; returns the rows staged."""
-    notices: list[tuple[str, Event, str | None]] = [
-        (
-            event.case_id,
-            SupportersInvalidated(
-                event_id=notice_event_id(event.invalidation_id, "invalidated", n),
-                case_id=event.case_id,
-                invalidation_id=event.invalidation_id,
-                supporter_keys=chunk,
-            ),
-            f"invalidated:{event.invalidation_id}:{n}",
-        )
-        for n, chunk in enumerate(supporter_chunks(supporter_keys))
-    ]
-    return await stage_many(connection, topic, notices)
+    return await _stage_notices(connection, topic, event, SupportersInvalidated, supporter_keys)
 
 
 async def _announce_restored(
@@ -324,18 +311,32 @@ async def _announce_restored(
         list(set(supporter_keys)),
     )
     held = {row["supporter_key"] for row in still_out}
+    back = [key for key in supporter_keys if key not in held]
+    return await _stage_notices(connection, topic, event, SupportersRestored, back)
+
+
+async def _stage_notices(
+    connection: Connection,
+    topic: str,
+    event: InvalidationRequested | InvalidationRevoked,
+    notice: type[SupportersInvalidated | SupportersRestored],
+    supporter_keys: Iterable[str],
+) -> int:
+    """Stage ``notice`` events for ``supporter_keys``, in chunks, each with an event id and an
+    outbox key derived from the invalidation and the chunk's number; returns the rows staged."""
+    label = "invalidated" if notice is SupportersInvalidated else "restored"
     notices: list[tuple[str, Event, str | None]] = [
         (
             event.case_id,
-            SupportersRestored(
-                event_id=notice_event_id(event.invalidation_id, "restored", n),
+            notice(
+                event_id=notice_event_id(event.invalidation_id, label, n),
                 case_id=event.case_id,
                 invalidation_id=event.invalidation_id,
                 supporter_keys=chunk,
             ),
-            f"restored:{event.invalidation_id}:{n}",
+            f"{label}:{event.invalidation_id}:{n}",
         )
-        for n, chunk in enumerate(supporter_chunks(key for key in supporter_keys if key not in held))
+        for n, chunk in enumerate(supporter_chunks(supporter_keys))
     ]
     return await stage_many(connection, topic, notices)
 
