@@ -45,13 +45,12 @@ from notify.messages import (
     OutgoingEmail,
     UnsendableEmail,
 )
-from notify.metrics import NotifyMetrics
+from notify.metrics import KINDS, NotifyMetrics
 from notify.retries import RateLimiter
 from notify.smtp import MailTransport, SendFailure
 
 logger = logging.getLogger(__name__)
 
-_KINDS = ("milestone", "victory", *CONFIRMATION_KINDS)
 _DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
@@ -149,8 +148,8 @@ class Sender:
 
     def __post_init__(self) -> None:
         # Labelled children looked up once: ``labels()`` takes a lock and builds a key per call.
-        self._attempts = {kind: self.metrics.attempts.labels(kind) for kind in _KINDS}
-        self._sent = {kind: self.metrics.sent.labels(kind) for kind in _KINDS}
+        self._attempts = {kind: self.metrics.attempts.labels(kind) for kind in KINDS}
+        self._sent = {kind: self.metrics.sent.labels(kind) for kind in KINDS}
 
     def stop(self) -> None:
         """Stop claiming; :meth:`run` returns once sends in flight are recorded."""

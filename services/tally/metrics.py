@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from clameur.metrics import counter
+
 SERVICE = "tally"
 
 
@@ -42,7 +44,7 @@ class TallyMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         for attribute, description in _COUNTERS.items():
-            setattr(self, attribute, Counter(f"clameur_tally_{attribute}", description, registry=registry))
+            setattr(self, attribute, counter(registry, f"clameur_tally_{attribute}", description))
         self.signatures_counted = Counter(
             "clameur_tally_signatures_counted",
             "New signatures added to counters.",
@@ -82,13 +84,11 @@ class TallyMetrics:
         self.outbox_pending = Gauge(
             "clameur_outbox_pending_events", "Outbox rows not yet published.", ["service"], registry=registry
         )
-        self.outbox_publish_attempts = Counter(
-            "clameur_outbox_publish_attempts", "Outbox publish attempts.", ["service"], registry=registry
-        )
-        self.outbox_publish_failures = Counter(
-            "clameur_outbox_publish_failures", "Outbox publish failures.", ["service"], registry=registry
-        )
         # Labelled series appear at zero from the start, so a dashboard has a line to draw.
         self.outbox_pending.labels(SERVICE)
-        self.outbox_publish_attempts.labels(SERVICE)
-        self.outbox_publish_failures.labels(SERVICE)
+        self.outbox_publish_attempts = counter(
+            registry, "clameur_outbox_publish_attempts", "Outbox publish attempts.", service=(SERVICE,)
+        )
+        self.outbox_publish_failures = counter(
+            registry, "clameur_outbox_publish_failures", "Outbox publish failures.", service=(SERVICE,)
+        )
