@@ -20,8 +20,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient
-
 from bench.common import ROOT, BenchError, say
 
 CHECKOUTS = ROOT / ".cache" / "bench"
@@ -64,18 +62,9 @@ class Baseline:
         self._run_python(script, bootstrap, prefix, str(signature_partitions))
 
     def _run_python(self, script: str, *arguments: str) -> str:
-        done = subprocess.run(
-            [self.python, "-c", script, *arguments],
-            cwd=self.checkout,
-            env=self.env(dict(os.environ)),
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
-        if done.returncode != 0:
-            raise BenchError(f"baseline {self.rev}: {script[:60]}... failed:\n{done.stderr[-2000:]}")
-        return done.stdout
+        argv = [self.python, "-c", script, *arguments]
+        what = f"baseline {self.rev}: {script[:60]}... failed:\n"
+        return _run(argv, self.checkout, self.env(dict(os.environ)), 120, what)
 
 
 def prepare(rev: str) -> Baseline:
@@ -89,17 +78,14 @@ def prepare(rev: str) -> Baseline:
         say(f"baseline: checking out {rev} ({commit[:12]}) into {checkout}")
         _git("worktree", "add", "--detach", str(checkout), commit)
     say(f"baseline: uv sync --frozen in {checkout}")
-    done = subprocess.run(
+    env = {name: value for name, value in os.environ.items() if name not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    _run(
         [_uv(), "sync", "--frozen", "--quiet"],
-        cwd=checkout,
-        env={name: value for name, value in os.environ.items() if name not in ("VIRTUAL_ENV", "PYTHONPATH")},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
+        checkout,
+        env,
+        900,
+        f"baseline {rev}: uv sync --frozen failed:\n",
     )
-    if done.returncode != 0:
-        raise BenchError(f"baseline {rev}: uv sync --frozen failed:\n{done.stderr[-2000:]}")
     return Baseline(rev=rev, commit=commit, checkout=checkout)
 
 
@@ -109,6 +95,17 @@ def _uv() -> str:
     if found is None:
         raise BenchError("uv is not installed: run `make bootstrap` first")
     return found
+
+
+def _run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float, failed: str) -> str:
+    """Run ``argv`` in the baseline's checkout; its output, or :class:`BenchError` saying
+    ``failed`` and the end of its stderr."""
+    done = subprocess.run(
+        argv, cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=timeout
+    )
+    if done.returncode != 0:
+        raise BenchError(f"{failed}{done.stderr[-2000:]}")
+    return done.stdout
 
 
 def _git(*arguments: str) -> str:
@@ -122,16 +119,3 @@ def _git(*arguments: str) -> str:
     if done.returncode != 0:
         raise BenchError(f"git {' '.join(arguments)}: {done.stderr.strip()}")
     return done.stdout
-
-
-async def delete_topic_names(bootstrap: str, names: list[str]) -> None:
-    """Delete those of ``names`` that exist (the baseline's topics, after its run)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        doomed = [name for name in names if name in existing]
-        if doomed:
-            await admin.delete_topics(doomed)
-    finally:
-        await admin.close()

@@ -38,7 +38,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from bench.baseline import Baseline, delete_topic_names, prepare
+from bench.baseline import Baseline, prepare
 from bench.common import (
     Child,
     Row,
@@ -63,6 +63,7 @@ from bench.infra import (
     Infrastructure,
     add_run_arguments,
     bench_case,
+    delete_topic_names,
     end_offsets,
     measured,
     publish_events,

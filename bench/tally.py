@@ -43,7 +43,7 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from tally.counting import decode_countable
 from tally.settings import TallySettings
 
@@ -73,6 +73,7 @@ from bench.infra import (
     service_env,
 )
 from bench.synthetic import TallyLoad
+from clameur.kafka import kafka_admin
 from clameur.settings import ClameurSettings
 
 GOAL_RATE = 50_000.0
@@ -317,22 +318,14 @@ def run_baseline(
 
 
 async def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with kafka_admin(bootstrap) as admin:
         await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-    finally:
-        await admin.close()
 
 
 async def _delete_topic(bootstrap: str, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with kafka_admin(bootstrap) as admin:
         with contextlib.suppress(Exception):  # gone already, or never made: nothing to clean
             await admin.delete_topics([topic])
-    finally:
-        await admin.close()
 
 
 def baseline_rows(args: argparse.Namespace, rate: float, base: Drain | None) -> list[Row]:

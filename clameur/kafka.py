@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
@@ -65,6 +68,17 @@ async def send_to_dlq(
     )
 
 
+@asynccontextmanager
+async def kafka_admin(bootstrap: str, *, client_id: str = "clameur") -> AsyncIterator[AIOKafkaAdminClient]:
+    """An admin client, started for the block and closed when it ends, whatever happens in it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
 async def partitions_of(bootstrap: str, topic: str, *, client_id: str = "clameur") -> list[int]:
     """The partition numbers of ``topic``, sorted, as the cluster's metadata says now.
 
@@ -73,12 +87,8 @@ async def partitions_of(bootstrap: str, topic: str, *, client_id: str = "clameur
     one.  Raises :class:`UnknownTopic` (with what to do) when the topic does not exist,
     and aiokafka's ``KafkaError`` when the cluster cannot be reached.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id)
-    await admin.start()
-    try:
+    async with kafka_admin(bootstrap, client_id=client_id) as admin:
         described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
     partitions = sorted(
         int(partition["partition"])
         for description in described

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+
+from clameur.kafka import kafka_admin
 
 DAY_S = 24 * 3600.0
 
@@ -113,9 +115,7 @@ async def ensure_topics(
     erasure_bound_s: float = DAY_S,
 ) -> list[str]:
     """Create the topics that are missing; returns the names it created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with kafka_admin(bootstrap) as admin:
         existing = set(await admin.list_topics())
         missing = [
             NewTopic(spec.name, spec.partitions, replication, topic_configs=spec.config)
@@ -127,5 +127,3 @@ async def ensure_topics(
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
         return [topic.name for topic in missing]
-    finally:
-        await admin.close()

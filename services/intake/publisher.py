@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
@@ -102,35 +102,26 @@ class PublishTimings:
 RECONNECT = RetryPolicy(initial_s=0.2, maximum_s=5.0)
 
 
+@dataclass(kw_only=True, eq=False)
 class KafkaSignaturePublisher:
     """Signatures to Kafka keyed by case id, contacts keyed by supporter key; see the module
     docstring for the promises."""
 
-    def __init__(
-        self,
-        *,
-        topic: str,
-        contacts_topic: str,
-        producer_factory: ProducerFactory,
-        metrics: PublishMetrics,
-        timings: PublishTimings,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._topic = topic
-        self._contacts_topic = contacts_topic
-        self._new_producer = producer_factory
-        self._metrics = metrics
-        self._timings = timings
-        self._clock = clock
-        self._producer: AIOKafkaProducer | None = None
-        self._lanes: _TopicLanes | None = None
-        self._supervisor: asyncio.Task[None] | None = None
-        self._retiring: set[asyncio.Task[None]] = set()
-        # Failure state: since when every attempt failed, and the probe gate.
-        self._failing_since: float | None = None
-        self._next_probe = 0.0
-        self._probing = False
-        self.replacements = 0
+    topic: str
+    contacts_topic: str
+    producer_factory: ProducerFactory
+    metrics: PublishMetrics
+    timings: PublishTimings
+    clock: Callable[[], float] = time.monotonic
+    _producer: AIOKafkaProducer | None = field(init=False, default=None)
+    _lanes: _TopicLanes | None = field(init=False, default=None)
+    _supervisor: asyncio.Task[None] | None = field(init=False, default=None)
+    _retiring: set[asyncio.Task[None]] = field(init=False, default_factory=set)
+    # Failure state: since when every attempt failed, and the probe gate.
+    _failing_since: float | None = field(init=False, default=None)
+    _next_probe: float = field(init=False, default=0.0)
+    _probing: bool = field(init=False, default=False)
+    replacements: int = field(init=False, default=0)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -166,7 +157,7 @@ class KafkaSignaturePublisher:
     ) -> None:
         lanes = self._admit()
         records = len(signatures) + len(contacts)
-        self._metrics.attempts.inc(records)
+        self.metrics.attempts.inc(records)
         started = time.perf_counter()
         try:
             # Each lane's round of records fails with TimeoutError ``ack_timeout`` after the
@@ -175,7 +166,7 @@ class KafkaSignaturePublisher:
             signature_partition = lanes.signatures.partitioner()
             contact_partition = lanes.contacts.partitioner() if contacts else _NOT_NEEDED
             if signature_partition is None or contact_partition is None:
-                async with asyncio.timeout(self._timings.ack_timeout):
+                async with asyncio.timeout(self.timings.ack_timeout):
                     signature_partition = await lanes.signatures.fetch_partitioner()
                     if contacts:
                         contact_partition = await lanes.contacts.fetch_partitioner()
@@ -194,11 +185,11 @@ class KafkaSignaturePublisher:
             await _acknowledged(acks)
         except Exception as exc:
             self._failed()
-            self._metrics.errors.inc(records)
+            self.metrics.errors.inc(records)
             if not isinstance(exc, TimeoutError):
                 logger.warning("the broker refused signatures: %s", type(exc).__name__)
             raise BrokerUnavailable(f"the broker did not acknowledge: {type(exc).__name__}") from exc
-        self._metrics.duration.observe(time.perf_counter() - started)
+        self.metrics.duration.observe(time.perf_counter() - started)
         self._succeeded()
 
     def _admit(self) -> _TopicLanes:
@@ -207,20 +198,20 @@ class KafkaSignaturePublisher:
             raise BrokerUnavailable("the producer is not connected to the broker")
         if self._failing_since is None:
             return lanes
-        now = self._clock()
+        now = self.clock()
         if self._probing or now < self._next_probe:
-            self._metrics.errors.inc()
+            self.metrics.errors.inc()
             raise BrokerUnavailable("the broker is failing; waiting for it to come back")
         self._probing = True
-        self._next_probe = now + self._timings.probe_interval
+        self._next_probe = now + self.timings.probe_interval
         return lanes
 
     def _failed(self) -> None:
-        now = self._clock()
+        now = self.clock()
         if self._failing_since is None:
             self._failing_since = now
             logger.warning("the broker stopped acknowledging signatures")
-        self._next_probe = now + self._timings.probe_interval
+        self._next_probe = now + self.timings.probe_interval
         self._probing = False
 
     def _succeeded(self) -> None:
@@ -235,15 +226,14 @@ class KafkaSignaturePublisher:
         if sender_stopped(producer):
             return True
         return (
-            self._failing_since is not None
-            and self._clock() - self._failing_since >= self._timings.reset_after
+            self._failing_since is not None and self.clock() - self._failing_since >= self.timings.reset_after
         )
 
     async def _supervise(self) -> None:
         backoff = Backoff(RECONNECT)
         while True:
             if self._producer is None:
-                producer = self._new_producer()
+                producer = self.producer_factory()
                 try:
                     await producer.start()
                 except Exception as exc:  # noqa: BLE001 - broker down at start: retry with backoff
@@ -256,14 +246,14 @@ class KafkaSignaturePublisher:
                 self._probing = False
                 self._producer = producer
                 self._lanes = _TopicLanes(
-                    PartitionLanes(producer, self._topic, self._timings.ack_timeout),
+                    PartitionLanes(producer, self.topic, self.timings.ack_timeout),
                     # Every supporter key is new: remembering their partitions would only churn.
                     PartitionLanes(
-                        producer, self._contacts_topic, self._timings.ack_timeout, remember_keys=False
+                        producer, self.contacts_topic, self.timings.ack_timeout, remember_keys=False
                     ),
                 )
-                logger.info("producer connected", extra={"topic": self._topic})
-            await asyncio.sleep(self._timings.check_interval)
+                logger.info("producer connected", extra={"topic": self.topic})
+            await asyncio.sleep(self.timings.check_interval)
             current = self._producer
             if current is not None and self._stuck(current):
                 logger.warning("replacing a producer that keeps failing")

@@ -63,75 +63,91 @@ class ConfirmationPages:
 def confirmation_router(pages: ConfirmationPages) -> APIRouter:
     router = APIRouter()
 
-    def page(name: str, locale: str, status: int = 200, **context: object) -> HTMLResponse:
-        chosen = choose_locale(locale, locale, pages.templates.locales)
-        html = pages.templates.render(chosen, name, {"locale": chosen, **context})
-        return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
-
-    def refuse(http: Request, error: InvalidToken) -> Response:
-        expired = isinstance(error, ExpiredToken)
-        status = 410 if expired else 400
-        if "text/html" in http.headers.get("accept", ""):
-            locale = error.request.locale if isinstance(error, ExpiredToken) else _first_language(http)
-            return page("expired_link.html" if expired else "invalid_link.html", locale, status)
-        detail = (
-            "This link has expired. To support the case, sign the petition again: a new email will come."
-            if expired
-            else "This link is not valid: it may have been cut or altered. Use the whole link from the email."
-        )
-        return problem(status, detail, title="Expired link" if expired else "Invalid link")
-
-    def verified(token: str, action: ConfirmationAction, http: Request) -> ConfirmationRequest | Response:
-        try:
-            return pages.signer.verify(token, action, utc_now())
-        except InvalidToken as error:
-            return refuse(http, error)
-
-    async def publish(event: SignatureConfirmed | SignaturesRejected) -> Response | None:
-        try:
-            await pages.publish(event, event.case_id)
-        except Exception as error:  # noqa: BLE001 - any broker failure: nothing was done, say so
-            logger.warning("publishing from a link failed", extra={"error": type(error).__name__})
-            return problem(503, "We could not record this just now. Open the link again in a minute.")
-        return None
-
     @router.get("/v1/confirm/{token}", response_class=HTMLResponse)
     async def confirm(token: str, http: Request) -> Response:
-        request = verified(token, "confirm", http)
-        if isinstance(request, Response):
-            return request
-        failed = await publish(
-            SignatureConfirmed(case_id=request.case_id, supporter_key=request.supporter_key)
-        )
-        if failed is not None:
-            return failed
-        pages.metrics.confirmation_links.labels("confirm").inc()
-        logger.info("signature confirmed", extra={"case_id": request.case_id})
-        return page("confirmed.html", request.locale)
+        return await _publish_then(pages, token, http, "confirm", _confirmed)
 
     @router.get("/v1/reject/{token}", response_class=HTMLResponse)
     async def ask_rejection(token: str, http: Request) -> Response:
-        request = verified(token, "reject", http)
+        request = _verified(pages, token, "reject", http)
         if isinstance(request, Response):
             return request
-        return page("reject.html", request.locale, action=http.url.path)
+        return _page(pages, "reject.html", request.locale, action=http.url.path)
 
     @router.post("/v1/reject/{token}", response_class=HTMLResponse)
     async def reject(token: str, http: Request) -> Response:
-        request = verified(token, "reject", http)
-        if isinstance(request, Response):
-            return request
-        failed = await publish(
-            SignaturesRejected(case_id=request.case_id, supporter_key=request.supporter_key)
-        )
-        if failed is not None:
-            return failed
-        await pages.reject_supporter(request.supporter_key, request.case_id)
-        pages.metrics.confirmation_links.labels("reject").inc()
-        logger.info("signatures rejected by the address's owner", extra={"case_id": request.case_id})
-        return page("rejected.html", request.locale)
+        return await _publish_then(pages, token, http, "reject", _rejected)
 
     return router
+
+
+async def _publish_then(
+    pages: ConfirmationPages,
+    token: str,
+    http: Request,
+    action: ConfirmationAction,
+    done: Callable[[ConfirmationPages, ConfirmationRequest], Awaitable[Response]],
+) -> Response:
+    """Verify the link, publish its event and wait for the ack, then answer ``done``.
+
+    A forged or expired link is refused (400, 410) and a broker failure answers 503: in
+    both cases nothing was done.
+    """
+    request = _verified(pages, token, action, http)
+    if isinstance(request, Response):
+        return request
+    kind = SignatureConfirmed if action == "confirm" else SignaturesRejected
+    event = kind(case_id=request.case_id, supporter_key=request.supporter_key)
+    try:
+        await pages.publish(event, event.case_id)
+    except Exception as error:  # noqa: BLE001 - any broker failure: nothing was done, say so
+        logger.warning("publishing from a link failed", extra={"error": type(error).__name__})
+        return problem(503, "We could not record this just now. Open the link again in a minute.")
+    return await done(pages, request)
+
+
+async def _confirmed(pages: ConfirmationPages, request: ConfirmationRequest) -> Response:
+    pages.metrics.confirmation_links.labels("confirm").inc()
+    logger.info("signature confirmed", extra={"case_id": request.case_id})
+    return _page(pages, "confirmed.html", request.locale)
+
+
+async def _rejected(pages: ConfirmationPages, request: ConfirmationRequest) -> Response:
+    await pages.reject_supporter(request.supporter_key, request.case_id)
+    pages.metrics.confirmation_links.labels("reject").inc()
+    logger.info("signatures rejected by the address's owner", extra={"case_id": request.case_id})
+    return _page(pages, "rejected.html", request.locale)
+
+
+def _verified(
+    pages: ConfirmationPages, token: str, action: ConfirmationAction, http: Request
+) -> ConfirmationRequest | Response:
+    try:
+        return pages.signer.verify(token, action, utc_now())
+    except InvalidToken as error:
+        return _refuse(pages, http, error)
+
+
+def _page(
+    pages: ConfirmationPages, name: str, locale: str, status: int = 200, **context: object
+) -> HTMLResponse:
+    chosen = choose_locale(locale, locale, pages.templates.locales)
+    html = pages.templates.render(chosen, name, {"locale": chosen, **context})
+    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def _refuse(pages: ConfirmationPages, http: Request, error: InvalidToken) -> Response:
+    expired = isinstance(error, ExpiredToken)
+    status = 410 if expired else 400
+    if "text/html" in http.headers.get("accept", ""):
+        locale = error.request.locale if isinstance(error, ExpiredToken) else _first_language(http)
+        return _page(pages, "expired_link.html" if expired else "invalid_link.html", locale, status)
+    detail = (
+        "This link has expired. To support the case, sign the petition again: a new email will come."
+        if expired
+        else "This link is not valid: it may have been cut or altered. Use the whole link from the email."
+    )
+    return problem(status, detail, title="Expired link" if expired else "Invalid link")
 
 
 def _first_language(http: Request) -> str:

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,7 @@ from clameur.consumer import Batch
 from clameur.events import Contact, decode_contact
 from clameur.keys import Purpose, derive_key
 from clameur.topics import CONTACTS_TICK_KEY
-from notify.ledger import _SUPPORTER_LIST_LOCK, consumer_offsets, request_confirmations
+from notify.ledger import _SUPPORTER_LIST_LOCK, GroupApplier, request_confirmations
 from notify.suppressions import AddressHashes
 
 if TYPE_CHECKING:
@@ -83,18 +82,13 @@ def decode_contact_record(record: ConsumerRecord[bytes, bytes]) -> ContactRecord
     return ContactRecord(key, contact)
 
 
-class ContactsApplier:
+class ContactsApplier(GroupApplier):
     """``BatchApplier`` for contacts.v1: the sealed contacts, latest per supporter wins."""
 
     def __init__(self, pool: Pool, group_id: str, cipher: ContactCipher, hashes: AddressHashes) -> None:
-        self.pool = pool
-        self.group_id = group_id
+        super().__init__(pool, group_id)
         self.cipher = cipher
         self.hashes = hashes
-        self.offsets = consumer_offsets(group_id)
-
-    async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
-        return await self.offsets.read(self.pool, topic, partitions)
 
     async def apply(self, batch: Batch[ContactRecord]) -> None:
         latest: dict[str, ContactRecord] = {}

@@ -73,7 +73,20 @@ def consumer_offsets(group_id: str) -> OffsetTable:
     return OffsetTable("notify.consumer_offsets", group_id=group_id)
 
 
-class SupporterListApplier:
+class GroupApplier:
+    """What every notify ``BatchApplier`` shares: its pool and its consumer group, whose
+    offsets (:func:`consumer_offsets`) each ``apply`` stores in the transaction of its effect."""
+
+    def __init__(self, pool: Pool, group_id: str) -> None:
+        self.pool = pool
+        self.group_id = group_id
+        self.offsets = consumer_offsets(group_id)
+
+    async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
+        return await self.offsets.read(self.pool, topic, partitions)
+
+
+class SupporterListApplier(GroupApplier):
     """``BatchApplier`` for ``signatures.v2``: subscriptions, confirmations, rejections.
 
     ``on_recorded`` (if given) is called after commit with the number of new
@@ -82,13 +95,8 @@ class SupporterListApplier:
     """
 
     def __init__(self, pool: Pool, group_id: str, on_recorded: Any = None) -> None:
-        self.pool = pool
-        self.group_id = group_id
-        self.offsets = consumer_offsets(group_id)
+        super().__init__(pool, group_id)
         self._on_recorded = on_recorded
-
-    async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
-        return await self.offsets.read(self.pool, topic, partitions)
 
     async def apply(self, batch: Batch[SignatureLogEvent]) -> None:
         signatures = [consumed.event for consumed in batch.events]
@@ -209,20 +217,12 @@ async def request_confirmations(connection: Connection, supporter_keys: Sequence
     )
 
 
-class CaseNewsApplier:
+class CaseNewsApplier(GroupApplier):
     """``BatchApplier`` for ``case-events.v1``: records milestones and victories to fan out.
 
     ``CaseClosed`` tells supporters nothing (design choice: no email when a case closes
     without a victory); its offset is stored all the same.
     """
-
-    def __init__(self, pool: Pool, group_id: str) -> None:
-        self.pool = pool
-        self.group_id = group_id
-        self.offsets = consumer_offsets(group_id)
-
-    async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
-        return await self.offsets.read(self.pool, topic, partitions)
 
     async def apply(self, batch: Batch[CaseEvent]) -> None:
         news = [c.event for c in batch.events if isinstance(c.event, MilestoneReached | VictoryDeclared)]

@@ -29,7 +29,7 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,7 +38,7 @@ from clameur.consumer import Batch
 from clameur.database import create_pool
 from clameur.events import CaseState, CaseStatus, utc_now
 from notify.erasure import Eraser
-from notify.ledger import consumer_offsets
+from notify.ledger import GroupApplier
 from notify.metrics import NotifyMetrics
 from notify.settings import NotifySettings
 
@@ -51,16 +51,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class CaseRetentionApplier:
+class CaseRetentionApplier(GroupApplier):
     """``BatchApplier`` for cases.v1: each case's retention clock, offsets in the same transaction."""
-
-    def __init__(self, pool: Pool, group_id: str) -> None:
-        self.pool = pool
-        self.group_id = group_id
-        self.offsets = consumer_offsets(group_id)
-
-    async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
-        return await self.offsets.read(self.pool, topic, partitions)
 
     async def apply(self, batch: Batch[CaseState]) -> None:
         latest: dict[str, CaseState] = {}
@@ -180,40 +172,34 @@ class RetentionReport:
         }
 
 
+@dataclass(frozen=True)
 class RetentionJob:
     """Finds who is due (:func:`due_supporters`) and forgets them; see the module."""
 
-    def __init__(
-        self,
-        pool: Pool,
-        eraser: Eraser | None,
-        metrics: NotifyMetrics | None,
-        override_days: int | None,
-        clock: Callable[[], datetime] = utc_now,
-        confirmation_expiry_s: float | None = None,
-    ) -> None:
-        self.pool = pool
-        self._eraser = eraser
-        self._metrics = metrics
-        self._override_days = override_days
-        self._clock = clock
-        self._expiry_s = confirmation_expiry_s
+    pool: Pool
+    eraser: Eraser | None
+    metrics: NotifyMetrics | None
+    override_days: int | None
+    clock: Callable[[], datetime] = utc_now
+    confirmation_expiry_s: float | None = None
 
     async def run_once(self, *, dry_run: bool = False, chunk: int = 1000) -> RetentionReport:
         """One pass, until no one is due.  A dry run (or a job without an eraser) only reports."""
-        now = self._clock()
-        if dry_run or self._eraser is None:
+        now = self.clock()
+        if dry_run or self.eraser is None:
             unconfirmed = (
-                [] if self._expiry_s is None else await unconfirmed_supporters(self.pool, now, self._expiry_s)
+                []
+                if self.confirmation_expiry_s is None
+                else await unconfirmed_supporters(self.pool, now, self.confirmation_expiry_s)
             )
-            due = await due_supporters(self.pool, now, self._override_days)
+            due = await due_supporters(self.pool, now, self.override_days)
             return RetentionReport(due, 0, dry_run=True, unconfirmed=unconfirmed)
         due = await self._forget_all(
-            lambda: due_supporters(self.pool, now, self._override_days, limit=chunk), chunk, "case_ended"
+            lambda: due_supporters(self.pool, now, self.override_days, limit=chunk), chunk, "case_ended"
         )
         unconfirmed = []
-        if self._expiry_s is not None:
-            expiry_s = self._expiry_s
+        if self.confirmation_expiry_s is not None:
+            expiry_s = self.confirmation_expiry_s
             unconfirmed = await self._forget_all(
                 lambda: unconfirmed_supporters(self.pool, now, expiry_s, limit=chunk), chunk, "unconfirmed"
             )
@@ -229,17 +215,17 @@ class RetentionJob:
         chunk: int,
         why: Literal["case_ended", "unconfirmed"],
     ) -> list[DueSupporter]:
-        assert self._eraser is not None
+        assert self.eraser is not None
         forgotten: list[DueSupporter] = []
         while True:
             # In chunks: a large case's supporters are forgotten in one pass, a chunk read at a time.
             found = await find()
             for supporter in found:
-                await self._eraser.forget(
+                await self.eraser.forget(
                     supporter.supporter_key, "retention" if why == "case_ended" else "expired"
                 )
-                if self._metrics is not None:
-                    self._metrics.retention_erased.labels(why).inc()
+                if self.metrics is not None:
+                    self.metrics.retention_erased.labels(why).inc()
             forgotten.extend(found)
             if len(found) < chunk:
                 return forgotten

@@ -36,6 +36,7 @@ from clameur.events import (
     decode_suppression,
 )
 from clameur.kafka import create_producer
+from clameur.serving import Started
 from clameur.web import ReadinessCheck
 from notify.compaction import keep_ticking
 from notify.contacts import ContactCipher, ContactRecord, ContactsApplier, decode_contact_record
@@ -370,13 +371,11 @@ class NotifyLifespan:
 
     def __init__(self, parts: NotifyParts) -> None:
         self.parts = parts
-        self._running: Running | None = None
+        self._running = Started[Running]("notify is not running (starting or stopping)")
 
     @property
     def running(self) -> Running:
-        if self._running is None:
-            raise RuntimeError("notify is not running (starting or stopping)")
-        return self._running
+        return self._running.current
 
     @contextlib.asynccontextmanager
     async def __call__(self, app: FastAPI) -> AsyncIterator[None]:
@@ -394,14 +393,13 @@ class NotifyLifespan:
             )
             loops = Loops(self.parts, connections, eraser)
             loops.start()
-            self._running = Running(connections, loops, eraser)
-            logger.info("notify started", extra={"port": settings.notify_port})
-            try:
-                yield
-            finally:
-                logger.info("notify draining")
-                await loops.drain()
-                self._running = None
+            with self._running.serving(Running(connections, loops, eraser)):
+                logger.info("notify started", extra={"port": settings.notify_port})
+                try:
+                    yield
+                finally:
+                    logger.info("notify draining")
+                    await loops.drain()
         logger.info("notify stopped")
 
 

@@ -26,7 +26,7 @@ import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -45,13 +45,12 @@ from notify.messages import (
     OutgoingEmail,
     UnsendableEmail,
 )
-from notify.metrics import NotifyMetrics
+from notify.metrics import KINDS, NotifyMetrics
 from notify.retries import RateLimiter
 from notify.smtp import MailTransport, SendFailure
 
 logger = logging.getLogger(__name__)
 
-_KINDS = ("milestone", "victory", *CONFIRMATION_KINDS)
 _DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
@@ -126,41 +125,31 @@ class _PendingOutcomes:
         self.released.extend(outcomes.released)
 
 
+@dataclass(eq=False)
 class Sender:
     """Claims, renders, sends and records deliveries until :meth:`stop`."""
 
-    def __init__(
-        self,
-        ledger: DeliveryLedger,
-        renderer: MessageRenderer,
-        transport: MailTransport,
-        metrics: NotifyMetrics,
-        retry: RetryPolicy,
-        limiter: RateLimiter,
-        options: SendingOptions,
-        *,
-        clock: Callable[[], datetime] = utc_now,
-        random_value: Callable[[], float] = random.random,
-        confirmations: ConfirmationRenderer | None = None,
-    ) -> None:
-        self.ledger = ledger
-        self.renderer = renderer
-        self.confirmations = confirmations
-        self.transport = transport
-        self.metrics = metrics
-        self.retry = retry
-        self.limiter = limiter
-        self.options = options
-        self._clock = clock
-        self._random = random_value
-        self._stopping = asyncio.Event()
-        self._outcomes = _PendingOutcomes()
-        self._flush_now = asyncio.Event()
-        self._room = asyncio.Event()
-        self._news: LRUCache[UUID, CaseNews] = LRUCache(maxsize=1024)
+    ledger: DeliveryLedger
+    renderer: MessageRenderer
+    transport: MailTransport
+    metrics: NotifyMetrics
+    retry: RetryPolicy
+    limiter: RateLimiter
+    options: SendingOptions
+    _: KW_ONLY
+    clock: Callable[[], datetime] = utc_now
+    random_value: Callable[[], float] = random.random
+    confirmations: ConfirmationRenderer | None = None
+    _stopping: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _outcomes: _PendingOutcomes = field(init=False, default_factory=_PendingOutcomes)
+    _flush_now: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _room: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _news: LRUCache[UUID, CaseNews] = field(init=False, default_factory=lambda: LRUCache(maxsize=1024))
+
+    def __post_init__(self) -> None:
         # Labelled children looked up once: ``labels()`` takes a lock and builds a key per call.
-        self._attempts = {kind: metrics.attempts.labels(kind) for kind in _KINDS}
-        self._sent = {kind: metrics.sent.labels(kind) for kind in _KINDS}
+        self._attempts = {kind: self.metrics.attempts.labels(kind) for kind in KINDS}
+        self._sent = {kind: self.metrics.sent.labels(kind) for kind in KINDS}
 
     def stop(self) -> None:
         """Stop claiming; :meth:`run` returns once sends in flight are recorded."""
@@ -282,12 +271,12 @@ class Sender:
         delivery = job.delivery
         assert delivery.recipient is not None  # triage keeps only deliveries with a supporter
         if job.news is not None:
-            return self.renderer.render(job.news, delivery.recipient, self._clock())
+            return self.renderer.render(job.news, delivery.recipient, self.clock())
         if self.confirmations is None:
             raise UnsendableEmail("this sender renders no confirmation emails")
         kind: ConfirmationKind = "reminder" if delivery.kind == "reminder" else "confirmation"
         return self.confirmations.render(
-            kind, delivery.case_id, delivery.recipient, self._clock(), news_only=delivery.news_only
+            kind, delivery.case_id, delivery.recipient, self.clock(), news_only=delivery.news_only
         )
 
     def _record_failure(
@@ -295,7 +284,7 @@ class Sender:
     ) -> None:
         kind = delivery.kind
         if failure.kind == "temporary" and not self.retry.gives_up_after(delivery.attempts):
-            delay = self.retry.delay_after(delivery.attempts, self._random())
+            delay = self.retry.delay_after(delivery.attempts, self.random_value())
             self.metrics.failed.labels(kind, "temporary").inc()
             self._outcomes.retry.append(Reschedule(delivery.id, delay, failure.reason))
             logger.info(
@@ -374,7 +363,7 @@ class FanOut:
         self.supporters_caught_up = supporters_caught_up
         self.grace = timedelta(seconds=grace_s)
         self.idle_poll_s = idle_poll_s
-        self._clock = clock
+        self.clock = clock
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -397,7 +386,7 @@ class FanOut:
     async def fan_out_ready(self) -> bool:
         """Fan out the events that are ready; returns whether it wrote any."""
         events = await self.ledger.events_to_fan_out()
-        now = self._clock()
+        now = self.clock()
         ready = [event for event in events if event.occurred_at + self.grace <= now]
         if not ready or not await self.supporters_caught_up():
             return False

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from clameur.retry import RetryPolicy
-from clameur.settings import ClameurSettings
+from clameur.settings import ConfirmationSettings
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def parse_smtp_url(url: str) -> SmtpEndpoint:
     )
 
 
-class NotifySettings(ClameurSettings):
+class NotifySettings(ConfirmationSettings):
     """Everything notify reads from ``CLAMEUR_*`` at start."""
 
     notify_port: int = 8003
@@ -102,11 +102,6 @@ class NotifySettings(ClameurSettings):
         default=2.0,
         ge=0,
         description="wait this long after an event before fanning out (late signatures land)",
-    )
-    confirmation_expiry_s: float = Field(
-        default=30 * 24 * 3600.0,
-        gt=0,
-        description="a confirm or reject link works this long after its email",
     )
     confirmation_reminder_s: float = Field(
         default=48 * 3600.0,

@@ -31,7 +31,7 @@ from clameur.consumer import Batch
 from clameur.events import Suppression
 from clameur.keys import Purpose
 from clameur.supporters import SupporterKeys
-from notify.ledger import consumer_offsets
+from notify.ledger import GroupApplier
 
 if TYPE_CHECKING:
     import asyncpg
@@ -123,16 +123,8 @@ async def publish_suppression(producer: AIOKafkaProducer, topic: str, suppressio
     await producer.send_and_wait(topic, suppression.to_json(), key=suppression.key.encode())
 
 
-class SuppressionApplier:
+class SuppressionApplier(GroupApplier):
     """``BatchApplier`` for suppressions.v1: the table and the offsets in one transaction."""
-
-    def __init__(self, pool: Pool, group_id: str) -> None:
-        self.pool = pool
-        self.group_id = group_id
-        self.offsets = consumer_offsets(group_id)
-
-    async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
-        return await self.offsets.read(self.pool, topic, partitions)
 
     async def apply(self, batch: Batch[Suppression]) -> None:
         suppressions = [consumed.event for consumed in batch.events]

@@ -31,7 +31,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -357,6 +357,7 @@ def log_segments(
     return rows, segments
 
 
+@dataclass(frozen=True, eq=False)
 class PostgresCounterStore:
     """The :class:`clameur.consumer.BatchApplier` of tally: counts and offsets in Postgres.
 
@@ -366,26 +367,18 @@ class PostgresCounterStore:
     batch that holds records, just before or just after the commit.
     """
 
-    def __init__(
-        self,
-        pool: asyncpg.Pool[Any],
-        metrics: TallyMetrics,
-        milestone_topic: str,
-        *,
-        confirmation_expiry: timedelta = timedelta(days=30),
-        crash_at: CrashPoint | None = None,
-        on_outbox_written: Callable[[], None] | None = None,
-    ) -> None:
-        self._pool = pool
-        self._metrics = metrics
-        self._milestone_topic = milestone_topic
-        self._expiry = confirmation_expiry
-        self._crash_at = crash_at
-        self._on_outbox_written = on_outbox_written
-        self._warned: set[str] = set()
+    pool: asyncpg.Pool[Any]
+    metrics: TallyMetrics
+    milestone_topic: str
+    _: KW_ONLY
+    confirmation_expiry: timedelta = timedelta(days=30)
+    crash_at: CrashPoint | None = None
+    on_outbox_written: Callable[[], None] | None = None
+    # Cases already warned about (bounded), so an unknown case is logged once.
+    _warned: set[str] = field(init=False, default_factory=set)
 
     async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
-        return await OFFSETS.read(self._pool, topic, partitions)
+        return await OFFSETS.read(self.pool, topic, partitions)
 
     async def apply(self, batch: Batch[SignatureLogRecord]) -> None:
         """Apply the batch's events in log order and store its offsets, in one transaction.
@@ -396,13 +389,13 @@ class PostgresCounterStore:
         (tally takes two at once: one is staged while the other commits), so batches
         commit in order and never wait for each other's rows.
         """
-        self._metrics.batches.inc()
+        self.metrics.batches.inc()
         started = time.perf_counter()
         records = [consumed.event for consumed in batch.events]
         try:
             effects = await self._commit(batch, records)
         except Exception:
-            self._metrics.batch_failures.inc()
+            self.metrics.batch_failures.inc()
             raise
         if records:
             self._maybe_crash("after_db_commit")
@@ -412,10 +405,10 @@ class PostgresCounterStore:
         self, batch: Batch[SignatureLogRecord], records: list[SignatureLogRecord]
     ) -> BatchEffects:
         """Stage, wait for the batch before, then apply in log order, count, store the offsets; commit."""
-        effects = BatchEffects(self._expiry, self._milestone_topic)
+        effects = BatchEffects(self.confirmation_expiry, self.milestone_topic)
         signatures, segments = log_segments(records)
         effects.signatures = len(signatures)
-        async with self._pool.acquire() as connection:
+        async with self.pool.acquire() as connection:
             if signatures:
                 # In its own implicit transaction: creating the table reads the definition
                 # of tally.signatures under a lock that a batch waiting for the one before
@@ -457,7 +450,7 @@ class PostgresCounterStore:
     def _report(self, batch: Batch[SignatureLogRecord], effects: BatchEffects, started: float) -> None:
         """The metrics of a committed batch."""
         committed = datetime.now(UTC)
-        metrics = self._metrics
+        metrics = self.metrics
         records = len(batch.events) + batch.poisoned
         metrics.batch_apply_duration.observe(time.perf_counter() - started)
         metrics.batch_size.observe(records)
@@ -479,8 +472,8 @@ class PostgresCounterStore:
         metrics.signatures_restored.inc(effects.restored)
         if effects.milestones:
             metrics.milestones_emitted.inc(effects.milestones)
-        if (effects.milestones or effects.notices) and self._on_outbox_written is not None:
-            self._on_outbox_written()
+        if (effects.milestones or effects.notices) and self.on_outbox_written is not None:
+            self.on_outbox_written()
 
     async def _count(self, connection: Connection, deltas: dict[CounterKey, int]) -> int:
         """Add ``deltas`` to the counters and stage the milestones crossed; returns how many."""
@@ -523,7 +516,7 @@ class PostgresCounterStore:
                 )
                 crossings.append((case_id, event, milestone_dedupe_key(case_id, threshold)))
                 logger.info("milestone reached", extra={"case_id": case_id, "threshold": threshold})
-        return await stage_many(connection, self._milestone_topic, crossings)
+        return await stage_many(connection, self.milestone_topic, crossings)
 
     def _warn_unknown(self, case_id: str) -> None:
         # Once per case and process: a surge on an unknown case must not flood the logs.
@@ -532,7 +525,7 @@ class PostgresCounterStore:
             logger.warning("signatures counted for a case tally does not know", extra={"case_id": case_id})
 
     def _maybe_crash(self, point: CrashPoint) -> None:
-        if self._crash_at == point:
+        if self.crash_at == point:
             logger.warning("test crash point reached: SIGKILL", extra={"crash_at": point})
             os.kill(os.getpid(), signal.SIGKILL)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,30 +46,23 @@ async def expire_pending(pool: asyncpg.Pool[Any], received_before: datetime) -> 
     return {row["case_id"]: row["signatures"] for row in rows}
 
 
+@dataclass(frozen=True)
 class PendingExpiry:
     """Runs :func:`expire_pending` every ``interval_s`` with the cutoff now - expiry - grace."""
 
-    def __init__(
-        self,
-        pool: asyncpg.Pool[Any],
-        metrics: TallyMetrics,
-        *,
-        expiry: timedelta,
-        grace: timedelta,
-        interval_s: float,
-    ) -> None:
-        self._pool = pool
-        self._metrics = metrics
-        self._expiry = expiry
-        self._grace = grace
-        self._interval_s = interval_s
-        self._stopping = asyncio.Event()
+    pool: asyncpg.Pool[Any]
+    metrics: TallyMetrics
+    _: KW_ONLY
+    expiry: timedelta
+    grace: timedelta
+    interval_s: float
+    _stopping: asyncio.Event = field(init=False, default_factory=asyncio.Event)
 
     async def run_once(self, now: datetime | None = None) -> int:
         """One run; returns how many pending signatures it dropped."""
-        cutoff = (now or datetime.now(UTC)) - self._expiry - self._grace
-        dropped = sum((await expire_pending(self._pool, cutoff)).values())
-        self._metrics.pending_expired.inc(dropped)
+        cutoff = (now or datetime.now(UTC)) - self.expiry - self.grace
+        dropped = sum((await expire_pending(self.pool, cutoff)).values())
+        self.metrics.pending_expired.inc(dropped)
         if dropped:
             logger.info("pending signatures expired", extra={"dropped": dropped})
         return dropped
@@ -81,7 +75,7 @@ class PendingExpiry:
             except (OSError, asyncpg.PostgresError) as error:
                 logger.warning("expiry run failed; trying again later", extra={"error": type(error).__name__})
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval_s)
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
 
     def stop(self) -> None:
         self._stopping.set()

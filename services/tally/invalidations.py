@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -193,10 +193,7 @@ async def apply_invalidation(
         event.case_id,
         *parameters,
     )
-    groups = _groups(taken)
-    for country, action, count in groups:
-        effects.uncount(event.case_id, country, action, count)
-    matched = matched_of(groups)
+    matched = _moved(taken, event.case_id, effects.uncount)
     effects.invalidated += matched.matched
     await connection.execute(
         """
@@ -249,10 +246,7 @@ async def apply_revocation(connection: Connection, event: InvalidationRevoked, e
         event.case_id,
         event.invalidation_id,
     )
-    groups = _groups(restored)
-    for country, action, count in groups:
-        effects.restore(event.case_id, country, action, count)
-    matched = matched_of(groups)
+    matched = _moved(restored, event.case_id, effects.restore)
     effects.restored += matched.matched
     await connection.execute(
         """
@@ -301,20 +295,7 @@ async def _announce_invalidated(
     connection: Connection, event: InvalidationRequested, topic: str, supporter_keys: Sequence[str]
 ) -> int:
     """Stage ``SupportersInvalidated`` for the supporters taken out, in chunks; returns the rows staged."""
-    notices: list[tuple[str, Event, str | None]] = [
-        (
-            event.case_id,
-            SupportersInvalidated(
-                event_id=notice_event_id(event.invalidation_id, "invalidated", n),
-                case_id=event.case_id,
-                invalidation_id=event.invalidation_id,
-                supporter_keys=chunk,
-            ),
-            f"invalidated:{event.invalidation_id}:{n}",
-        )
-        for n, chunk in enumerate(supporter_chunks(supporter_keys))
-    ]
-    return await stage_many(connection, topic, notices)
+    return await _stage_notices(connection, topic, event, SupportersInvalidated, supporter_keys)
 
 
 async def _announce_restored(
@@ -330,25 +311,46 @@ async def _announce_restored(
         list(set(supporter_keys)),
     )
     held = {row["supporter_key"] for row in still_out}
+    back = [key for key in supporter_keys if key not in held]
+    return await _stage_notices(connection, topic, event, SupportersRestored, back)
+
+
+async def _stage_notices(
+    connection: Connection,
+    topic: str,
+    event: InvalidationRequested | InvalidationRevoked,
+    notice: type[SupportersInvalidated | SupportersRestored],
+    supporter_keys: Iterable[str],
+) -> int:
+    """Stage ``notice`` events for ``supporter_keys``, in chunks, each with an event id and an
+    outbox key derived from the invalidation and the chunk's number; returns the rows staged."""
+    label = "invalidated" if notice is SupportersInvalidated else "restored"
     notices: list[tuple[str, Event, str | None]] = [
         (
             event.case_id,
-            SupportersRestored(
-                event_id=notice_event_id(event.invalidation_id, "restored", n),
+            notice(
+                event_id=notice_event_id(event.invalidation_id, label, n),
                 case_id=event.case_id,
                 invalidation_id=event.invalidation_id,
                 supporter_keys=chunk,
             ),
-            f"restored:{event.invalidation_id}:{n}",
+            f"{label}:{event.invalidation_id}:{n}",
         )
-        for n, chunk in enumerate(supporter_chunks(key for key in supporter_keys if key not in held))
+        for n, chunk in enumerate(supporter_chunks(supporter_keys))
     ]
     return await stage_many(connection, topic, notices)
 
 
-def _groups(rows: Sequence[asyncpg.Record]) -> list[tuple[str, str, int]]:
+def _moved(
+    rows: Sequence[asyncpg.Record], case_id: str, move: Callable[[str, str, str, int], None]
+) -> Matched:
+    """Hand each (country, action) group of ``rows`` to ``move`` (out of or back into the
+    counts); returns what moved."""
     counts = Counter((row["country"], row["action"]) for row in rows)
-    return [(country, action, count) for (country, action), count in counts.items()]
+    groups = [(country, action, count) for (country, action), count in counts.items()]
+    for country, action, count in groups:
+        move(case_id, country, action, count)
+    return matched_of(groups)
 
 
 # -- the admin API's reads and writes ------------------------------------------------------------

@@ -6,12 +6,12 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
-from clameur.settings import ClameurSettings
+from clameur.settings import ConfirmationSettings
 
 CrashPoint = Literal["before_db_commit", "after_db_commit"]
 
 
-class TallySettings(ClameurSettings):
+class TallySettings(ConfirmationSettings):
     """Everything tally reads from ``CLAMEUR_*`` at start."""
 
     tally_port: int = 8002
@@ -45,11 +45,6 @@ class TallySettings(ClameurSettings):
             "false for `make rebuild`: outbox rows are written but never published, so a rebuild "
             "announces no milestone again on the live topics"
         ),
-    )
-    confirmation_expiry_s: float = Field(
-        default=30 * 24 * 3600,
-        gt=0,
-        description="a pending signature counts if confirmed within this long of its receipt (30 days)",
     )
     tally_expiry_grace_s: float = Field(
         default=24 * 3600,

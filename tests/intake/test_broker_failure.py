@@ -74,7 +74,7 @@ async def test_a_stopped_broker_gives_503_and_intake_recovers_when_it_returns(
         recovered = await _sign_until(client, url, 202, within=60)
         assert all(answer.status_code in (202, 503) for answer in recovered)
         metrics = (await client.get("/metrics")).text
-        replacements = app.state.intake.resources.publisher.replacements
+        replacements = app.state.intake.current.publisher.replacements
 
     if reset_after < 10:
         assert replacements >= 1

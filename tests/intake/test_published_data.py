@@ -7,10 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from clameur.events import decode_contact, decode_signature
+from clameur.kafka import kafka_admin
 from clameur.supporters import SupporterKeys
 from clameur.topics import Topics
 from tests.conftest import TEST_SECRET, Infra
@@ -153,14 +153,10 @@ async def test_a_retried_idempotency_key_gets_the_first_status_after_the_policy_
 
 async def _refuse_records_on(bootstrap: str, topic: str) -> None:
     """The broker refuses every record on ``topic`` from now on (each is over its size limit)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with kafka_admin(bootstrap) as admin:
         await admin.alter_configs(
             [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": "64"})]
         )
-    finally:
-        await admin.close()
 
 
 @pytest.mark.parametrize("refusing", ["signatures", "contacts"])

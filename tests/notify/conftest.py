@@ -18,6 +18,7 @@ from notify.progress import TopicEnds
 from notify.settings import NotifySettings
 from notify.supporters import supporter_key
 
+from clameur.database import create_pool
 from clameur.events import (
     Consent,
     Contact,
@@ -32,6 +33,7 @@ from clameur.kafka import create_producer
 from clameur.topics import Topics
 from devstack.mailsink import SmtpSink
 from tests.conftest import TEST_SECRET, Infra
+from tests.notify.forgetting import publish_contacts
 from tests.support import eventually, settings_from
 
 CONTACTS: dict[str, Contact] = {}
@@ -80,6 +82,14 @@ class RunningNotify:
             }
             for row in rows
         ]
+
+
+@pytest.fixture
+async def pool(infra: Infra) -> AsyncIterator[asyncpg.Pool[Any]]:
+    """A pool on the test database, for tests that drive notify's stores directly."""
+    created = await create_pool(infra.database_url, min_size=1, max_size=4)
+    yield created
+    await created.close()
 
 
 @pytest.fixture
@@ -194,19 +204,9 @@ async def publish_signatures(
     await produce(infra.kafka, topics.signatures, [*signed, *confirmed], key=lambda e: getattr(e, "case_id"))  # noqa: B009
     if wait:
         await signatures_read(infra, topics)
-    await publish_contacts(infra, topics, [CONTACTS[s.supporter_key] for s in signed if s.consent.updates])
-
-
-async def publish_contacts(infra: Infra, topics: Topics, contacts: Iterable[Contact]) -> None:
-    producer = create_producer(infra.kafka)
-    await producer.start()
-    try:
-        for contact in contacts:
-            await producer.send_and_wait(
-                topics.contacts, contact.to_json(), key=contact.supporter_key.encode()
-            )
-    finally:
-        await producer.stop()
+    await publish_contacts(
+        infra.kafka, topics, [CONTACTS[s.supporter_key] for s in signed if s.consent.updates]
+    )
 
 
 async def signatures_read(infra: Infra, topics: Topics, within: float = 30.0) -> None:

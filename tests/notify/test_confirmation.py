@@ -34,11 +34,11 @@ from tests.notify.conftest import (
     milestone,
     produce,
     publish_case_events,
-    publish_contacts,
     publish_signatures,
     signature,
     signatures_read,
 )
+from tests.notify.forgetting import publish_contacts
 from tests.support import eventually, read_topic
 
 SETTLE_S = 1.5
@@ -73,7 +73,7 @@ async def sign_awaiting(
     signed = signature(case_id, name, locale=locale, consent=False, awaits_confirmation=True)
 
     async def contact() -> None:
-        await publish_contacts(infra, topics, [CONTACTS[signed.supporter_key]])
+        await publish_contacts(infra.kafka, topics, [CONTACTS[signed.supporter_key]])
 
     async def sign() -> None:
         await produce(infra.kafka, topics.signatures, [signed], key=lambda e: case_id)
@@ -240,7 +240,7 @@ async def test_news_goes_only_to_confirmed_supporters_and_not_to_invalidated_one
     # Chloé asked for news on an "email" case and never confirmed: her confirmation email only.
     chloe = signature(case_id, "chloe", awaits_confirmation=True)
     await produce(infra.kafka, topics.signatures, [chloe], key=lambda e: case_id)
-    await publish_contacts(infra, topics, [CONTACTS[chloe.supporter_key]])
+    await publish_contacts(infra.kafka, topics, [CONTACTS[chloe.supporter_key]])
     await until_received(smtp_sink, 1)
     assert [m.rcpt_tos for m in smtp_sink.received] == [[email_of("chloe", case_id)]]
     dara = signature(case_id, "dara")
@@ -307,7 +307,7 @@ async def test_on_a_case_without_confirmation_asking_for_news_gets_one_email_ask
     case_id = new_id("nawal")
     signed = signature(case_id, "ben", locale="en", consent=True, awaits_confirmation=False)
     await produce(infra.kafka, topics.signatures, [signed, signed], key=lambda e: case_id)
-    await publish_contacts(infra, topics, [CONTACTS[signed.supporter_key]])
+    await publish_contacts(infra.kafka, topics, [CONTACTS[signed.supporter_key]])
     await until_received(smtp_sink, 1)
     await asyncio.sleep(SETTLE_S)
     [mail] = smtp_sink.to(email_of("ben", case_id))

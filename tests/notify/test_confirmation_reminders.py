@@ -12,7 +12,8 @@ from clameur.kafka import create_producer
 from clameur.topics import CONTACTS_TICK_KEY, Topics
 from devstack.mailsink import SmtpSink
 from tests.conftest import Infra
-from tests.notify.conftest import CONTACTS, RunningNotify, email_of, produce, publish_contacts, signature
+from tests.notify.conftest import CONTACTS, RunningNotify, email_of, produce, signature
+from tests.notify.forgetting import publish_contacts
 from tests.support import eventually, read_topic
 
 REMINDER_S = 1.0
@@ -36,7 +37,7 @@ async def until_received(sink: SmtpSink, address: str, count: int, within: float
 async def sign(infra: Infra, topics: Topics, case_id: str, name: str) -> str:
     signed = signature(case_id, name, locale="en", consent=True, awaits_confirmation=True)
     await produce(infra.kafka, topics.signatures, [signed], key=lambda e: case_id)
-    await publish_contacts(infra, topics, [CONTACTS[signed.supporter_key]])
+    await publish_contacts(infra.kafka, topics, [CONTACTS[signed.supporter_key]])
     return signed.supporter_key
 
 
@@ -87,7 +88,7 @@ async def test_the_database_holds_no_email_or_first_name_in_clear_and_a_tombston
     case_id = new_id("nawal")
     signed = signature(case_id, "amina", first_name="Zuleikha", awaits_confirmation=True)
     await produce(infra.kafka, topics.signatures, [signed], key=lambda e: case_id)
-    await publish_contacts(infra, topics, [CONTACTS[signed.supporter_key]])
+    await publish_contacts(infra.kafka, topics, [CONTACTS[signed.supporter_key]])
     await until_received(smtp_sink, email_of("amina", case_id), 1)  # the contact is stored (and opened)
     assert "Zuleikha" in str(smtp_sink.to(email_of("amina", case_id))[0].message["To"])
 

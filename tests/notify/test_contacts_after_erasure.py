@@ -11,8 +11,8 @@ from notify.suppressions import AddressHashes
 from clameur.events import Contact, utc_now
 from clameur.topics import Topics
 from tests.conftest import TEST_SECRET, Infra
-from tests.notify.conftest import RunningNotify, publish_contacts
-from tests.notify.forgetting import key_of
+from tests.notify.conftest import RunningNotify
+from tests.notify.forgetting import key_of, publish_contacts
 from tests.support import eventually
 
 
@@ -41,7 +41,7 @@ async def test_a_contact_recorded_before_its_erasure_is_skipped_and_one_after_is
         locale="fr",
         recorded_at=now + timedelta(seconds=1),
     )
-    await publish_contacts(infra, topics, [replayed, fresh])
+    await publish_contacts(infra.kafka, topics, [replayed, fresh])
 
     async def fresh_stored() -> bool:
         return bool(

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-import pytest
 from notify.contacts import ContactCipher
 from notify.ledger import DeliveryLedger, request_confirmations
 
-from clameur.database import create_pool
 from clameur.events import utc_now
-from tests.conftest import TEST_SECRET, Infra
-
-
-@pytest.fixture
-async def pool(infra: Infra) -> AsyncIterator[asyncpg.Pool[Any]]:
-    created = await create_pool(infra.database_url, min_size=1, max_size=2)
-    yield created
-    await created.close()
+from tests.conftest import TEST_SECRET
 
 
 async def test_a_confirmation_is_written_once_and_flagged_answered_once_confirmed(

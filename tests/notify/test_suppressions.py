@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -37,24 +37,14 @@ def test_the_address_hash_sees_through_the_ways_of_typing_one_address() -> None:
         hashes.of("not an address")
 
 
-@pytest.fixture
-async def database(infra: Infra) -> AsyncIterator[asyncpg.Pool[Any]]:
-    pool = await asyncpg.create_pool(infra.database_url, min_size=1, max_size=2)
-    assert pool is not None
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
 async def test_it_wasnt_me_suppresses_the_address_everywhere_forgets_the_supporter_and_announces_it(
-    database: asyncpg.Pool[Any], infra: Infra, topics: Topics, new_id: Callable[..., str]
+    pool: asyncpg.Pool[Any], infra: Infra, topics: Topics, new_id: Callable[..., str]
 ) -> None:
     case_id = new_id("nawal")
     email = f"Someone.{case_id}@example.org"
-    key = await seed_supporter(database, email, "Nawal", [case_id])
+    key = await seed_supporter(pool, email, "Nawal", [case_id])
     hashed = address_hash(TEST_SECRET, email)
-    assert not await is_suppressed(database, hashed, case_id)  # not before
+    assert not await is_suppressed(pool, hashed, case_id)  # not before
 
     async with running_eraser(infra.kafka, infra.database_url, topics) as eraser:
         done = await reject_supporter(eraser, key, case_id)
@@ -63,9 +53,9 @@ async def test_it_wasnt_me_suppresses_the_address_everywhere_forgets_the_support
     assert done.suppressed and done.erased.contact == 1
     assert not again.suppressed and again.erased.contact == 0  # the address is gone: nothing to hash
     for case in (case_id, new_id("other"), None):
-        assert await is_suppressed(database, hashed, case)
-    assert not await is_suppressed(database, address_hash(TEST_SECRET, f"else.{case_id}@example.org"), None)
-    assert await rows_of(database, key) == dict.fromkeys(
+        assert await is_suppressed(pool, hashed, case)
+    assert not await is_suppressed(pool, address_hash(TEST_SECRET, f"else.{case_id}@example.org"), None)
+    assert await rows_of(pool, key) == dict.fromkeys(
         ("contacts", "subscriptions", "deliveries", "unsubscriptions"), 0
     )
     published = await read_topic(infra.kafka, topics.suppressions, at_least=1)
@@ -119,22 +109,20 @@ async def test_a_rebuilt_notify_knows_the_suppressions_from_the_topic_alone(
 
 
 async def test_a_batch_check_finds_exactly_the_suppressed_pairs(
-    database: asyncpg.Pool[Any], new_id: Callable[..., str]
+    pool: asyncpg.Pool[Any], new_id: Callable[..., str]
 ) -> None:
     case_id, other = new_id("nawal"), new_id("atena")
     everywhere, one_case, free = (address_hash(TEST_SECRET, f"{n}.{case_id}@example.org") for n in "abc")
-    await record_suppression(database, Suppression(address_hash=everywhere, reason="rejected"))
-    await record_suppression(
-        database, Suppression(address_hash=one_case, case_id=case_id, reason="unsubscribed")
-    )
+    await record_suppression(pool, Suppression(address_hash=everywhere, reason="rejected"))
+    await record_suppression(pool, Suppression(address_hash=one_case, case_id=case_id, reason="unsubscribed"))
     wanted = [(h, c) for h in (everywhere, one_case, free) for c in (case_id, other)]
-    assert await suppressed_among(database, wanted) == {
+    assert await suppressed_among(pool, wanted) == {
         (everywhere, case_id),
         (everywhere, other),
         (one_case, case_id),
     }
-    assert await suppressed_among(database, []) == set()
+    assert await suppressed_among(pool, []) == set()
     for address, case in wanted:
-        assert await is_suppressed(database, address, case) == (
-            (address, case) in await suppressed_among(database, wanted)
+        assert await is_suppressed(pool, address, case) == (
+            (address, case) in await suppressed_among(pool, wanted)
         )

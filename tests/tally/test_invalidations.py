@@ -53,6 +53,14 @@ from tests.tally.invalidation_support import (
 BOTS = InvalidationFilter(email_domains=("bot-farm.example",))
 
 
+@pytest.fixture
+async def case_id(pool: asyncpg.Pool[Any], topics: Topics, new_id: Any) -> str:
+    """A case of its own, created in tally without milestones."""
+    created: str = new_id("nawal")
+    await _create(pool, topics, created, [])
+    return created
+
+
 def _store(pool: asyncpg.Pool[Any], topics: Topics) -> PostgresCounterStore:
     return PostgresCounterStore(pool, TallyMetrics(CollectorRegistry()), topics.case_events)
 
@@ -90,10 +98,8 @@ def test_supporters_go_to_notify_in_chunks_of_a_thousand_distinct_keys() -> None
 
 
 async def test_the_dry_run_and_the_real_run_agree_counts_drop_exactly_and_a_restore_gives_them_back(
-    pool: asyncpg.Pool[Any], topics: Topics, new_id: Any, infra: Any
+    pool: asyncpg.Pool[Any], topics: Topics, case_id: str, infra: Any
 ) -> None:
-    case_id = new_id("nawal")
-    await _create(pool, topics, case_id, [])
     store = _store(pool, topics)
     bots, humans = bot_wave(case_id, 40), people(case_id, 25)
     await store.apply(batch(topics.signatures, [*humans[:10], *bots, *humans[10:]]))
@@ -134,12 +140,10 @@ async def test_the_dry_run_and_the_real_run_agree_counts_drop_exactly_and_a_rest
 
 
 async def test_an_invalidation_takes_what_the_log_holds_before_it_and_a_replay_takes_the_same(
-    pool: asyncpg.Pool[Any], topics: Topics, new_id: Any, infra: Any
+    pool: asyncpg.Pool[Any], topics: Topics, case_id: str, infra: Any
 ) -> None:
     """Bots signing after the invalidation in the log are not taken; a replay of the same
     batches, twice over the stored state or from offset 0 into an empty state, agrees."""
-    case_id = new_id("nawal")
-    await _create(pool, topics, case_id, [])
     store = _store(pool, topics)
     early, late = bot_wave(case_id, 30), bot_wave(case_id, 60)[30:]
     invalidation = requested(case_id, BOTS)
@@ -196,10 +200,8 @@ async def test_a_milestone_is_announced_once_though_the_total_falls_below_it_and
 
 
 async def test_overlapping_invalidations_take_a_row_once_and_a_revocation_hands_it_to_the_later_one(
-    pool: asyncpg.Pool[Any], topics: Topics, new_id: Any, infra: Any
+    pool: asyncpg.Pool[Any], topics: Topics, case_id: str, infra: Any
 ) -> None:
-    case_id = new_id("nawal")
-    await _create(pool, topics, case_id, [])
     store = _store(pool, topics)
     bots, humans = bot_wave(case_id, 30), people(case_id, 20)  # bots: FR/MA/BE; humans: FR/SN
     await store.apply(batch(topics.signatures, [*bots, *humans]))
@@ -229,10 +231,8 @@ async def test_overlapping_invalidations_take_a_row_once_and_a_revocation_hands_
 
 
 async def test_every_filter_field_narrows_and_emails_match_by_their_canonical_key(
-    pool: asyncpg.Pool[Any], topics: Topics, new_id: Any
+    pool: asyncpg.Pool[Any], topics: Topics, case_id: str
 ) -> None:
-    case_id = new_id("nawal")
-    await _create(pool, topics, case_id, [])
     now = datetime.now(UTC)
     signatures = [
         signed(case_id, "abc@gmail.com", received_at=now - timedelta(hours=2)),
@@ -274,13 +274,11 @@ def _random_filter(rng: random.Random, start: datetime) -> InvalidationFilter:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_the_sql_and_the_in_memory_twin_agree_on_random_logs(
-    seed: int, pool: asyncpg.Pool[Any], topics: Topics, new_id: Any, infra: Any
+    seed: int, pool: asyncpg.Pool[Any], topics: Topics, case_id: str, infra: Any
 ) -> None:
     """The rebuild's twin (:class:`InMemoryInvalidations`) and the SQL apply, on the same log:
     overlapping filters, revocations in any order, replayed requests and duplicate signatures."""
     rng = random.Random(seed)
-    case_id = new_id("nawal")
-    await _create(pool, topics, case_id, [])
     start = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)
     log: list[Any] = []
     requests: list[InvalidationRequested] = []

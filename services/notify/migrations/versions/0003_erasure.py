@@ -1,9 +1,5 @@
 """Suppressions (from suppressions.v1), the cases' retention clocks (from cases.v1), and
 each contact's address hash (the send-time suppression check).
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-30
 """
 
 from alembic import op

@@ -1,9 +1,4 @@
-"""Confirmation: pending signatures, confirmed supporters, what invalidations filter on.
-
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-11-30
-"""
+"""Confirmation: pending signatures, confirmed supporters, what invalidations filter on."""
 
 from alembic import op
 

@@ -1,9 +1,4 @@
-"""Invalidations: signatures taken back out of the counts, each with its reason and author.
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-30
-"""
+"""Invalidations: signatures taken back out of the counts, each with its reason and author."""
 
 from alembic import op
 
