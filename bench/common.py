@@ -271,6 +271,8 @@ class Child:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
+    # Where it runs: this checkout, or another one (an older revision measured beside it).
+    cwd: Path = ROOT
 
     def start(self) -> Child:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -278,7 +280,7 @@ class Child:
         self.process = subprocess.Popen(
             list(self.argv),
             env=dict(self.env),
-            cwd=ROOT,
+            cwd=self.cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -348,8 +350,10 @@ class Children:
     def __init__(self) -> None:
         self._children: list[Child] = []
 
-    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> Child:
-        child = Child(name, argv, env, log_path)
+    def start(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path, *, cwd: Path = ROOT
+    ) -> Child:
+        child = Child(name, argv, env, log_path, cwd=cwd)
         self._children.append(child)
         return child.start()
 
@@ -376,10 +380,13 @@ def http_status(url: str, timeout_s: float = 2.0) -> int | None:
         return None
 
 
-def uvicorn_argv(factory: str, *, port: int, workers: int) -> list[str]:
-    """The one uvicorn command line used for intake and the reference alike (same server setup)."""
+def uvicorn_argv(factory: str, *, port: int, workers: int, python: str = sys.executable) -> list[str]:
+    """The one uvicorn command line used for intake and the reference alike (same server setup).
+
+    ``python``: another checkout's interpreter, to serve that checkout the same way.
+    """
     return [
-        sys.executable,
+        python,
         "-m",
         "uvicorn",
         "--factory",
@@ -610,7 +617,7 @@ generator, the broker, the database and the services share the same cores.
 """
 
 
-SECTIONS = ("intake", "tally", "notify", "pipeline")
+SECTIONS = ("intake", "tally", "notify", "pipeline", "confirmation")
 """The sections in the order a new docs/benchmarks.md lists them."""
 
 

@@ -334,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
             "actions": ["signature", "letter", "postcard"],
             "default_locale": "fr",
             "target": case.target,
+            # The simulated supporters have no inbox to confirm from: their signatures count
+            # at once (a person signing on the demo page of an email case would confirm).
+            "confirmation": "none",
         }
         response = httpx.post(f"{tally_url}/v1/admin/cases", json=body, headers=admin, timeout=10)
         if response.status_code != 201:

@@ -22,14 +22,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from bench.common import BenchError, Child, Children, new_run_id, port_open, run_dir, say
 from clameur.database import migrate
 from clameur.events import Action, CaseState, Event
-from clameur.kafka import partitions_of
+from clameur.kafka import kafka_admin, partitions_of
 from clameur.topics import Topics, ensure_topics
 from devstack import databases
 from devstack.layout import DEV
@@ -105,27 +104,31 @@ def service_env(
 
 
 async def create_topics(bootstrap: str, prefix: str, *, signature_partitions: int = 6) -> Topics:
-    """Every topic under ``prefix`` (signatures.v1 with ``signature_partitions``)."""
+    """Every topic under ``prefix`` (signatures.v2 with ``signature_partitions``)."""
     topics = Topics(prefix=prefix)
     await ensure_topics(bootstrap, topics, signature_partitions=signature_partitions)
     say(f"topics created with prefix {prefix!r} ({signature_partitions} signature partitions)")
     return topics
 
 
-async def delete_topics(bootstrap: str, topics: Topics) -> None:
-    names = [spec.name for spec in topics.specs()]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+async def delete_topic_names(bootstrap: str, names: list[str]) -> list[str]:
+    """Delete those of ``names`` that exist (a run's topics, after it); returns them."""
+    async with kafka_admin(bootstrap) as admin:
         existing = set(await admin.list_topics())
         doomed = [name for name in names if name in existing]
         if doomed:
             await admin.delete_topics(doomed)
-            say(f"topics deleted: {', '.join(doomed)}")
+        return doomed
+
+
+async def delete_topics(bootstrap: str, topics: Topics) -> None:
+    try:
+        doomed = await delete_topic_names(bootstrap, [spec.name for spec in topics.specs()])
     except KafkaError as error:
         say(f"could not delete the run's topics ({type(error).__name__}); delete {topics.prefix}* by hand")
-    finally:
-        await admin.close()
+        return
+    if doomed:
+        say(f"topics deleted: {', '.join(doomed)}")
 
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:

@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             "exactly one each",
             exact,
         ),
-        Row("supporter list built from signatures.v1", f"{count(supporters)} in {recorded_s:.1f} s"),
+        Row("supporter list built from signatures.v2", f"{count(supporters)} in {recorded_s:.1f} s"),
     ]
     setup = [
         f"{count(supporters)} consenting supporters of one case put on a fresh signatures topic and recorded "

@@ -174,6 +174,8 @@ def create_case(base: str, case_id: str, milestones: list[int]) -> None:
             "milestones": milestones,
             "actions": ["signature", "letter", "postcard"],
             "default_locale": "fr",
+            # This bench measures accepting and counting; confirmation has its own bench.
+            "confirmation": "none",
         },
         timeout=30,
     )
@@ -481,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         "everything on this one machine: Kafka and Postgres of the dev profile, tally (`python -m tally`), "
         "notify (`python -m notify`), intake (`uvicorn --factory intake.app:app_from_environment "
         f"--workers {args.workers}`), a counting SMTP sink, and wrk",
-        f"a fresh topic prefix and database for the run; signatures.v1 with {args.partitions} partitions; "
+        f"a fresh topic prefix and database for the run; signatures.v2 with {args.partitions} partitions; "
         f"one case with milestones {args.milestones}; notify's rate cap: {cap}",
         f"wrk {args.connections} connections for {args.duration:.0f} s, `bench/wrk/signatures.lua`: unique "
         "emails, 30 countries, fr/en, about 25% consenting (each milestone mails about a quarter of "

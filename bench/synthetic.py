@@ -1,8 +1,11 @@
 """Synthetic ``SignatureAccepted`` records, built fast enough to load a million of them.
 
-The records are the JSON of :class:`clameur.events.SignatureAccepted` (checked by
-:func:`check_record`), built as plain dicts with orjson: building a pydantic model per
-record would take longer than tally takes to count it.
+The records are the JSON of :class:`clameur.events.SignatureAccepted` schema 2, as intake
+publishes it on signatures.v2: no name, email or postal code, the ``email_domain``, and
+``awaits_confirmation`` (False unless asked for).  They are checked by :func:`check_record`
+and built as plain dicts with orjson: building a pydantic model per record would take
+longer than tally takes to count it.  :func:`consenting_contacts` gives the matching
+``Contact`` records of contacts.v1 (what notify needs to write to those supporters).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from clameur.events import SignatureAccepted
+from clameur.events import Contact, SignatureAccepted
 
 COUNTRIES = (
     "FR", "GB", "DE", "ES", "IT", "BE", "NL", "CH", "PT", "IE", "SE", "NO", "DK", "FI", "PL",
@@ -27,6 +30,7 @@ COUNTRIES = (
 )  # fmt: skip
 FIRST_NAMES = ("Camille", "Léa", "Youssef", "Amina", "Jean", "Chloé", "Mohamed", "Sarah", "Hugo", "Inès")
 LAST_NAMES = ("Durand", "Martin", "Benali", "Diallo", "Dubois", "Nguyen", "Müller", "García", "Traoré")
+DOMAINS = ("gmail.com", "outlook.com", "yahoo.fr", "orange.fr", "gmx.de", "proton.me")
 # Mostly signatures, a few letters and postcards (the campaign's mix).
 ACTIONS = ("signature",) * 95 + ("letter",) * 3 + ("postcard",) * 2
 
@@ -44,28 +48,43 @@ def signature_record(
     country: str,
     locale: str,
     received_at: str,
-    email: str | None = None,
+    email_domain: str = "gmail.com",
+    updates: bool = False,
+    awaits_confirmation: bool = False,
 ) -> bytes:
-    """One ``SignatureAccepted`` as JSON bytes (``email`` given means consent to updates)."""
+    """One ``SignatureAccepted`` (schema 2) as JSON bytes; ``updates``: consent to news."""
     return orjson.dumps(
         {
             "event_id": _uuid(rng),
             "type": "SignatureAccepted",
-            "schema": 1,
+            "schema": 2,
             "occurred_at": received_at,
             "signature_id": _uuid(rng),
             "case_id": case_id,
             "action": action,
-            "first_name": rng.choice(FIRST_NAMES),
-            "last_name": rng.choice(LAST_NAMES),
             "country": country,
-            "postal_code": None,
             "locale": locale,
             "supporter_key": supporter_key,
-            "email": email,
-            "consent": {"updates": email is not None},
-            "source": {"widget": "bench", "page_url": None, "referrer": None, "partner": None},
+            "email_domain": email_domain,
+            "consent": {"updates": updates},
+            "awaits_confirmation": awaits_confirmation,
+            "source": {"widget": "bench", "page_url": None, "partner": None},
             "received_at": received_at,
+        }
+    )
+
+
+def contact_record(
+    *, supporter_key: str, email: str, first_name: str, locale: str, recorded_at: str
+) -> bytes:
+    """One ``Contact`` of contacts.v1 as JSON bytes (its record's key: the supporter key)."""
+    return orjson.dumps(
+        {
+            "supporter_key": supporter_key,
+            "email": email,
+            "first_name": first_name,
+            "locale": locale,
+            "recorded_at": recorded_at,
         }
     )
 
@@ -73,6 +92,11 @@ def signature_record(
 def check_record(raw: bytes) -> SignatureAccepted:
     """Parse one record with the real model: the synthetic JSON must stay a valid event."""
     return SignatureAccepted.model_validate_json(raw)
+
+
+def check_contact(raw: bytes) -> Contact:
+    """Parse one contact with the real model."""
+    return Contact.model_validate_json(raw)
 
 
 @dataclass
@@ -146,37 +170,72 @@ class TallyLoad:
                     country=COUNTRIES[country_of[index]],
                     locale="fr" if index % 2 else "en",
                     received_at=received_at,
+                    email_domain=DOMAINS[index % len(DOMAINS)],
                 ),
             )
 
 
+def _consenting(*, run_id: str, count: int, secret: bytes) -> Iterator[tuple[int, str, str]]:
+    """``(n, email, supporter_key)`` of the consenting supporters (the key: HMAC of the email)."""
+    keyed = hmac.new(secret, digestmod=hashlib.sha256)
+    for n in range(count):
+        email = f"s{n}.{run_id}@bench.invalid"
+        mac = keyed.copy()
+        mac.update(email.encode())
+        yield n, email, mac.hexdigest()
+
+
 def consenting_supporters(
-    *, case_id: str, run_id: str, count: int, secret: bytes, signed_ago: timedelta = timedelta(minutes=1)
+    *,
+    case_id: str,
+    run_id: str,
+    count: int,
+    secret: bytes,
+    signed_ago: timedelta = timedelta(minutes=1),
+    awaits_confirmation: bool = False,
 ) -> Iterator[tuple[bytes, bytes]]:
     """``count`` distinct supporters of ``case_id`` who consented to updates (notify's list).
 
     Emails are ``s<n>.<run>@bench.invalid`` (a reserved domain: nothing can ever be
     delivered there); the supporter key is the HMAC of the email with ``secret``, like
-    intake's; half sign in French, half in English.
+    intake's; half sign in French, half in English.  The signatures carry no address:
+    :func:`consenting_contacts` (same arguments) gives their contacts.
     """
     rng = random.Random(7)
     received_at = (datetime.now(UTC) - signed_ago).isoformat()
-    keyed = hmac.new(secret, digestmod=hashlib.sha256)
     key = case_id.encode()
-    for n in range(count):
-        email = f"s{n}.{run_id}@bench.invalid"
-        mac = keyed.copy()
-        mac.update(email.encode())
+    for n, _email, supporter_key in _consenting(run_id=run_id, count=count, secret=secret):
         yield (
             key,
             signature_record(
                 rng,
                 case_id=case_id,
-                supporter_key=mac.hexdigest(),
+                supporter_key=supporter_key,
                 action="signature",
                 country=COUNTRIES[n % len(COUNTRIES)],
                 locale="fr" if n % 2 else "en",
                 received_at=received_at,
+                email_domain="bench.invalid",
+                updates=True,
+                awaits_confirmation=awaits_confirmation,
+            ),
+        )
+
+
+def consenting_contacts(
+    *, run_id: str, count: int, secret: bytes, signed_ago: timedelta = timedelta(minutes=1)
+) -> Iterator[tuple[bytes, bytes]]:
+    """The contacts.v1 records ``(supporter key, Contact)`` of :func:`consenting_supporters`."""
+    rng = random.Random(8)
+    recorded_at = (datetime.now(UTC) - signed_ago).isoformat()
+    for n, email, supporter_key in _consenting(run_id=run_id, count=count, secret=secret):
+        yield (
+            supporter_key.encode(),
+            contact_record(
+                supporter_key=supporter_key,
                 email=email,
+                first_name=rng.choice(FIRST_NAMES),
+                locale="fr" if n % 2 else "en",
+                recorded_at=recorded_at,
             ),
         )

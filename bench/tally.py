@@ -16,24 +16,39 @@
 5. The naive design on the first ``--naive-events`` records, in a schema of the same
    database: one transaction per signature (INSERT the signature, then UPDATE the
    counter row), one connection, the same server: its rate, and the ratio.
+6. With ``--baseline-rev REV`` (e.g. 46d361b, tally before confirmation and schema 2):
+   that revision checked out in a git worktree under .cache/bench/ with its own
+   ``uv sync --frozen``, its own database (its own migrations) and topic, fed the same
+   records in schema 1, drained the same way in the same run: both rates and their
+   ratio (issue 14's cost of protection: at least 0.9).
+
+    python -m bench.tally --baseline-rev 46d361b
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
+import orjson
+from aiokafka.admin import NewTopic
 from tally.counting import decode_countable
 from tally.settings import TallySettings
 
 from bench.common import (
+    ROOT,
     BenchError,
     Child,
     Row,
@@ -49,11 +64,21 @@ from bench.common import (
     scrape,
     total,
 )
-from bench.infra import BenchRun, add_run_arguments, load_topic, service_env
+from bench.infra import (
+    BenchRun,
+    add_run_arguments,
+    create_database,
+    drop_database,
+    load_topic,
+    service_env,
+)
 from bench.synthetic import TallyLoad
+from clameur.kafka import kafka_admin
 from clameur.settings import ClameurSettings
 
 GOAL_RATE = 50_000.0
+GOAL_BASELINE_RATIO = 0.9
+_PERSONAL = ("first_name", "last_name", "postal_code", "email")
 GOAL_RATIO = 20.0
 HOT_MILESTONES = [10_000, 50_000, 100_000, 250_000, 500_000]
 
@@ -69,8 +94,65 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--batches-in-flight", type=int, help="CLAMEUR_TALLY_BATCHES_IN_FLIGHT (tally's default)"
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="give up draining after this long")
+    parser.add_argument(
+        "--baseline-rev", help="also drain the same records with tally at this git revision (schema 1)"
+    )
     add_run_arguments(parser)
     return parser.parse_args(argv)
+
+
+def as_schema(record: bytes, schema: int) -> bytes:
+    """The record as ``SignatureAccepted`` schema 2 (no personal data) or schema 1 (with names).
+
+    The synthetic load writes one of them; each tally reads the schema of its revision.
+    Outside the timed drain (the records are converted while they are loaded).
+    """
+    fields = orjson.loads(record)
+    if fields.get("schema") == schema:
+        return record
+    if schema == 2:
+        for name in _PERSONAL:
+            fields.pop(name, None)
+        fields.get("source", {}).pop("referrer", None)
+        fields["email_domain"] = "bench.invalid"
+    else:
+        fields.pop("email_domain", None)
+        fields.pop("awaits_confirmation", None)
+        fields.update(first_name="Camille", last_name="Durand")
+    fields["schema"] = schema
+    return orjson.dumps(fields)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Tally at an earlier revision: a git worktree with its own virtualenv."""
+
+    rev: str
+    folder: Path
+
+    @property
+    def python(self) -> list[str]:
+        # -P: the bench starts children in this checkout, whose code must not shadow the baseline's.
+        return [str(self.folder / ".venv" / "bin" / "python"), "-P"]
+
+    @classmethod
+    def prepare(cls, rev: str) -> Baseline:
+        """Check ``rev`` out under .cache/bench/ (once) and sync its locked virtualenv."""
+        folder = ROOT / ".cache" / "bench" / f"tally-{rev}"
+        if not folder.exists():
+            say(f"baseline: git worktree of {rev} in {folder}")
+            subprocess.run(["git", "worktree", "add", "--detach", str(folder), rev], cwd=ROOT, check=True)
+        uv = shutil.which("uv") or str(ROOT / ".cache" / "tools" / "bin" / "uv")
+        if not Path(uv).exists():
+            uv = "/work/main/.cache/tools/bin/uv"
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT")}
+        subprocess.run([uv, "sync", "--frozen", "--quiet"], cwd=folder, check=True, env=env)
+        return cls(rev, folder)
+
+    def migrate(self, dsn: str) -> None:
+        """Its own migrations of tally's schema, in ``dsn``."""
+        code = "import sys; from clameur.database import migrate; migrate('tally', sys.argv[1])"
+        subprocess.run([*self.python, "-c", code, dsn], cwd=self.folder, check=True)
 
 
 def admin_token() -> str:
@@ -98,8 +180,10 @@ def create_cases(base: str, load: TallyLoad) -> None:
     say(f"{len(load.cases)} cases created through tally's admin API")
 
 
-def start_tally(run: BenchRun, env: dict[str, str], port: int) -> tuple[Child, str]:
-    child = run.start("tally", [sys.executable, "-m", "tally"], env)
+def start_tally(
+    run: BenchRun, env: dict[str, str], port: int, python: list[str] | None = None, name: str = "tally"
+) -> tuple[Child, str]:
+    child = run.start(name, [*(python or [sys.executable]), "-m", "tally"], env)
     base = f"http://127.0.0.1:{port}"
     return child, base
 
@@ -176,18 +260,93 @@ async def final_check(dsn: str, load: TallyLoad) -> list[str]:
         await connection.close()
 
 
-def drain(run: BenchRun, args: argparse.Namespace, env: dict[str, str], port: int, load: TallyLoad) -> Drain:
+def drain(
+    run: BenchRun,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    port: int,
+    load: TallyLoad,
+    baseline: Baseline | None = None,
+) -> Drain:
     started = time.time()
-    tally, base = start_tally(run, env, port)
-    first, exact = asyncio.run(wait_exact(run.database_url or "", tally, load, started, args.timeout))
+    name = f"tally-{baseline.rev}" if baseline else "tally"
+    dsn = env["CLAMEUR_DATABASE_URL"]
+    tally, base = start_tally(run, env, port, baseline.python if baseline else None, name)
+    first, exact = asyncio.run(wait_exact(dsn, tally, load, started, args.timeout))
     say(
-        f"tally: exact after {exact - first:.1f} s from its first commit "
+        f"{name}: exact after {exact - first:.1f} s from its first commit "
         f"({exact - started:.1f} s from its start)"
     )
-    problems = asyncio.run(final_check(run.database_url or "", load))
+    problems = asyncio.run(final_check(dsn, load))
     metrics = scrape(f"{base}/metrics")
     run.children.stop(tally)
     return Drain(exact - first, exact - started, metrics, problems)
+
+
+# -- the baseline: tally at an earlier revision, same records in schema 1 ---------------------------------
+
+
+def run_baseline(
+    run: BenchRun, args: argparse.Namespace, baseline: Baseline, env: dict[str, str], load: TallyLoad
+) -> Drain:
+    """The same records, in schema 1, drained by the baseline's tally (its own database and topic)."""
+    name = f"bench_tally_{run.run_id}_base"
+    dsn = asyncio.run(create_database(run.infra.database_url, name))
+    topic = f"{run.prefix}signatures.v1"  # what tally read before signatures.v2
+    try:
+        baseline.migrate(dsn)
+        asyncio.run(_create_topic(run.infra.kafka, topic, args.partitions))
+        port = free_port()
+        base_env = {
+            **env,
+            "CLAMEUR_DATABASE_URL": dsn,
+            "CLAMEUR_TALLY_PORT": str(port),
+            "CLAMEUR_TALLY_GROUP_ID": f"tally-base-{run.prefix}",
+        }
+        tally, base = start_tally(run, base_env, port, baseline.python, f"tally-{baseline.rev}")
+        tally.wait_http(f"{base}/readyz")
+        create_cases(base, load)
+        run.children.stop(tally)
+        say(f"putting the same {args.events:,} records, schema 1, on {topic}...")
+        schema_1 = ((key, as_schema(value, 1)) for key, value in load.records())
+        asyncio.run(load_topic(run.infra.kafka, topic, schema_1))
+        return drain(run, args, base_env, port, load, baseline)
+    finally:
+        asyncio.run(_delete_topic(run.infra.kafka, topic))
+        if not run.keep:
+            asyncio.run(drop_database(run.infra.database_url, name))
+
+
+async def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    async with kafka_admin(bootstrap) as admin:
+        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+
+
+async def _delete_topic(bootstrap: str, topic: str) -> None:
+    async with kafka_admin(bootstrap) as admin:
+        with contextlib.suppress(Exception):  # gone already, or never made: nothing to clean
+            await admin.delete_topics([topic])
+
+
+def baseline_rows(args: argparse.Namespace, rate: float, base: Drain | None) -> list[Row]:
+    """The baseline's drain rate and the ratio of today's to it (issue 14: at least 0.9)."""
+    if base is None:
+        return []
+    base_rate = args.events / base.seconds if base.seconds > 0 else 0.0
+    ratio = rate / base_rate if base_rate else 0.0
+    exact = "exact" if not base.problems else "NOT exact: " + "; ".join(base.problems[:3])
+    return [
+        Row(
+            f"baseline tally at {args.baseline_rev} (schema 1), same records, same run",
+            f"{per_second(base_rate)} ({count(args.events)} records in {base.seconds:.1f} s, {exact})",
+        ),
+        Row(
+            "ratio to the baseline (the cost of protection)",
+            f"{ratio:.2f}",
+            f"≥ {GOAL_BASELINE_RATIO}",
+            ratio >= GOAL_BASELINE_RATIO,
+        ),
+    ]
 
 
 # -- the naive design -----------------------------------------------------------------------------------
@@ -273,12 +432,14 @@ def main(argv: list[str] | None = None) -> int:
             create_cases(base, load)
             run.children.stop(tally)
 
+            baseline = Baseline.prepare(args.baseline_rev) if args.baseline_rev else None
             say(f"putting {args.events:,} records on {topics.signatures}...")
             sample: list[bytes] = []
             started = time.perf_counter()
+            schema_2 = ((key, as_schema(value, 2)) for key, value in load.records())
             loaded = asyncio.run(
                 load_topic(
-                    run.infra.kafka, topics.signatures, keep_first(load.records(), sample, args.naive_events)
+                    run.infra.kafka, topics.signatures, keep_first(schema_2, sample, args.naive_events)
                 )
             )
             say(
@@ -286,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"({load.distinct:,} distinct, {load.duplicates:,} repeats)"
             )
             result = drain(run, args, env, port, load)
+            base_result = run_baseline(run, args, baseline, env, load) if baseline else None
             say(f"the naive design on {len(sample):,} records...")
             naive_rate, naive_exact = asyncio.run(naive(dsn, sample, load.cases))
     except BenchError as error:
@@ -320,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
             f"exact: {'yes' if naive_exact else 'NO'})",
         ),
         Row("ratio to the naive design", f"{ratio:,.1f} times", "≥ 20 times", ratio >= GOAL_RATIO),
+        *baseline_rows(args, rate, base_result),
         Row(
             "exact at the end (every case: total, per country, per action; stored signatures)",
             f"{count(load.distinct)} distinct of {count(args.events)} records"
@@ -346,6 +509,15 @@ def main(argv: list[str] | None = None) -> int:
         + ("" if args.batch_records or args.batch_wait or args.batches_in_flight else " (tally's defaults)"),
         "drain time: from the first batch's commit (the earliest `counted_at`) until the bench's poll "
         "(every 0.1 s) saw the totals equal the distinct count; then every counter is checked",
+        "records: SignatureAccepted schema 2 (no personal data, email_domain), none awaiting confirmation"
+        + (
+            f"; baseline: tally at {args.baseline_rev} in a git worktree (.cache/bench/), its own "
+            "virtualenv (uv sync --frozen), database and topic (signatures.v1), the same records "
+            "in schema 1, "
+            "drained after today's"
+            if args.baseline_rev
+            else ""
+        ),
         "naive design: the first records, decoded like tally does, each in its own transaction "
         "(INSERT ... ON CONFLICT DO NOTHING, then UPDATE of the case's counter row), one connection, "
         "the same Postgres server with the same durability settings",
@@ -360,7 +532,9 @@ def main(argv: list[str] | None = None) -> int:
         rows=rows,
         setup=setup,
         options=args,
-        failed=None if exact and naive_exact else "the counters are not exact",
+        failed=None
+        if exact and naive_exact and (base_result is None or not base_result.problems)
+        else "the counters are not exact",
         details=result.problems,
     )
 

@@ -49,6 +49,7 @@ from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from clameur.kafka import send_to_dlq
+from clameur.logs import describe_error
 from clameur.retry import RetryPolicy, retry
 
 T = TypeVar("T")
@@ -286,9 +287,12 @@ class BatchDecoder(Generic[T]):
         dead_letters: DeadLetters,
         metrics: ConsumerMetrics,
         read_slice: int,
+        decode_record: Callable[[ConsumerRecord[bytes, bytes]], T] | None = None,
     ) -> None:
         self._topic = topic
         self._decode = decode
+        # A compacted topic's reader needs the key and the null value of a tombstone.
+        self._decode_record = decode_record
         self._dead_letters = dead_letters
         self._read_slice = read_slice
         self._records = metrics.records.labels(metrics.service, topic)
@@ -303,9 +307,12 @@ class BatchDecoder(Generic[T]):
                 await asyncio.sleep(0)  # let the applier run
             next_offsets[record.partition] = max(next_offsets.get(record.partition, 0), record.offset + 1)
             try:
-                if record.value is None:
+                if self._decode_record is not None:
+                    event = self._decode_record(record)
+                elif record.value is None:
                     raise ValueError("record has no value")
-                event = decode(record.value)
+                else:
+                    event = decode(record.value)
             except Exception as error:  # noqa: BLE001 - any decoding failure is poison, set aside
                 poisoned += 1
                 await self._dead_letters.set_aside(record, error)
@@ -427,7 +434,9 @@ class InOrderApplies(Generic[T]):
             task.cancel()
         for result in await asyncio.gather(*tasks, return_exceptions=True):
             if isinstance(result, Exception) and not isinstance(result, PreviousBatchNotApplied):
-                logger.warning("apply in flight failed while stopping", extra={"error": repr(result)})
+                logger.warning(
+                    "apply in flight failed while stopping", extra={"error": describe_error(result)}
+                )
 
     async def revoke(self) -> None:
         """Partitions are being revoked: finish the applies in flight (their offsets get
@@ -601,6 +610,9 @@ class BatchConsumer(Generic[T]):
     client_id: str = "clameur"
     clock: Clock = time.monotonic
     """Bounds the time spent gathering a batch."""
+    decode_record: Callable[[ConsumerRecord[bytes, bytes]], T] | None = None
+    """Used instead of ``decode`` when given: sees the whole record (its key, and the null
+    value of a compacted topic's tombstone)."""
 
     def __post_init__(self) -> None:
         self._stopping = asyncio.Event()
@@ -631,7 +643,9 @@ class BatchConsumer(Generic[T]):
         self._started.set()
         reader = BatchReader(consumer, self.limits, self.clock, self._stopping.is_set)
         dead_letters = DeadLetters(self.dlq_producer, self.metrics, self.topic, self._retrying)
-        decoder = BatchDecoder(self.topic, self.decode, dead_letters, self.metrics, self.limits.read_slice)
+        decoder = BatchDecoder(
+            self.topic, self.decode, dead_letters, self.metrics, self.limits.read_slice, self.decode_record
+        )
         # One batch waits here while another is applied: reading overlaps the database.
         ready: asyncio.Queue[_Read[T] | None] = asyncio.Queue(maxsize=1)
         try:

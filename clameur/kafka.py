@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
+
+from clameur.logs import error_locations
 
 
 class UnknownTopic(LookupError):
@@ -35,10 +40,16 @@ def create_producer(
 
 
 def dlq_headers(record: ConsumerRecord[bytes, bytes], error: BaseException) -> list[tuple[str, bytes]]:
-    """Headers that say where a set-aside record came from and why it was refused."""
+    """Headers that say where a set-aside record came from and why it was refused.
+
+    Why is the error's type and, for a validation error, its locations
+    (``"email:value_error"``): never its text, which can quote a name or an address
+    from the record.  The DLQ is read by operators and kept for the erasure bound; the
+    headers must not become a second copy of what the record holds.
+    """
     return [
         ("clameur.error.type", type(error).__name__.encode()),
-        ("clameur.error.message", str(error)[:2000].encode(errors="replace")),
+        ("clameur.error.locations", ", ".join(error_locations(error)).encode()),
         ("clameur.source.topic", record.topic.encode()),
         ("clameur.source.partition", str(record.partition).encode()),
         ("clameur.source.offset", str(record.offset).encode()),
@@ -57,6 +68,17 @@ async def send_to_dlq(
     )
 
 
+@asynccontextmanager
+async def kafka_admin(bootstrap: str, *, client_id: str = "clameur") -> AsyncIterator[AIOKafkaAdminClient]:
+    """An admin client, started for the block and closed when it ends, whatever happens in it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
 async def partitions_of(bootstrap: str, topic: str, *, client_id: str = "clameur") -> list[int]:
     """The partition numbers of ``topic``, sorted, as the cluster's metadata says now.
 
@@ -65,12 +87,8 @@ async def partitions_of(bootstrap: str, topic: str, *, client_id: str = "clameur
     one.  Raises :class:`UnknownTopic` (with what to do) when the topic does not exist,
     and aiokafka's ``KafkaError`` when the cluster cannot be reached.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id)
-    await admin.start()
-    try:
+    async with kafka_admin(bootstrap, client_id=client_id) as admin:
         described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
     partitions = sorted(
         int(partition["partition"])
         for description in described

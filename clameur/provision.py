@@ -23,7 +23,9 @@ SERVICES_WITH_SCHEMA = ("tally", "notify")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clameur.provision", description=__doc__.split("\n")[0])
     parser.add_argument("what", choices=["topics", "migrate", "all"])
-    parser.add_argument("--partitions", type=int, default=6, help="partitions of signatures.v1")
+    parser.add_argument(
+        "--partitions", type=int, default=6, help="partitions of signatures.v2 and contacts.v1"
+    )
     parser.add_argument(
         "--replication", type=int, default=1, help="replicas of every topic (3 on a production cluster)"
     )
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                 settings.topics,
                 signature_partitions=args.partitions,
                 replication=args.replication,
+                erasure_bound_s=settings.erasure_bound_s,
             )
         )
         print(f"topics: created {', '.join(created) if created else 'none (all present)'}")

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from clameur.logs import describe_error
+
 R = TypeVar("R")
 
 logger = logging.getLogger(__name__)
@@ -90,7 +92,8 @@ async def retry(
 
     Re-raises the failure when ``stopping()`` is true at that moment (the caller is shutting
     down: nothing more is attempted) or when the policy gives up.  Each failure is logged
-    with ``what`` and the delay.  Cancellation is never caught.
+    with ``what``, the delay and the error's type (never its text: see
+    :func:`clameur.logs.describe_error`).  Cancellation is never caught.
     """
     backoff = Backoff(policy, random_value)
     while True:
@@ -104,6 +107,6 @@ async def retry(
                 "%s failed; retrying in %.1f s",
                 what,
                 delay,
-                extra={"error": f"{type(error).__name__}: {error}"},
+                extra={"error": describe_error(error)},
             )
             await sleep(delay)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import sys
-from collections.abc import Callable, Generator
-from typing import Any, TypeVar
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, Generic, TypeVar
 
 import uvicorn
 from pydantic import ValidationError
@@ -16,6 +16,35 @@ from clameur.settings import ClameurSettings
 
 S = TypeVar("S")
 ServiceSettings = TypeVar("ServiceSettings", bound=ClameurSettings)
+
+
+class Started(Generic[S]):
+    """What a service's lifespan started, for its routes: there while the app serves.
+
+    Before the lifespan filled it and after it ended, :attr:`current` raises
+    ``RuntimeError`` with the message given (a readiness check turns it into "not ready").
+    """
+
+    __slots__ = ("_current", "_not_yet")
+
+    def __init__(self, not_yet: str) -> None:
+        self._current: S | None = None
+        self._not_yet = not_yet
+
+    @property
+    def current(self) -> S:
+        if self._current is None:
+            raise RuntimeError(self._not_yet)
+        return self._current
+
+    @contextlib.contextmanager
+    def serving(self, started: S) -> Iterator[None]:
+        """:attr:`current` is ``started`` until the block ends."""
+        self._current = started
+        try:
+            yield
+        finally:
+            self._current = None
 
 
 def load_settings(build: Callable[[], S], service: str) -> S | None:

@@ -33,6 +33,11 @@ class ClameurSettings(BaseSettings):
     secret: SecretStr = SecretStr(DEV_SECRET)
     admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
     host: str = "127.0.0.1"
+    erasure_bound_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="how long personal data may outlive its erasure (topics, DLQs); tests use seconds",
+    )
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -61,3 +66,15 @@ class ClameurSettings(BaseSettings):
     @property
     def topics(self) -> Topics:
         return Topics(prefix=self.topic_prefix)
+
+
+class ConfirmationSettings(ClameurSettings):
+    """The confirmation window, one setting for the two services that keep it: tally counts
+    a pending signature confirmed within it, and notify's confirm and reject links work
+    for as long."""
+
+    confirmation_expiry_s: float = Field(
+        default=30 * 24 * 3600.0,
+        gt=0,
+        description="a pending signature counts if confirmed within this long (30 days), and its links work",
+    )

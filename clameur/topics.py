@@ -5,8 +5,18 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+
+from clameur.kafka import kafka_admin
+
+DAY_S = 24 * 3600.0
+
+CONTACTS_TICK_KEY = b"__tick__"
+"""The key of the empty records notify appends to every partition of contacts.v1 now and
+then: the broker rolls a segment only on an append, and compaction never touches the
+active segment, so a quiet partition would keep an erased contact on disk.  Consumers of
+contacts.v1 skip this key."""
 
 
 @dataclass(frozen=True)
@@ -24,7 +34,18 @@ class Topics:
 
     @property
     def signatures(self) -> str:
-        return f"{self.prefix}signatures.v1"
+        """A case's actions and what happens to them; no personal data (kept forever)."""
+        return f"{self.prefix}signatures.v2"
+
+    @property
+    def contacts(self) -> str:
+        """How to write to a supporter (compacted; a tombstone erases)."""
+        return f"{self.prefix}contacts.v1"
+
+    @property
+    def suppressions(self) -> str:
+        """Addresses never to mail again, as keyed hashes (compacted, never erased)."""
+        return f"{self.prefix}suppressions.v1"
 
     @property
     def cases(self) -> str:
@@ -38,38 +59,67 @@ class Topics:
     def dlq(topic: str) -> str:
         return f"{topic}.dlq"
 
-    def specs(self, signature_partitions: int = 6, replication: int = 1) -> list[TopicSpec]:
-        week_ms = str(7 * 24 * 3600 * 1000)
+    def specs(
+        self, signature_partitions: int = 6, replication: int = 1, erasure_bound_s: float = DAY_S
+    ) -> list[TopicSpec]:
+        """Every topic with its settings.
+
+        ``erasure_bound_s`` bounds how long personal data outlives its erasure on a topic:
+        contacts.v1 rolls and compacts its segments within it (KIP-354), and the dead
+        letter queues, which hold raw records, keep nothing longer.
+        """
+        bound_ms = str(max(1000, int(erasure_bound_s * 1000)))
         keep_forever = {"retention.ms": "-1"}
         if replication > 1:
             # With acks=all, a write then survives the loss of one replica.
             keep_forever["min.insync.replicas"] = str(min(2, replication))
+        compacted = {
+            "cleanup.policy": "compact",
+            **{k: v for k, v in keep_forever.items() if k != "retention.ms"},
+        }
+        # A segment rolls on the first append after segment.ms: with half the bound, and
+        # notify's ticks every quarter (notify/compaction.py), the segment holding a
+        # tombstone is rolled and cleanable by 3/4 of the bound after the erasure.
+        half_bound_ms = str(max(1000, int(erasure_bound_s * 500)))
+        erasable = {
+            **compacted,
+            # A tombstone supersedes the contact once the segments holding both are rolled
+            # and cleaned: within the bound, the old value is gone from disk.
+            "max.compaction.lag.ms": half_bound_ms,
+            "segment.ms": half_bound_ms,
+            "delete.retention.ms": bound_ms,
+            "min.cleanable.dirty.ratio": "0.01",
+            "file.delete.delay.ms": "1000",
+        }
+        dead_letters = {"retention.ms": bound_ms, "segment.ms": bound_ms, "file.delete.delay.ms": "1000"}
         return [
-            # The signature stream is the source of truth for rebuilds: keep it.
+            # The source of truth for counts and rebuilds, without personal data: keep it.
             TopicSpec(self.signatures, signature_partitions, dict(keep_forever)),
-            TopicSpec(
-                self.cases,
-                1,
-                {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
-            ),
+            TopicSpec(self.contacts, signature_partitions, erasable),
+            TopicSpec(self.suppressions, 3, dict(compacted)),
+            TopicSpec(self.cases, 1, {**compacted, "min.compaction.lag.ms": "0"}),
             TopicSpec(self.case_events, 3, dict(keep_forever)),
-            TopicSpec(self.dlq(self.signatures), 1, {"retention.ms": week_ms}),
-            TopicSpec(self.dlq(self.cases), 1, {"retention.ms": week_ms}),
-            TopicSpec(self.dlq(self.case_events), 1, {"retention.ms": week_ms}),
+            *(
+                TopicSpec(self.dlq(topic), 1, dict(dead_letters))
+                for topic in (self.signatures, self.contacts, self.suppressions, self.cases, self.case_events)
+            ),
         ]
 
 
 async def ensure_topics(
-    bootstrap: str, topics: Topics, *, signature_partitions: int = 6, replication: int = 1
+    bootstrap: str,
+    topics: Topics,
+    *,
+    signature_partitions: int = 6,
+    replication: int = 1,
+    erasure_bound_s: float = DAY_S,
 ) -> list[str]:
     """Create the topics that are missing; returns the names it created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with kafka_admin(bootstrap) as admin:
         existing = set(await admin.list_topics())
         missing = [
             NewTopic(spec.name, spec.partitions, replication, topic_configs=spec.config)
-            for spec in topics.specs(signature_partitions, replication)
+            for spec in topics.specs(signature_partitions, replication, erasure_bound_s)
             if spec.name not in existing
         ]
         if missing:
@@ -77,5 +127,3 @@ async def ensure_topics(
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
         return [topic.name for topic in missing]
-    finally:
-        await admin.close()

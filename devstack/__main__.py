@@ -6,6 +6,7 @@
     python -m devstack status
     python -m devstack mail      # the latest messages in the local mail sink
     python -m devstack infra     # only Kafka and Postgres, topics and schemas (what tests need)
+    python -m devstack rebuild   # replay every topic into empty databases; compare the counts
 
 ``--profile test`` runs the test stack: other ports and data than the dev stack.
 CLAMEUR_* variables set in the environment are passed to the services, and a given
@@ -27,10 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m devstack", description="Clameur's local stack, no Docker needed."
     )
-    parser.add_argument("command", choices=["up", "down", "reset", "status", "mail", "infra", "where"])
+    parser.add_argument(
+        "command", choices=["up", "down", "reset", "status", "mail", "infra", "where", "rebuild"]
+    )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="dev")
     parser.add_argument("--no-prometheus", action="store_true")
     parser.add_argument("--count", type=int, default=10, help="with mail: how many messages")
+    parser.add_argument("--keep", action="store_true", help="with rebuild: keep the rebuilt database")
     args = parser.parse_args(argv)
     stack = Stack(PROFILES[args.profile], dict(os.environ))
     try:
@@ -44,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
             stack.status()
         elif args.command == "mail":
             mail_listing(stack.profile.mail_dir, args.count)
+        elif args.command == "rebuild":
+            from devstack.rebuild import rebuild
+
+            return rebuild(stack, keep=args.keep)
         elif args.command == "infra":
             stack.start_infrastructure()
             print(f"kafka {stack.kafka_bootstrap}\npostgres {stack.database_url}")

@@ -60,6 +60,17 @@ class LocalKafka:
     run_dir: Path
     log_dir: Path
     heap: str = "768m"
+    cleaner_backoff_ms: int | None = None
+    """How long the log cleaner sleeps when it finds nothing to clean (``log.cleaner.backoff.ms``).
+
+    None keeps Kafka's default (15 s), as in production; the test profile sets 1 s, so a
+    tombstone on contacts.v1 is compacted within seconds of its segment rolling and the
+    erasure tests can hold a bound of a few seconds (docs/privacy.md)."""
+    retention_check_interval_ms: int | None = None
+    """How often the broker deletes segments past their retention (``log.retention.check.interval.ms``).
+
+    None keeps Kafka's default (5 min: a DLQ record outlives the erasure bound by at most
+    that); the test profile sets 1 s, so a DLQ is empty on disk within seconds of its bound."""
 
     @property
     def bootstrap(self) -> str:
@@ -97,7 +108,16 @@ class LocalKafka:
                     "share.coordinator.state.topic.replication.factor=1",
                     "share.coordinator.state.topic.min.isr=1",
                     "group.initial.rebalance.delay.ms=0",
-                    "log.cleaner.backoff.ms=1000",
+                    *(
+                        [f"log.cleaner.backoff.ms={self.cleaner_backoff_ms}"]
+                        if self.cleaner_backoff_ms is not None
+                        else []
+                    ),
+                    *(
+                        [f"log.retention.check.interval.ms={self.retention_check_interval_ms}"]
+                        if self.retention_check_interval_ms is not None
+                        else []
+                    ),
                     "",
                 ]
             )

@@ -28,6 +28,10 @@ class Profile:
     tally_port: int = 8002
     notify_port: int = 8003
     demo_page_port: int = 8080
+    kafka_cleaner_backoff_ms: int | None = None
+    """The broker's ``log.cleaner.backoff.ms``; None is Kafka's default (see devstack.kafka)."""
+    kafka_retention_check_interval_ms: int | None = None
+    """The broker's ``log.retention.check.interval.ms``; None is Kafka's default."""
 
     @property
     def home(self) -> Path:
@@ -74,5 +78,8 @@ TEST = Profile(
     smtp_port=11025,
     prometheus_port=19090,
     demo_page_port=18080,
+    # Compaction within seconds: the erasure tests' bound is 5 s (tests/conftest.py).
+    kafka_cleaner_backoff_ms=1000,
+    kafka_retention_check_interval_ms=1000,
 )
 PROFILES = {profile.name: profile for profile in (DEV, TEST)}

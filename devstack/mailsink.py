@@ -13,7 +13,10 @@ It accepts every message (aiosmtpd on asyncio) and does with each what it was as
   (a message sent twice shows up as a duplicate), bytes, and the times of the first and
   last message; written as JSON every ``--every`` seconds and on exit, atomically
   (written then renamed), read back with :func:`read_stats`.  ``--sample PATH`` keeps
-  the first message, as received, in PATH;
+  the first message, as received, in PATH; ``--links PATH`` appends one JSON line per
+  confirmation email (``at``: arrival time, ``to``: recipient, ``link``: its
+  ``/v1/confirm/`` link), flushed with the counts (the confirmation bench plays
+  supporters who open them);
 - in a test's own process, :func:`on_loopback` runs a :class:`SmtpSink` that keeps every
   message in memory, and can refuse a recipient with a chosen code (to test retries
   and permanent failures).
@@ -36,6 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
+from typing import IO
 
 import orjson
 from aiosmtpd.controller import Controller
@@ -45,6 +49,7 @@ from devstack.processes import free_port
 
 DATA_SIZE_LIMIT = 10 * 1024 * 1024
 _MESSAGE_ID = re.compile(rb"^Message-ID:\s*(\S+)", re.IGNORECASE | re.MULTILINE)
+_CONFIRM_LINK = re.compile(rb"https?://[^\s\"'<>=]+/v1/confirm/[A-Za-z0-9_.~-]+")
 
 
 @dataclass(frozen=True)
@@ -81,9 +86,13 @@ class Counts:
     distinct_recipients: set[str] = field(default_factory=set)
     message_ids: set[bytes] = field(default_factory=set)
     without_message_id: int = 0
+    links: IO[bytes] | None = None
+    """Where each confirmation email's arrival, recipient and confirm link go (JSON lines)."""
 
     def add(self, recipients: list[str], content: bytes) -> None:
         now = time.time()
+        if self.links is not None and b"/v1/confirm/" in content.replace(b"=\r\n", b""):
+            self.add_link(now, recipients, content)
         if self.first_at is None:
             self.first_at = now
         self.last_at = now
@@ -97,6 +106,14 @@ class Counts:
             self.message_ids.add(found.group(1))
         else:
             self.without_message_id += 1
+
+    def add_link(self, now: float, recipients: list[str], content: bytes) -> None:
+        # Quoted-printable: soft line breaks removed; the token's alphabet needs no escapes.
+        found = _CONFIRM_LINK.search(content.replace(b"=\r\n", b""))
+        if found is not None and self.links is not None:
+            link = found.group(0).decode()
+            for recipient in recipients:
+                self.links.write(orjson.dumps({"at": now, "to": recipient, "link": link}) + b"\n")
 
     def as_json(self) -> bytes:
         return orjson.dumps(
@@ -211,6 +228,8 @@ def latest(folder: Path, count: int = 10) -> list[tuple[Path, str, str, str]]:
 
 
 def write_stats(path: Path, counts: Counts) -> None:
+    if counts.links is not None:
+        counts.links.flush()
     partial = path.with_suffix(".tmp")
     partial.write_bytes(counts.as_json())
     os.replace(partial, path)
@@ -266,11 +285,18 @@ def main() -> None:
     parser.add_argument("--stats", type=Path, help="count the messages, keep nothing, write the counts here")
     parser.add_argument("--every", type=float, default=0.25, help="seconds between stats writes")
     parser.add_argument("--sample", type=Path, help="with --stats: keep the first message received here")
+    parser.add_argument(
+        "--links", type=Path, help="with --stats: append each confirmation email's time, recipient, link here"
+    )
     args = parser.parse_args()
     if args.dir is None and args.stats is None:
         parser.error("say what to do with the messages: --dir, --stats, or both")
-    sink = SmtpSink(keep=False, folder=args.dir, counts=Counts() if args.stats else None, sample=args.sample)
-    asyncio.run(serve(args.host, args.port, sink, args.stats, args.every))
+    with contextlib.ExitStack() as files:
+        counts = Counts() if args.stats else None
+        if counts is not None and args.links is not None:
+            counts.links = files.enter_context(args.links.open("ab"))
+        sink = SmtpSink(keep=False, folder=args.dir, counts=counts, sample=args.sample)
+        asyncio.run(serve(args.host, args.port, sink, args.stats, args.every))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,16 @@ class Stack:
     @property
     def kafka(self) -> LocalKafka:
         p = self.profile
-        return LocalKafka("kafka", p.kafka_port, p.controller_port, p.kafka_data, p.run_dir, p.log_dir)
+        return LocalKafka(
+            "kafka",
+            p.kafka_port,
+            p.controller_port,
+            p.kafka_data,
+            p.run_dir,
+            p.log_dir,
+            cleaner_backoff_ms=p.kafka_cleaner_backoff_ms,
+            retention_check_interval_ms=p.kafka_retention_check_interval_ms,
+        )
 
     @property
     def postgres(self) -> LocalPostgres:

@@ -33,6 +33,8 @@ from tests.support import base_env, delete_topics, free_port
 
 TEST_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 TEST_ADMIN_TOKEN = "test-admin-token-0123456789"
+TEST_ERASURE_BOUND_S = 5.0
+"""The tests' erasure bound: personal data outlives its erasure on a topic at most this long."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ def new_id() -> Callable[..., str]:
 async def topics(infra: Infra) -> AsyncIterator[Topics]:
     """Every topic under a prefix of this test's own (signatures: 3 partitions)."""
     mine = Topics(prefix=f"t{uuid.uuid4().hex[:10]}.")
-    await ensure_topics(infra.kafka, mine, signature_partitions=3)
+    await ensure_topics(infra.kafka, mine, signature_partitions=3, erasure_bound_s=TEST_ERASURE_BOUND_S)
     yield mine
     await delete_topics(infra.kafka, mine)
 
@@ -149,6 +151,7 @@ def env_for(infra: Infra, topics: Topics) -> dict[str, str]:
         "CLAMEUR_TOPIC_PREFIX": topics.prefix,
         "CLAMEUR_SECRET": TEST_SECRET,
         "CLAMEUR_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
+        "CLAMEUR_ERASURE_BOUND_S": str(TEST_ERASURE_BOUND_S),
     }
 
 
@@ -180,6 +183,8 @@ def spare_kafka(tmp_path: Path) -> Iterator[Any]:
         tmp_path / "run",
         tmp_path / "logs",
         heap="384m",
+        cleaner_backoff_ms=1000,
+        retention_check_interval_ms=1000,
     )
     broker.start()
     try:

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic_settings import BaseSettings
 
+from clameur.kafka import kafka_admin
 from clameur.topics import Topics
 from devstack.processes import free_port as free_port  # the tests import it from here
 from devstack.processes import poll
@@ -196,10 +196,6 @@ async def read_topic(bootstrap: str, topic: str, *, at_least: int = 0, within: f
 
 async def delete_topics(bootstrap: str, topics: Topics) -> None:
     """Delete a test's topics, best effort: a topic already gone, or a broker that refuses, is no failure."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with kafka_admin(bootstrap) as admin:
         with suppress(Exception):
             await admin.delete_topics([spec.name for spec in topics.specs()])
-    finally:
-        await admin.close()

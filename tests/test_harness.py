@@ -16,7 +16,7 @@ async def test_a_record_goes_through_the_real_broker(infra: Infra, topics: Topic
     await producer.start()
     try:
         event = SignatureAccepted(
-            case_id="harness", first_name="Nawal", last_name="B", country="MA", locale="fr", supporter_key="k"
+            case_id="harness", country="MA", locale="fr", supporter_key="k", email_domain="example.org"
         )
         await producer.send_and_wait(topics.signatures, event.to_json(), key=b"harness")
     finally:

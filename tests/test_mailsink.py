@@ -5,8 +5,10 @@ from __future__ import annotations
 import smtplib
 import subprocess
 import sys
+from email.message import EmailMessage
 from pathlib import Path
 
+import orjson
 import pytest
 
 from devstack.mailsink import Counts, SmtpSink, latest, on_loopback, read_stats
@@ -60,3 +62,32 @@ def test_the_process_writes_its_counts_and_stops_on_sigterm(tmp_path: Path) -> N
         sink.terminate()
         assert sink.wait(timeout=20) == 0
     assert read_stats(stats)["messages"] == 1
+
+
+def test_the_process_writes_each_confirmation_link_with_its_arrival(tmp_path: Path) -> None:
+    link = "http://127.0.0.1:8003/v1/confirm/" + "Ab3_-x" * 20 + ".sig_Ue-1"
+    confirmation = EmailMessage()
+    confirmation["From"], confirmation["To"], confirmation["Subject"] = (
+        "news@x.org",
+        "amina@x.org",
+        "Confirmez",
+    )
+    # Quoted-printable folds the long link with a soft line break, as notify's emails do.
+    confirmation.set_content(f"Confirmez votre signature : {link}\n", cte="quoted-printable")
+    port, stats, links = free_port(), tmp_path / "sink.json", tmp_path / "links.jsonl"
+    command = [sys.executable, "-m", "devstack.mailsink", "--port", str(port), "--stats", str(stats)]
+    sink = subprocess.Popen([*command, "--links", str(links)], cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: read_stats(stats) != {}, timeout=20, what="the sink's first stats")
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.send_message(confirmation)
+        _send(port, "ben@example.org")  # no link: no line
+        wait_until(lambda: read_stats(stats).get("messages") == 2, timeout=20, what="both messages counted")
+    finally:
+        sink.terminate()
+        assert sink.wait(timeout=20) == 0
+    assert b"=\n" in confirmation.as_bytes(), "the link was folded (the case this test is about)"
+    lines = [orjson.loads(line) for line in links.read_bytes().splitlines()]
+    assert [(entry["to"], entry["link"]) for entry in lines] == [("amina@x.org", link)]
+    first_at = read_stats(stats)["first_at"]
+    assert first_at is not None and lines[0]["at"] >= first_at

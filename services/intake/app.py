@@ -49,8 +49,9 @@ def _lifespan(
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_intake(settings, registry) as resources, running.serving(resources):
-            yield
+        async with open_intake(settings, registry) as resources:
+            with running.serving(resources):
+                yield
 
     return lifespan
 

@@ -25,13 +25,19 @@ SUMMARY = "Accepts petition signatures from widgets and partners, durably."
 
 
 class SignatureReceipt(BaseModel):
+    """``status``: ``pending_confirmation`` on a case that counts a signature once its
+    address is confirmed (the supporter gets an email with the link), else ``accepted``."""
+
     signature_id: UUID
-    status: Literal["accepted"]
+    status: Literal["accepted", "pending_confirmation"]
 
 
 class BatchItemResult(BaseModel):
+    """``status``: ``rejected`` (see ``errors``), or as for one signature: ``accepted`` or
+    ``pending_confirmation``."""
+
     index: int
-    status: Literal["accepted", "rejected"]
+    status: Literal["accepted", "pending_confirmation", "rejected"]
     signature_id: UUID | None = None
     errors: list[dict[str, str]] | None = None
 
@@ -111,11 +117,34 @@ SIGN: dict[str, Any] = {
         "Answers 202 only once the signature is durable (acknowledged by the broker). "
         "Headers: `Idempotency-Key` (optional, a retry returns the first answer), "
         "`X-Clameur-Widget` or query `widget_key` (the widget's public key; needed from "
-        "a web page). `website` is a honeypot: leave it out."
+        "a web page). `website` is a honeypot: leave it out. On a case that confirms "
+        "addresses (`confirmation: email`) the status is `pending_confirmation`: the "
+        "signature counts once the supporter opens the link emailed to them."
     ),
     "response_model": SignatureReceipt,
     "responses": {
-        202: {"description": "Accepted and durable: the broker acknowledged it.", "model": SignatureReceipt},
+        202: {
+            "description": "Accepted and durable: the broker acknowledged it.",
+            "model": SignatureReceipt,
+            "content": {
+                "application/json": {
+                    "examples": {
+                        "confirmation case": {
+                            "value": {
+                                "signature_id": "0b6f2c1e-4a9d-4f1e-9a57-3c2d1e0f9b8a",
+                                "status": "pending_confirmation",
+                            }
+                        },
+                        "case without confirmation": {
+                            "value": {
+                                "signature_id": "5d1a7e3c-2b8f-4c6d-8e9a-1f0b2c3d4e5f",
+                                "status": "accepted",
+                            }
+                        },
+                    }
+                }
+            },
+        },
         403: _problem("Widget key unknown or not allowed from this origin, or the human check failed."),
         404: _problem("No such case."),
         410: _problem(

@@ -1,9 +1,14 @@
-"""Publishing accepted signatures to ``signatures.v1``: 202 only after the broker's ack.
+"""Publishing accepted signatures: 202 only after the broker's ack of every record.
 
-:class:`KafkaSignaturePublisher` owns an idempotent ``acks=all`` producer and three
-promises:
+Each accepted action is a ``SignatureAccepted`` on ``signatures.v2`` (key: case id, kept
+forever, no personal data) and, when notify will write to the supporter, a ``Contact`` on
+the compacted ``contacts.v1`` (key: supporter key, the producer's default partitioner).
 
-- **bounded**: :meth:`publish` returns once every record is acknowledged, or raises
+:class:`KafkaSignaturePublisher` owns one idempotent ``acks=all`` producer for both topics
+(a lane per partition of each) and three promises:
+
+- **bounded**: :meth:`publish` returns once every record (signatures and contacts alike)
+  is acknowledged, or raises
   :class:`BrokerUnavailable` within ``ack_timeout`` seconds (the route answers 503).  A
   record that timed out may still reach the broker later; a retry then makes a duplicate,
   which tally does not count twice (``supporter_key``);
@@ -22,14 +27,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from clameur.events import SignatureAccepted
+from clameur.events import Contact, SignatureAccepted
 from clameur.retry import Backoff, RetryPolicy
 from intake.producer_internals import sender_stopped, stop_sender
 
@@ -45,8 +50,14 @@ class BrokerUnavailable(Exception):
 class SignaturePublisher(Protocol):
     """Where accepted signatures go; ``publish`` returns only once they are durable."""
 
-    async def publish(self, events: Sequence[SignatureAccepted]) -> None:
-        """Raise :class:`BrokerUnavailable` unless every event was acknowledged."""
+    async def publish(
+        self, signatures: Sequence[SignatureAccepted], contacts: Sequence[Contact] = ()
+    ) -> None:
+        """Raise :class:`BrokerUnavailable` unless every signature and contact was acknowledged.
+
+        On failure nothing is promised: some records may have been written (a retry then
+        duplicates them: tally counts a supporter once, a contact is keyed by supporter).
+        """
         ...
 
     async def check(self) -> None:
@@ -59,11 +70,13 @@ class PublishMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.attempts = Counter(
-            "clameur_intake_produce_attempts", "Records handed to the producer.", registry=registry
+            "clameur_intake_produce_attempts",
+            "Records (signatures and contacts) handed to the producer.",
+            registry=registry,
         )
         self.errors = Counter(
             "clameur_intake_produce_errors",
-            "Records the broker did not acknowledge in time.",
+            "Records (signatures and contacts) the broker did not acknowledge in time.",
             registry=registry,
         )
         self.duration = Histogram(
@@ -89,32 +102,26 @@ class PublishTimings:
 RECONNECT = RetryPolicy(initial_s=0.2, maximum_s=5.0)
 
 
+@dataclass(kw_only=True, eq=False)
 class KafkaSignaturePublisher:
-    """Signatures to Kafka, keyed by case id; see the module docstring for the promises."""
+    """Signatures to Kafka keyed by case id, contacts keyed by supporter key; see the module
+    docstring for the promises."""
 
-    def __init__(
-        self,
-        *,
-        topic: str,
-        producer_factory: ProducerFactory,
-        metrics: PublishMetrics,
-        timings: PublishTimings,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._topic = topic
-        self._new_producer = producer_factory
-        self._metrics = metrics
-        self._timings = timings
-        self._clock = clock
-        self._producer: AIOKafkaProducer | None = None
-        self._lanes: PartitionLanes | None = None
-        self._supervisor: asyncio.Task[None] | None = None
-        self._retiring: set[asyncio.Task[None]] = set()
-        # Failure state: since when every attempt failed, and the probe gate.
-        self._failing_since: float | None = None
-        self._next_probe = 0.0
-        self._probing = False
-        self.replacements = 0
+    topic: str
+    contacts_topic: str
+    producer_factory: ProducerFactory
+    metrics: PublishMetrics
+    timings: PublishTimings
+    clock: Callable[[], float] = time.monotonic
+    _producer: AIOKafkaProducer | None = field(init=False, default=None)
+    _lanes: _TopicLanes | None = field(init=False, default=None)
+    _supervisor: asyncio.Task[None] | None = field(init=False, default=None)
+    _retiring: set[asyncio.Task[None]] = field(init=False, default_factory=set)
+    # Failure state: since when every attempt failed, and the probe gate.
+    _failing_since: float | None = field(init=False, default=None)
+    _next_probe: float = field(init=False, default=0.0)
+    _probing: bool = field(init=False, default=False)
+    replacements: int = field(init=False, default=0)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -145,59 +152,66 @@ class KafkaSignaturePublisher:
 
     # -- the hot path --------------------------------------------------------------------
 
-    async def publish(self, events: Sequence[SignatureAccepted]) -> None:
+    async def publish(
+        self, signatures: Sequence[SignatureAccepted], contacts: Sequence[Contact] = ()
+    ) -> None:
         lanes = self._admit()
-        self._metrics.attempts.inc(len(events))
+        records = len(signatures) + len(contacts)
+        self.metrics.attempts.inc(records)
         started = time.perf_counter()
         try:
             # Each lane's round of records fails with TimeoutError ``ack_timeout`` after the
             # round began (so no later than that after this call): one timer per round,
             # not one per request.  Only an unknown topic's metadata is waited for here.
-            partition_of = lanes.partitioner()
-            if partition_of is None:
-                async with asyncio.timeout(self._timings.ack_timeout):
-                    partition_of = await lanes.fetch_partitioner()
-            if len(events) == 1:
-                event = events[0]
-                key = event.case_id.encode()
-                # shield: a request that gives up must not cancel its neighbours' ack.
-                await asyncio.shield(lanes.add(partition_of(key), key, event.to_json()))
-            else:
-                acks = {
-                    lanes.add(partition_of(key), key, event.to_json())
-                    for event in events
-                    for key in (event.case_id.encode(),)
-                }
-                await asyncio.gather(*(asyncio.shield(ack) for ack in acks))
+            signature_partition = lanes.signatures.partitioner()
+            contact_partition = lanes.contacts.partitioner() if contacts else _NOT_NEEDED
+            if signature_partition is None or contact_partition is None:
+                async with asyncio.timeout(self.timings.ack_timeout):
+                    signature_partition = await lanes.signatures.fetch_partitioner()
+                    if contacts:
+                        contact_partition = await lanes.contacts.fetch_partitioner()
+            assert contact_partition is not None
+            # Every record is queued before any is awaited: both topics' batches leave together.
+            acks = [
+                lanes.signatures.add(signature_partition(key), key, signature.to_json())
+                for signature in signatures
+                for key in (signature.case_id.encode(),)
+            ]
+            acks += [
+                lanes.contacts.add(contact_partition(key), key, contact.to_json())
+                for contact in contacts
+                for key in (contact.supporter_key.encode(),)
+            ]
+            await _acknowledged(acks)
         except Exception as exc:
             self._failed()
-            self._metrics.errors.inc(len(events))
+            self.metrics.errors.inc(records)
             if not isinstance(exc, TimeoutError):
                 logger.warning("the broker refused signatures: %s", type(exc).__name__)
             raise BrokerUnavailable(f"the broker did not acknowledge: {type(exc).__name__}") from exc
-        self._metrics.duration.observe(time.perf_counter() - started)
+        self.metrics.duration.observe(time.perf_counter() - started)
         self._succeeded()
 
-    def _admit(self) -> PartitionLanes:
+    def _admit(self) -> _TopicLanes:
         lanes = self._lanes
         if lanes is None:
             raise BrokerUnavailable("the producer is not connected to the broker")
         if self._failing_since is None:
             return lanes
-        now = self._clock()
+        now = self.clock()
         if self._probing or now < self._next_probe:
-            self._metrics.errors.inc()
+            self.metrics.errors.inc()
             raise BrokerUnavailable("the broker is failing; waiting for it to come back")
         self._probing = True
-        self._next_probe = now + self._timings.probe_interval
+        self._next_probe = now + self.timings.probe_interval
         return lanes
 
     def _failed(self) -> None:
-        now = self._clock()
+        now = self.clock()
         if self._failing_since is None:
             self._failing_since = now
             logger.warning("the broker stopped acknowledging signatures")
-        self._next_probe = now + self._timings.probe_interval
+        self._next_probe = now + self.timings.probe_interval
         self._probing = False
 
     def _succeeded(self) -> None:
@@ -212,15 +226,14 @@ class KafkaSignaturePublisher:
         if sender_stopped(producer):
             return True
         return (
-            self._failing_since is not None
-            and self._clock() - self._failing_since >= self._timings.reset_after
+            self._failing_since is not None and self.clock() - self._failing_since >= self.timings.reset_after
         )
 
     async def _supervise(self) -> None:
         backoff = Backoff(RECONNECT)
         while True:
             if self._producer is None:
-                producer = self._new_producer()
+                producer = self.producer_factory()
                 try:
                     await producer.start()
                 except Exception as exc:  # noqa: BLE001 - broker down at start: retry with backoff
@@ -232,9 +245,15 @@ class KafkaSignaturePublisher:
                 self._failing_since = None
                 self._probing = False
                 self._producer = producer
-                self._lanes = PartitionLanes(producer, self._topic, self._timings.ack_timeout)
-                logger.info("producer connected", extra={"topic": self._topic})
-            await asyncio.sleep(self._timings.check_interval)
+                self._lanes = _TopicLanes(
+                    PartitionLanes(producer, self.topic, self.timings.ack_timeout),
+                    # Every supporter key is new: remembering their partitions would only churn.
+                    PartitionLanes(
+                        producer, self.contacts_topic, self.timings.ack_timeout, remember_keys=False
+                    ),
+                )
+                logger.info("producer connected", extra={"topic": self.topic})
+            await asyncio.sleep(self.timings.check_interval)
             current = self._producer
             if current is not None and self._stuck(current):
                 logger.warning("replacing a producer that keeps failing")
@@ -244,6 +263,29 @@ class KafkaSignaturePublisher:
                 retiring = asyncio.create_task(_stop_quietly(current, 5.0))
                 self._retiring.add(retiring)
                 retiring.add_done_callback(self._retiring.discard)
+
+
+@dataclass(frozen=True, slots=True)
+class _TopicLanes:
+    """One producer's lanes: a set per topic, replaced together with the producer."""
+
+    signatures: PartitionLanes
+    contacts: PartitionLanes
+
+
+def _not_needed(key: bytes) -> int:
+    raise AssertionError("no contact to place")
+
+
+_NOT_NEEDED: Callable[[bytes], int] = _not_needed
+
+
+async def _acknowledged(acks: list[asyncio.Future[None]]) -> None:
+    """Wait for every ack; the first failure raises (the others' are marked seen)."""
+    # shield: a request that gives up must not cancel its neighbours' ack.  One by one:
+    # all are in flight already, and a request has one or two (gather costs more).
+    for ack in acks:
+        await asyncio.shield(ack)
 
 
 async def _stop_quietly(producer: AIOKafkaProducer, within: float) -> None:
@@ -279,16 +321,22 @@ class PartitionLanes:
     sequence number is given when the batch is drained, as for ``send``); a record's
     partition is the default partitioner's (murmur2 of the key), so one case keeps one
     partition and its order; a lane sends one batch after another, in arrival order.
+
+    ``remember_keys``: remember each key's partition (a case id comes back thousands of
+    times); off for keys seen about once (supporter keys), where the memo would only churn.
     """
 
     # What ``create_producer`` leaves the producer with; a key's partition is computed
     # once per partition count and remembered (the hash is pure Python).
     _partitioner = DefaultPartitioner()
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str, ack_timeout: float) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, topic: str, ack_timeout: float, *, remember_keys: bool = True
+    ) -> None:
         self._producer = producer
         self._topic = topic
         self._ack_timeout = ack_timeout
+        self._remember_keys = remember_keys
         self._lanes: dict[int, _Lane] = {}
         self._partitions: set[int] | None = None
         self._ordered: list[int] = []
@@ -315,6 +363,8 @@ class PartitionLanes:
         return partition_of
 
     def _partition(self, key: bytes) -> int:
+        if not self._remember_keys:
+            return int(self._partitioner(key, self._ordered, self._ordered))
         partition = self._partition_of.get(key)
         if partition is None:
             if len(self._partition_of) >= _MAX_KEYS_REMEMBERED:
@@ -369,7 +419,7 @@ class PartitionLanes:
                     break
                 taken += 1
             if taken == 0:
-                raise ValueError("a signature is larger than a producer batch")
+                raise ValueError("a record is larger than a producer batch")
             # Closed: the accumulator sends it at once (no linger; the lane gathered).
             batch.close()
             delivered.append(await self._producer.send_batch(batch, self._topic, partition=partition))

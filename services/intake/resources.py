@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from clameur.case_registry import CaseRegistry, follow_cases_forever
 from clameur.events import utc_now
 from clameur.kafka import create_producer
+from clameur.serving import Started
 from clameur.supporters import SupporterKeys
 from clameur.web import ReadinessCheck
 from intake.abuse import ClientAddresses, DomainLimits, RateLimit, TokenBuckets
@@ -47,39 +48,24 @@ class IntakeResources:
     desk: SigningDesk
 
 
-class Running:
-    """The resources of the started app, for its routes: set by the lifespan, cleared after."""
+class Running(Started[IntakeResources]):
+    """The resources of the started app, for its routes (:attr:`current`): set by the
+    lifespan, cleared after."""
 
-    __slots__ = ("_resources",)
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self._resources: IntakeResources | None = None
-
-    @property
-    def resources(self) -> IntakeResources:
-        """Raises ``RuntimeError`` before the app started (its lifespan has not run)."""
-        if self._resources is None:
-            raise RuntimeError("intake is starting")
-        return self._resources
-
-    @asynccontextmanager
-    async def serving(self, resources: IntakeResources) -> AsyncIterator[None]:
-        """The routes answer with ``resources`` until the block ends."""
-        self._resources = resources
-        try:
-            yield
-        finally:
-            self._resources = None
+        super().__init__("intake is starting")
 
     def readiness_checks(self) -> dict[str, ReadinessCheck]:
         """``/readyz``: the cases are read and a producer is connected."""
 
         async def cases() -> None:
-            if not self.resources.cases.ready.is_set():
+            if not self.current.cases.ready.is_set():
                 raise RuntimeError("still reading cases.v1")
 
         async def broker() -> None:
-            await self.resources.publisher.check()
+            await self.current.publisher.check()
 
         return {"cases": cases, "broker": broker}
 
@@ -115,6 +101,7 @@ async def open_intake(
 def _publisher(settings: IntakeSettings, metrics: PublishMetrics) -> KafkaSignaturePublisher:
     return KafkaSignaturePublisher(
         topic=settings.topics.signatures,
+        contacts_topic=settings.topics.contacts,
         producer_factory=lambda: create_producer(
             settings.kafka,
             linger_ms=settings.producer_linger_ms,

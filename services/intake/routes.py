@@ -24,17 +24,17 @@ def signature_routes(running: Running) -> list[BaseRoute]:
     """The routes, answering with the desk of the running app."""
 
     async def sign(request: Request) -> Response:
-        answer, cors = await running.resources.desk.sign(request.path_params["case_id"], request)
+        answer, cors = await running.current.desk.sign(request.path_params["case_id"], request)
         return _respond(answer, cors)
 
     async def sign_preflight(request: Request) -> Response:
-        status, headers, answer = running.resources.desk.preflight(request)
+        status, headers, answer = running.current.desk.preflight(request)
         if answer is not None:
             return _respond(answer, headers)
         return Response(status_code=status, headers=headers)
 
     async def sign_batch(request: Request) -> Response:
-        answer = await running.resources.desk.sign_batch(request.path_params["case_id"], request)
+        answer = await running.current.desk.sign_batch(request.path_params["case_id"], request)
         return _respond(answer, {})
 
     return [

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 
 from clameur.case_registry import CaseRegistry
-from clameur.events import CaseState, SignatureAccepted
+from clameur.events import CaseState, Contact, SignatureAccepted
 from clameur.supporters import SupporterKeys, email_domain
 from clameur.web import PROBLEM_JSON, Problem, bearer_token, field_errors, token_matches
 from intake.abuse import ClientAddresses, DomainLimits, TokenBuckets, retry_after
@@ -34,13 +34,16 @@ from intake.idempotency import MAX_KEY_LENGTH, IdempotencyWindow, StoredAnswer
 from intake.metrics import IntakeMetrics, Rejection
 from intake.publisher import BrokerUnavailable, SignaturePublisher
 from intake.validation import (
+    ACCEPTED,
+    PENDING_CONFIRMATION,
     SIGNATURE_MESSAGES,
+    Acceptance,
     InvalidSignature,
     Receipt,
     SignatureBatch,
+    accept_signature,
     parse_fields,
     parse_form,
-    signature_event,
 )
 from intake.widgets import WIDGET_HEADER, WIDGET_QUERY, WidgetKeys, cors_headers, preflight_headers
 
@@ -177,24 +180,26 @@ class SigningDesk:
         try:
             form = parse_form(body)
             if form.is_bot:
-                # Look like success so the bot learns nothing; publish nothing.
+                # Look like success (the case's status too) so the bot learns nothing; publish nothing.
                 self.metrics.reject(Rejection.HONEYPOT)
-                return _accepted(uuid.uuid4())
-            wait = self.domain_limits.take(email_domain(form.email))
+                return _accepted(uuid.uuid4(), _honeypot_status(case))
+            wait = self.domain_limits.take(email_domain(form.canonical_email))
             if wait:
                 raise self._rate_limited(wait)
             if self.human_check is not None:
                 await self._check_human(form.turnstile_token, client_ip)
-            event = signature_event(form, Receipt(case, self.clock()), self.keys)
-            await self._publish(event)
+            acceptance = accept_signature(form, Receipt(case, self.clock()), self.keys)
+            signature = acceptance.signature
+            contact = acceptance.contact
+            await self._publish((signature,), () if contact is None else (contact,))
         except InvalidSignature as invalid:
             self.metrics.reject(Rejection.VALIDATION)
             return stored_problem(_invalid(invalid.errors))
         except Refused as refused:
             self.metrics.reject(refused.reason)
             return stored_problem(refused)
-        self.metrics.accepted[event.action].inc()
-        return _accepted(event.signature_id)
+        self.metrics.accepted[signature.action].inc()
+        return _accepted(signature.signature_id, acceptance.status)
 
     async def _check_human(self, token: str | None, client_ip: str) -> None:
         assert self.human_check is not None
@@ -212,9 +217,9 @@ class SigningDesk:
             Rejection.HUMAN_CHECK, 403, "The human check failed; please complete it again and resend."
         )
 
-    async def _publish(self, *events: SignatureAccepted) -> None:
+    async def _publish(self, signatures: Sequence[SignatureAccepted], contacts: Sequence[Contact]) -> None:
         try:
-            await self.publisher.publish(events)
+            await self.publisher.publish(signatures, contacts)
         except BrokerUnavailable:
             raise Refused(
                 Rejection.BROKER,
@@ -264,20 +269,23 @@ class SigningDesk:
         receipt = Receipt(case, self.clock(), partner=partner)
         results: list[dict[str, Any]] = []
         events: list[SignatureAccepted] = []
+        contacts: list[Contact] = []
         for index, raw in enumerate(batch.signatures):
             try:
-                event = signature_event(parse_fields(raw), receipt, self.keys)
+                acceptance = accept_signature(parse_fields(raw), receipt, self.keys)
             except InvalidSignature as invalid:
                 results.append({"index": index, "status": "rejected", "errors": invalid.errors})
                 continue
-            events.append(event)
-            results.append({"index": index, "status": "accepted", "signature_id": str(event.signature_id)})
+            events.append(acceptance.signature)
+            if acceptance.contact is not None:
+                contacts.append(acceptance.contact)
+            results.append(_item_accepted(index, acceptance))
         rejected = len(results) - len(events)
         if rejected:
             self.metrics.reject(Rejection.VALIDATION, rejected)
         if events:
             try:
-                await self._publish(*events)
+                await self._publish(events, contacts)
             except Refused as refused:
                 self.metrics.reject(refused.reason, len(events))
                 return stored_problem(refused)
@@ -349,8 +357,22 @@ class SigningDesk:
         )
 
 
-def _accepted(signature_id: uuid.UUID) -> StoredAnswer:
-    return StoredAnswer(202, orjson.dumps({"signature_id": str(signature_id), "status": "accepted"}), JSON)
+def _accepted(signature_id: uuid.UUID, status: str) -> StoredAnswer:
+    return StoredAnswer(202, orjson.dumps({"signature_id": str(signature_id), "status": status}), JSON)
+
+
+def _item_accepted(index: int, acceptance: Acceptance) -> dict[str, Any]:
+    # "accepted" says the item passed (beside "rejected"); "pending_confirmation" that it
+    # will count once its address is confirmed.
+    return {
+        "index": index,
+        "status": acceptance.status,
+        "signature_id": str(acceptance.signature.signature_id),
+    }
+
+
+def _honeypot_status(case: CaseState) -> str:
+    return PENDING_CONFIRMATION if case.confirmation == "email" else ACCEPTED
 
 
 def _invalid(errors: list[dict[str, str]]) -> Problem:

@@ -8,8 +8,15 @@ The rules, and why:
 - names are 1 to 100 characters once trimmed, hold no control character (also not
   percent- or entity-encoded, the way header-injection payloads arrive), no bidi
   override and no URL: a name is printed in letters to authorities and in emails;
-- the email is checked by email-validator (syntax only: no DNS at surge rates), then
-  trimmed and lowercased, so ``Nawal@X.org `` and ``nawal@x.org`` are one supporter;
+- the email is checked by email-validator (syntax only: no DNS at surge rates) and
+  kept as typed (trimmed) to write to; its canonical form (:func:`canonical_email`,
+  computed once per request) makes the supporter key, so ``Nawal@X.org `` and
+  ``nawal@x.org``, or ``a.b.c@gmail.com`` and ``abc+1@googlemail.com``, are one supporter;
+- what is published is minimal: the signature (signatures.v2, kept forever) carries no
+  name, email, postal code or referrer, and its page URL loses its query string and
+  fragment; the address and first name go, as a :class:`Contact` on the compacted
+  contacts.v1, only when notify will write (a confirmation case, or consent to updates);
+  ``last_name`` and ``postal_code`` are checked (the public contract) and published nowhere;
 - the country is a real ISO 3166-1 alpha-2 code (pycountry), given in any case;
 - locale and action must be among the case's (checked against the case's state);
 - unknown fields are refused, so a typo in a widget shows up at once.
@@ -23,13 +30,13 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pycountry
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from clameur.events import Action, CaseState, Consent, SignatureAccepted, SignatureSource
-from clameur.supporters import SupporterKeys, normalise_email
+from clameur.events import Action, CaseState, Consent, Contact, SignatureAccepted, SignatureSource
+from clameur.supporters import SupporterKeys, canonical_email, email_domain
 from clameur.web import field_errors
 
 NAME_MAX = 100
@@ -97,6 +104,22 @@ def _plain_text(value: str) -> str:
     return value.strip()
 
 
+class TypedEmail(str):
+    """An address as the supporter typed it (trimmed), carrying its canonical form.
+
+    The validation computes the canonical form once (it is also the check of the
+    address) and the event needs it again for the supporter key and the email domain:
+    carried here, it is not computed twice per request.
+    """
+
+    canonical: str
+
+    def __new__(cls, typed: str, canonical: str) -> TypedEmail:
+        email = super().__new__(cls, typed)
+        email.canonical = canonical
+        return email
+
+
 PersonName = Annotated[str, Field(min_length=1, max_length=NAME_MAX * 2), AfterValidator(_person_name)]
 PlainText = Annotated[str, AfterValidator(_plain_text)]
 
@@ -137,6 +160,14 @@ class SignatureFields(BaseModel):
     consent: ConsentForm = ConsentForm()
     source: SourceForm | None = None
 
+    @property
+    def canonical_email(self) -> str:
+        """The address in the one form its supporter key is computed from."""
+        email = self.email
+        if isinstance(email, TypedEmail):
+            return email.canonical
+        return canonical_email(email)  # built without validation (model_construct)
+
     @field_validator("country")
     @classmethod
     def _real_country(cls, value: str) -> str:
@@ -148,7 +179,8 @@ class SignatureFields(BaseModel):
     @field_validator("email")
     @classmethod
     def _valid_email(cls, value: str) -> str:
-        return normalise_email(value)
+        # canonical_email checks the address (ValueError: a field error) on the way.
+        return TypedEmail(value.strip(), canonical_email(value))
 
 
 class SignatureForm(SignatureFields):
@@ -198,14 +230,72 @@ class Receipt:
     partner: str | None = None
 
 
-def signature_event(fields: SignatureFields, receipt: Receipt, keys: SupporterKeys) -> SignatureAccepted:
-    """The event for ``fields`` on ``receipt.case``.  Raises :class:`InvalidSignature`.
+@dataclass(frozen=True, slots=True)
+class Acceptance:
+    """What accepting one action publishes: the signature, and the contact when one is needed.
 
-    The email travels only with consent to updates; ``supporter_key`` always does.
+    ``contact`` is set when notify will write to the supporter: the case asks for the
+    address to be confirmed, or the supporter asked for news of the case.
+    """
+
+    signature: SignatureAccepted
+    contact: Contact | None
+
+    @property
+    def status(self) -> str:
+        """The 202 answer's ``status``: the signature counts now, or once confirmed."""
+        return PENDING_CONFIRMATION if self.signature.awaits_confirmation else ACCEPTED
+
+
+ACCEPTED = "accepted"
+PENDING_CONFIRMATION = "pending_confirmation"
+
+
+def accept_signature(fields: SignatureFields, receipt: Receipt, keys: SupporterKeys) -> Acceptance:
+    """The records of ``fields`` on ``receipt.case``.  Raises :class:`InvalidSignature`.
+
+    The signature holds no personal data (only the supporter key and the email domain);
+    the contact (the address as typed, first name, locale) is made only when needed.
     """
     case = receipt.case
-    errors = []
     locale = fields.locale or case.default_locale
+    _check_case_fits(fields, locale, case)
+    canonical = fields.canonical_email
+    supporter_key = keys.of(canonical)
+    awaits_confirmation = case.confirmation == "email"
+    updates = fields.consent.updates
+    source = fields.source
+    signature = SignatureAccepted(
+        case_id=case.case_id,
+        action=fields.action,
+        country=fields.country,
+        locale=locale,
+        supporter_key=supporter_key,
+        email_domain=email_domain(canonical),
+        consent=_CONSENTED if updates else _NOT_CONSENTED,
+        awaits_confirmation=awaits_confirmation,
+        source=SignatureSource(
+            widget=source.widget if source else None,
+            page_url=page_without_query(source.page_url) if source and source.page_url else None,
+            partner=receipt.partner,
+        ),
+        received_at=receipt.received_at,
+        occurred_at=receipt.received_at,
+    )
+    contact = None
+    if awaits_confirmation or updates:
+        contact = Contact(
+            supporter_key=supporter_key,
+            email=fields.email,
+            first_name=fields.first_name,
+            locale=locale,
+            recorded_at=receipt.received_at,
+        )
+    return Acceptance(signature, contact)
+
+
+def _check_case_fits(fields: SignatureFields, locale: str, case: CaseState) -> None:
+    errors = []
     if locale not in case.locales:
         errors.append(
             {"field": "locale", "message": f"this case speaks {', '.join(case.locales)}, not {locale}"}
@@ -219,27 +309,19 @@ def signature_event(fields: SignatureFields, receipt: Receipt, keys: SupporterKe
         )
     if errors:
         raise InvalidSignature(errors)
-    source = fields.source
-    return SignatureAccepted(
-        case_id=case.case_id,
-        action=fields.action,
-        first_name=fields.first_name,
-        last_name=fields.last_name,
-        country=fields.country,
-        postal_code=fields.postal_code or None,
-        locale=locale,
-        supporter_key=keys.of_address(fields.email),
-        email=fields.email if fields.consent.updates else None,
-        consent=_CONSENTED if fields.consent.updates else _NOT_CONSENTED,
-        source=SignatureSource(
-            widget=source.widget if source else None,
-            page_url=source.page_url if source else None,
-            referrer=source.referrer if source else None,
-            partner=receipt.partner,
-        ),
-        received_at=receipt.received_at,
-        occurred_at=receipt.received_at,
-    )
+
+
+def page_without_query(url: str) -> str:
+    """``url`` without its query string, fragment or credentials: they can carry a tracking id
+    or a person's details (``?email=...``, ``https://name:secret@host/``), and are kept forever."""
+    if "?" not in url and "#" not in url and "@" not in url:
+        return url  # the common page URL: nothing to take out, no parsing
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        # Not a URL urllib can parse (a broken IPv6 host): cut by hand, as urlsplit would.
+        return url.partition("#")[0].partition("?")[0]
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 # Frozen, so every event may share them.

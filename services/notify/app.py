@@ -7,18 +7,22 @@ drains them in order on shutdown.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from clameur.consumer import ConsumerMetrics
 from clameur.web import HttpMetrics, HttpMetricsMiddleware, install_problem_handlers, operations_router
-from notify.erasure import ErasureDesk, erasure_router
+from notify.confirmation import ConfirmationPages, SupporterRejection, confirmation_router
+from notify.contacts import ContactCipher
+from notify.erasure import Eraser, ErasureDesk, erasure_router, reject_supporter
 from notify.ledger import Preferences
 from notify.messages import Templates
 from notify.metrics import NotifyMetrics
-from notify.running import NotifyLifespan, NotifyParts, readiness_checks
+from notify.running import NotifyLifespan, NotifyParts, readiness_checks, signatures_publisher
 from notify.settings import NotifySettings
-from notify.tokens import TokenSigner
+from notify.tokens import ConfirmationSigner, TokenSigner
 from notify.unsubscribe import UnsubscribePages, unsubscribe_router
 
 SERVICE = "notify"
@@ -33,6 +37,8 @@ def create_app(settings: NotifySettings) -> FastAPI:
         consumer_metrics=ConsumerMetrics(registry, SERVICE),
         templates=Templates(),
         signer=TokenSigner(settings.secret.get_secret_value()),
+        confirmation_signer=ConfirmationSigner(settings.secret.get_secret_value()),
+        cipher=ContactCipher(settings.secret.get_secret_value()),
         preferences=Preferences(),
     )
     lifespan = NotifyLifespan(parts)
@@ -42,8 +48,35 @@ def create_app(settings: NotifySettings) -> FastAPI:
     install_problem_handlers(app)
     app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry, SERVICE))
     app.include_router(operations_router(registry, readiness_checks(settings, lambda: lifespan.running)))
+
+    def eraser() -> Eraser:
+        return lifespan.running.eraser
+
     app.include_router(
-        unsubscribe_router(UnsubscribePages(parts.signer, parts.templates, parts.preferences, parts.metrics))
+        unsubscribe_router(
+            UnsubscribePages(parts.signer, parts.templates, parts.preferences, parts.metrics, eraser)
+        )
     )
-    app.include_router(erasure_router(ErasureDesk(secret, admin_token, parts.preferences)))
+    app.include_router(erasure_router(ErasureDesk(secret, admin_token, eraser)))
+    app.include_router(
+        confirmation_router(
+            ConfirmationPages(
+                parts.confirmation_signer,
+                parts.templates,
+                parts.metrics,
+                signatures_publisher(settings, lambda: lifespan.running),
+                _reject_supporter(eraser),
+            )
+        )
+    )
     return app
+
+
+def _reject_supporter(eraser: Callable[[], Eraser]) -> SupporterRejection:
+    """ "It wasn't me" in notify's data: the running eraser's :func:`reject_supporter`
+    (suppression of the address for every case, contact tombstoned, rows deleted)."""
+
+    async def reject(supporter_key: str, case_id: str) -> None:
+        await reject_supporter(eraser(), supporter_key, case_id)
+
+    return reject

@@ -1,13 +1,22 @@
 """Everything notify keeps in Postgres (schema ``notify``), behind small typed methods.
 
-- :class:`SupporterListApplier` folds ``signatures.v1`` into the supporter list and stores
-  the consumer's offsets in the same transaction.
+- :class:`SupporterListApplier` folds ``signatures.v2`` into the subscriptions (who asked
+  for news, who awaits confirmation, who confirmed) and stores the consumer's offsets in
+  the same transaction.
+- :func:`request_confirmations` writes the one confirmation email of each (case,
+  supporter) awaiting it, once both its signature and its contact are stored; both
+  appliers call it (the two arrive on two topics, in any order).
 - :class:`CaseNewsApplier` records milestones and victories from ``case-events.v1`` (with
-  offsets, in one transaction); a replayed or duplicated event changes nothing.
+  offsets, in one transaction), and who was invalidated or restored; a replayed or
+  duplicated event changes nothing.
 - :class:`DeliveryLedger` fans a recorded event out into delivery rows (one
   ``INSERT ... SELECT`` per event, unique on (event, supporter)), claims due deliveries in
   batches with ``FOR UPDATE SKIP LOCKED`` and a lease, and records outcomes in batches.
-- :class:`Preferences` holds unsubscriptions and erasures.
+- :class:`Preferences` holds unsubscriptions (erasure: :mod:`notify.erasure`).
+
+Confirmations and reminders are claimed before any news (``priority`` 0 against 1), so
+a 100,000-recipient mailing never delays them.  Their event id is derived from (kind,
+case, supporter): each is written once.
 
 Delivery states: ``pending`` -> ``sending`` (claimed; ``next_attempt_at`` is the lease
 end) -> ``sent`` | ``failed`` | ``cancelled``, or back to ``pending`` with a later
@@ -17,16 +26,25 @@ end) -> ``sent`` | ``failed`` | ``cancelled``, or back to ``pending`` with a lat
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import logging
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
+from cryptography.exceptions import InvalidTag
 
 from clameur.consumer import Batch
-from clameur.events import CaseEvent, MilestoneReached, SignatureAccepted, VictoryDeclared
+from clameur.events import (
+    CaseEvent,
+    MilestoneReached,
+    SignatureLogEvent,
+    SupportersInvalidated,
+    SupportersRestored,
+    VictoryDeclared,
+)
 from clameur.offsets import OffsetTable
 from notify.messages import CaseNews, Recipient, kind_of
 from notify.supporters import SupporterChanges, fold_signatures
@@ -39,31 +57,50 @@ if TYPE_CHECKING:
 # batch folded before an erasure committed cannot re-create the erased supporter.
 _SUPPORTER_LIST_LOCK = "SELECT pg_advisory_xact_lock{mode}(hashtext('notify.supporters'))"
 
+# The signature and the contact of a confirmation arrive through two consumers: each
+# takes this lock before looking for the other, so of two concurrent transactions the
+# second sees what the first committed and no pair is missed.
+_CONFIRMATIONS_LOCK = "SELECT pg_advisory_xact_lock(hashtext('notify.confirmations'))"
+
+CONFIRMATION_KINDS = ("confirmation", "reminder")
+"""Deliveries that ask a supporter to confirm; claimed before any news."""
+
+logger = logging.getLogger(__name__)
+
 
 def consumer_offsets(group_id: str) -> OffsetTable:
     """Where the consumer group ``group_id`` keeps its next offsets (one table for notify's consumers)."""
     return OffsetTable("notify.consumer_offsets", group_id=group_id)
 
 
-class SupporterListApplier:
-    """``BatchApplier`` for ``signatures.v1``: consenting supporters and their cases.
+class GroupApplier:
+    """What every notify ``BatchApplier`` shares: its pool and its consumer group, whose
+    offsets (:func:`consumer_offsets`) each ``apply`` stores in the transaction of its effect."""
 
-    ``on_recorded`` (if given) is called after commit with the number of new
-    (case, supporter) subscriptions: a consenting supporter's first signature of a case.
-    """
-
-    def __init__(self, pool: Pool, group_id: str, on_recorded: Any = None) -> None:
+    def __init__(self, pool: Pool, group_id: str) -> None:
         self.pool = pool
         self.group_id = group_id
         self.offsets = consumer_offsets(group_id)
-        self._on_recorded = on_recorded
 
     async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
         return await self.offsets.read(self.pool, topic, partitions)
 
-    async def apply(self, batch: Batch[SignatureAccepted]) -> None:
+
+class SupporterListApplier(GroupApplier):
+    """``BatchApplier`` for ``signatures.v2``: subscriptions, confirmations, rejections.
+
+    ``on_recorded`` (if given) is called after commit with the number of new
+    (case, supporter) subscriptions: a supporter's first signature of a case that asked
+    for news or awaits confirmation.
+    """
+
+    def __init__(self, pool: Pool, group_id: str, on_recorded: Any = None) -> None:
+        super().__init__(pool, group_id)
+        self._on_recorded = on_recorded
+
+    async def apply(self, batch: Batch[SignatureLogEvent]) -> None:
         signatures = [consumed.event for consumed in batch.events]
-        keys = sorted({signature.supporter_key for signature in signatures if signature.consent.updates})
+        keys = sorted({e.supporter_key for e in signatures if e.type == "SignatureAccepted"})
         # The BatchApplier contract: never commit ahead of the batch before (notify runs
         # one at a time today, so this returns at once).
         await batch.previous_applied()
@@ -79,69 +116,122 @@ class SupporterListApplier:
                 erased = {row["supporter_key"]: row["erased_at"] for row in rows}
             changes = fold_signatures(signatures, erased)
             subscribed = await _write_supporters(connection, changes)
+            await request_confirmations(connection, sorted({s.supporter_key for s in changes.subscriptions}))
             await self.offsets.store(connection, batch.topic, batch.next_offsets)
         if self._on_recorded is not None and subscribed:
             self._on_recorded(subscribed)
 
 
 async def _write_supporters(connection: Connection, changes: SupporterChanges) -> int:
-    """Upsert the batch's rows; returns how many (case, supporter) subscriptions are new."""
-    if changes.supporters:
-        supporters = changes.supporters
+    """Apply the batch's changes; returns how many (case, supporter) subscriptions are new."""
+    if changes.erased:
+        await _forget_erased(connection, changes.erased)
+    if changes.rejected:
         await connection.execute(
             """
-            INSERT INTO notify.supporters AS s (supporter_key, email, first_name, locale, received_at)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
-            ON CONFLICT (supporter_key) DO UPDATE
-                SET email = EXCLUDED.email, first_name = EXCLUDED.first_name,
-                    locale = EXCLUDED.locale, received_at = EXCLUDED.received_at
-                WHERE s.received_at <= EXCLUDED.received_at
+            DELETE FROM notify.subscriptions s USING unnest($1::text[], $2::text[]) AS r(case_id, key)
+            WHERE s.case_id = r.case_id AND s.supporter_key = r.key AND s.confirmed_at IS NULL
             """,
-            [s.supporter_key for s in supporters],
-            [s.email for s in supporters],
-            [s.first_name for s in supporters],
-            [s.locale for s in supporters],
-            [s.received_at for s in supporters],
+            [case_id for case_id, _ in changes.rejected],
+            [key for _, key in changes.rejected],
         )
-    if not changes.subscriptions:
-        return 0
-    subscriptions = changes.subscriptions
-    # xmax = 0 on a returned row means it was inserted, not updated: a replayed batch
-    # (after a crash or a rebalance) counts nothing again.
-    inserted = await connection.fetch(
-        """
-        INSERT INTO notify.subscriptions AS s (case_id, supporter_key, signed_at)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
-        ON CONFLICT (case_id, supporter_key) DO UPDATE
-            SET signed_at = LEAST(s.signed_at, EXCLUDED.signed_at)
-        RETURNING (xmax = 0) AS inserted
-        """,
-        [s.case_id for s in subscriptions],
-        [s.supporter_key for s in subscriptions],
-        [s.signed_at for s in subscriptions],
+    inserted = 0
+    if changes.subscriptions:
+        subscriptions = changes.subscriptions
+        # xmax = 0 on a returned row means it was inserted, not updated: a replayed batch
+        # (after a crash or a rebalance) counts nothing again.
+        rows = await connection.fetch(
+            """
+            INSERT INTO notify.subscriptions AS s
+                (case_id, supporter_key, signed_at, wants_updates, awaits_confirmation)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bool[], $5::bool[])
+            ON CONFLICT (case_id, supporter_key) DO UPDATE
+                SET signed_at = LEAST(s.signed_at, EXCLUDED.signed_at),
+                    wants_updates = s.wants_updates OR EXCLUDED.wants_updates,
+                    awaits_confirmation = s.awaits_confirmation OR EXCLUDED.awaits_confirmation
+            RETURNING (xmax = 0) AS inserted
+            """,
+            [s.case_id for s in subscriptions],
+            [s.supporter_key for s in subscriptions],
+            [s.signed_at for s in subscriptions],
+            [s.wants_updates for s in subscriptions],
+            [s.awaits_confirmation for s in subscriptions],
+        )
+        inserted = sum(1 for row in rows if row["inserted"])
+    if changes.confirmed:
+        await connection.execute(
+            """
+            UPDATE notify.subscriptions s SET confirmed_at = LEAST(s.confirmed_at, c.at)
+            FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS c(case_id, key, at)
+            WHERE s.case_id = c.case_id AND s.supporter_key = c.key
+            """,
+            [case_id for case_id, _ in changes.confirmed],
+            [key for _, key in changes.confirmed],
+            list(changes.confirmed.values()),
+        )
+    return inserted
+
+
+async def _forget_erased(connection: Connection, erased: Mapping[str, datetime]) -> None:
+    """``SupporterErased`` read back (a rebuild, or another notify): the supporter's
+    subscriptions and pending deliveries go, and the erasure time is kept so a contact or
+    signature replayed from before it is not taken back in."""
+    keys, times = list(erased), list(erased.values())
+    await connection.execute("DELETE FROM notify.subscriptions WHERE supporter_key = ANY($1::text[])", keys)
+    await connection.execute(
+        "DELETE FROM notify.deliveries WHERE supporter_key = ANY($1::text[]) AND state = 'pending'", keys
     )
-    return sum(1 for row in inserted if row["inserted"])
+    await connection.execute(
+        """
+        INSERT INTO notify.erasures AS e (supporter_key, erased_at)
+        SELECT * FROM unnest($1::text[], $2::timestamptz[])
+        ON CONFLICT (supporter_key) DO UPDATE SET erased_at = GREATEST(e.erased_at, EXCLUDED.erased_at)
+        """,
+        keys,
+        times,
+    )
 
 
-class CaseNewsApplier:
+async def request_confirmations(connection: Connection, supporter_keys: Sequence[str]) -> None:
+    """Write the confirmation email of each of these supporters' unconfirmed cases, once.
+
+    A (case, supporter) needs one when its signature awaits confirmation, or asks for
+    news, and it is not confirmed; it is written only when the contact is stored too.
+    Unique on (event, supporter) with a derived event id: calling it again writes nothing.
+    """
+    if not supporter_keys:
+        return
+    await connection.execute(_CONFIRMATIONS_LOCK)
+    await connection.execute(
+        """
+        INSERT INTO notify.deliveries (event_id, supporter_key, kind, case_id, priority)
+        SELECT md5('clameur.confirmation|' || s.case_id || '|' || s.supporter_key)::uuid,
+               s.supporter_key, 'confirmation', s.case_id, 0
+        FROM notify.subscriptions s
+        JOIN notify.contacts c ON c.supporter_key = s.supporter_key
+        WHERE s.supporter_key = ANY($1::text[]) AND s.confirmed_at IS NULL
+          AND (s.awaits_confirmation OR s.wants_updates)
+        ON CONFLICT (event_id, supporter_key) DO NOTHING
+        """,
+        list(supporter_keys),
+    )
+
+
+class CaseNewsApplier(GroupApplier):
     """``BatchApplier`` for ``case-events.v1``: records milestones and victories to fan out.
 
     ``CaseClosed`` tells supporters nothing (design choice: no email when a case closes
     without a victory); its offset is stored all the same.
     """
 
-    def __init__(self, pool: Pool, group_id: str) -> None:
-        self.pool = pool
-        self.group_id = group_id
-        self.offsets = consumer_offsets(group_id)
-
-    async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
-        return await self.offsets.read(self.pool, topic, partitions)
-
     async def apply(self, batch: Batch[CaseEvent]) -> None:
         news = [c.event for c in batch.events if isinstance(c.event, MilestoneReached | VictoryDeclared)]
         await batch.previous_applied()  # the BatchApplier contract, as above
         async with self.pool.acquire() as connection, connection.transaction():
+            for consumed in batch.events:
+                # In log order: a restore after an invalidation in the same batch undoes it.
+                if isinstance(consumed.event, SupportersInvalidated | SupportersRestored):
+                    await _apply_invalidation(connection, consumed.event)
             if news:
                 await connection.execute(
                     """
@@ -156,6 +246,29 @@ class CaseNewsApplier:
                     [event.model_dump(mode="json", by_alias=True) for event in news],
                 )
             await self.offsets.store(connection, batch.topic, batch.next_offsets)
+
+
+async def _apply_invalidation(
+    connection: Connection, event: SupportersInvalidated | SupportersRestored
+) -> None:
+    """Leave invalidated supporters out of the case's later news; a restore lets them back."""
+    keys = list(event.supporter_keys)
+    if isinstance(event, SupportersInvalidated):
+        await connection.execute(
+            "INSERT INTO notify.invalidated_supporters (case_id, supporter_key, invalidation_id)"
+            " SELECT $1, key, $3 FROM unnest($2::text[]) AS key ON CONFLICT DO NOTHING",
+            event.case_id,
+            keys,
+            event.invalidation_id,
+        )
+    else:
+        await connection.execute(
+            "DELETE FROM notify.invalidated_supporters"
+            " WHERE case_id = $1 AND supporter_key = ANY($2::text[]) AND invalidation_id = $3",
+            event.case_id,
+            keys,
+            event.invalidation_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -178,6 +291,13 @@ class ClaimedDelivery:
     attempts: int
     recipient: Recipient | None
     unsubscribed: bool
+    case_id: str = ""
+    answered: bool = False
+    """A confirmation or reminder whose (case, supporter) is confirmed or rejected since."""
+    news_only: bool = False
+    """A confirmation that asks only whether the supporter wants news (a ``"none"`` case)."""
+    suppressed: bool = False
+    """The address is suppressed (notify.suppressions) for this case or every case: never sent."""
 
 
 @dataclass(frozen=True)
@@ -201,11 +321,60 @@ class Outcomes:
         return len(self.sent) + len(self.retry) + len(self.failed) + len(self.cancelled) + len(self.released)
 
 
-class DeliveryLedger:
-    """The send ledger: fan-out, claims with a lease, and outcomes."""
+_CLAIM = """
+    WITH due AS (
+        SELECT id FROM notify.deliveries
+        WHERE state IN ('pending', 'sending') AND next_attempt_at <= now()
+        ORDER BY priority, next_attempt_at
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE notify.deliveries d
+        SET state = 'sending', attempts = d.attempts + 1,
+            next_attempt_at = now() + make_interval(secs => $2)
+        FROM due WHERE d.id = due.id
+        RETURNING d.id, d.event_id, d.supporter_key, d.kind, d.attempts, d.case_id, d.priority
+    )
+    SELECT c.id, c.event_id, c.supporter_key, c.kind, c.attempts,
+           COALESCE(c.case_id, e.case_id) AS case_id,
+           k.email_sealed, k.first_name_sealed, k.locale,
+           c.priority > 0 AND EXISTS (
+               SELECT 1 FROM notify.unsubscriptions u
+               WHERE u.supporter_key = c.supporter_key
+                 AND u.case_id IN ('', COALESCE(c.case_id, e.case_id))
+           ) AS unsubscribed,
+           EXISTS (
+               SELECT 1 FROM notify.suppressions x
+               WHERE x.address_hash = k.address_hash
+                 AND x.case_id IN ('', COALESCE(c.case_id, e.case_id))
+           ) AS suppressed,
+           c.priority = 0 AND NOT EXISTS (
+               SELECT 1 FROM notify.subscriptions s
+               WHERE s.case_id = c.case_id AND s.supporter_key = c.supporter_key
+                 AND s.confirmed_at IS NULL
+           ) AS answered,
+           c.priority = 0 AND NOT COALESCE((
+               SELECT s.awaits_confirmation FROM notify.subscriptions s
+               WHERE s.case_id = c.case_id AND s.supporter_key = c.supporter_key
+           ), true) AS news_only
+    FROM claimed c
+    LEFT JOIN notify.case_events e ON e.event_id = c.event_id
+    LEFT JOIN notify.contacts k ON k.supporter_key = c.supporter_key
+    ORDER BY c.priority, c.id
+    """
+"""Due rows taken and leased, each with its contact, unsubscription, suppression, answer."""
 
-    def __init__(self, pool: Pool) -> None:
+
+class DeliveryLedger:
+    """The send ledger: fan-out, claims with a lease, and outcomes.
+
+    ``open_contact(key, field, sealed)`` opens a sealed contact field
+    (:meth:`notify.contacts.ContactCipher.open`).
+    """
+
+    def __init__(self, pool: Pool, open_contact: Callable[[str, str, bytes], str]) -> None:
         self.pool = pool
+        self._open = open_contact
 
     async def events_to_fan_out(self, limit: int = 20) -> list[EventToFanOut]:
         rows = await self.pool.fetch(
@@ -216,9 +385,11 @@ class DeliveryLedger:
         return [EventToFanOut(row["event_id"], row["case_id"], row["occurred_at"]) for row in rows]
 
     async def fan_out(self, event_id: UUID) -> int:
-        """Write one delivery per subscribed supporter who signed the case before the event.
+        """Write one delivery per confirmed subscriber who signed the case before the event.
 
-        Unsubscribed (from the case or from everything) supporters get no row.  Unique on
+        Only supporters who asked for news and confirmed their address for the case get a
+        row; unsubscribed (from the case or from everything) and invalidated supporters
+        (until restored) get none.  Unique on
         (event, supporter): running it twice, or in two processes, inserts nothing more.
         Returns the number of rows inserted.
         """
@@ -232,10 +403,14 @@ class DeliveryLedger:
                 return 0  # done already, or another process is on it
             status = await connection.execute(
                 """
-                INSERT INTO notify.deliveries (event_id, supporter_key, kind)
-                SELECT $1, s.supporter_key, $3
+                INSERT INTO notify.deliveries (event_id, supporter_key, kind, case_id)
+                SELECT $1, s.supporter_key, $3, $2
                 FROM notify.subscriptions s
                 WHERE s.case_id = $2 AND s.signed_at < $4
+                  AND s.wants_updates AND s.confirmed_at IS NOT NULL
+                  AND NOT EXISTS (
+                      SELECT 1 FROM notify.invalidated_supporters i
+                      WHERE i.case_id = s.case_id AND i.supporter_key = s.supporter_key)
                   AND NOT EXISTS (
                       SELECT 1 FROM notify.unsubscriptions u
                       WHERE u.supporter_key = s.supporter_key AND u.case_id IN ('', $2))
@@ -254,36 +429,16 @@ class DeliveryLedger:
     async def claim(self, limit: int, lease_s: float) -> list[ClaimedDelivery]:
         """Take up to ``limit`` due deliveries for ``lease_s`` seconds, counting an attempt each.
 
-        Due: pending with ``next_attempt_at`` passed, or sending with an expired lease.
-        Concurrent claimers skip each other's rows.  The supporter's details and whether
-        they unsubscribed are read in the same statement (the send-time check).
+        Due: pending with ``next_attempt_at`` passed, or sending with an expired lease;
+        confirmations and reminders first (priority 0), then news.  Concurrent claimers
+        skip each other's rows.  The supporter's contact (opened here), whether they
+        unsubscribed, and whether their address is suppressed (by its hash, for this case
+        or every case) are read in the same statement: the send-time check.  Unsubscribing
+        stops news, not the confirmation of a new signature; a suppression stops every
+        kind ("never mail this address again", whatever the reason).
         """
         rows = await self.pool.fetch(
-            """
-            WITH due AS (
-                SELECT id FROM notify.deliveries
-                WHERE state IN ('pending', 'sending') AND next_attempt_at <= now()
-                ORDER BY next_attempt_at
-                LIMIT $1
-                FOR UPDATE SKIP LOCKED
-            ), claimed AS (
-                UPDATE notify.deliveries d
-                SET state = 'sending', attempts = d.attempts + 1,
-                    next_attempt_at = now() + make_interval(secs => $2)
-                FROM due WHERE d.id = due.id
-                RETURNING d.id, d.event_id, d.supporter_key, d.kind, d.attempts
-            )
-            SELECT c.id, c.event_id, c.supporter_key, c.kind, c.attempts,
-                   s.email, s.first_name, s.locale,
-                   EXISTS (
-                       SELECT 1 FROM notify.unsubscriptions u
-                       WHERE u.supporter_key = c.supporter_key AND u.case_id IN ('', e.case_id)
-                   ) AS unsubscribed
-            FROM claimed c
-            JOIN notify.case_events e ON e.event_id = c.event_id
-            LEFT JOIN notify.supporters s ON s.supporter_key = c.supporter_key
-            ORDER BY c.id
-            """,
+            _CLAIM,
             limit,
             lease_s,
         )
@@ -293,13 +448,52 @@ class DeliveryLedger:
                 event_id=row["event_id"],
                 kind=row["kind"],
                 attempts=row["attempts"],
-                recipient=None
-                if row["email"] is None
-                else Recipient(row["supporter_key"], row["email"], row["first_name"], row["locale"]),
+                recipient=self._recipient(row),
                 unsubscribed=row["unsubscribed"],
+                case_id=row["case_id"] or "",
+                answered=row["answered"],
+                news_only=row["news_only"],
+                suppressed=row["suppressed"],
             )
             for row in rows
         ]
+
+    def _recipient(self, row: asyncpg.Record) -> Recipient | None:
+        """The opened contact; ``None`` when erased, or when it does not open (wrong key)."""
+        if row["email_sealed"] is None:
+            return None
+        key = row["supporter_key"]
+        try:
+            email = self._open(key, "email", row["email_sealed"])
+            first_name = self._open(key, "first_name", row["first_name_sealed"])
+        except InvalidTag:
+            logger.error(
+                "a sealed contact does not open: CLAMEUR_SECRET changed?", extra={"delivery": row["id"]}
+            )
+            return None
+        return Recipient(key, email, first_name, row["locale"])
+
+    async def request_reminders(self, after_s: float) -> int:
+        """Write the one reminder of each confirmation sent ``after_s`` ago and still unconfirmed.
+
+        Only a sent confirmation gets one (a permanent failure leaves none); its derived
+        event id makes it once per (case, supporter).  Returns how many were written.
+        """
+        status = await self.pool.execute(
+            """
+            INSERT INTO notify.deliveries (event_id, supporter_key, kind, case_id, priority)
+            SELECT md5('clameur.reminder|' || d.case_id || '|' || d.supporter_key)::uuid,
+                   d.supporter_key, 'reminder', d.case_id, 0
+            FROM notify.deliveries d
+            JOIN notify.subscriptions s ON s.case_id = d.case_id AND s.supporter_key = d.supporter_key
+            WHERE d.kind = 'confirmation' AND d.state = 'sent'
+              AND d.finished_at <= now() - make_interval(secs => $1)
+              AND s.confirmed_at IS NULL
+            ON CONFLICT (event_id, supporter_key) DO NOTHING
+            """,
+            after_s,
+        )
+        return int(status.rsplit(" ", 1)[-1])
 
     async def case_news(self, event_ids: Collection[UUID]) -> dict[UUID, CaseNews]:
         rows = await self.pool.fetch(
@@ -365,7 +559,7 @@ class DeliveryLedger:
 
 
 class Preferences:
-    """Unsubscriptions and erasures: what a supporter asked of us.
+    """Unsubscriptions: what a supporter asked of us (erasure is :class:`notify.erasure.Eraser`).
 
     Built with the app (its routes need it) and given its pool when the lifespan starts.
     """
@@ -410,31 +604,6 @@ class Preferences:
 
     async def supporter_locale(self, supporter_key: str) -> str | None:
         locale = await self.pool.fetchval(
-            "SELECT locale FROM notify.supporters WHERE supporter_key = $1", supporter_key
+            "SELECT locale FROM notify.contacts WHERE supporter_key = $1", supporter_key
         )
         return None if locale is None else str(locale)
-
-    async def erase(self, supporter_key: str) -> bool:
-        """Forget a supporter: their row, subscriptions, deliveries and unsubscriptions.
-
-        Keeps only a tombstone (the key and when) so a replay of ``signatures.v1`` does
-        not bring them back; a signature received after the erasure is a new consent.
-        Returns whether notify held any data on them.
-        """
-        async with self.pool.acquire() as connection, connection.transaction():
-            await connection.execute(_SUPPORTER_LIST_LOCK.format(mode=""))
-            await connection.execute(
-                "INSERT INTO notify.erasures (supporter_key) VALUES ($1)"
-                " ON CONFLICT (supporter_key) DO UPDATE SET erased_at = now()",
-                supporter_key,
-            )
-            deliveries = await connection.execute(
-                "DELETE FROM notify.deliveries WHERE supporter_key = $1", supporter_key
-            )
-            await connection.execute(
-                "DELETE FROM notify.unsubscriptions WHERE supporter_key = $1", supporter_key
-            )
-            supporter = await connection.execute(
-                "DELETE FROM notify.supporters WHERE supporter_key = $1", supporter_key
-            )
-        return supporter != "DELETE 0" or deliveries != "DELETE 0"

@@ -45,7 +45,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from markupsafe import escape
 
 from clameur.events import LocalizedText, MilestoneReached, VictoryDeclared
-from notify.tokens import TokenSigner, UnsubscribeRequest
+from notify.tokens import ConfirmationRequest, ConfirmationSigner, TokenSigner, UnsubscribeRequest
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 EMAIL_TEMPLATES = (
@@ -55,14 +55,26 @@ EMAIL_TEMPLATES = (
     "victory.subject.txt",
     "victory.txt",
     "victory.html",
+    "confirmation.subject.txt",
+    "confirmation.txt",
+    "confirmation.html",
 )
-PAGE_TEMPLATES = ("unsubscribe.html", "unsubscribed.html", "invalid_link.html")
+PAGE_TEMPLATES = (
+    "unsubscribe.html",
+    "unsubscribed.html",
+    "invalid_link.html",
+    "confirmed.html",
+    "reject.html",
+    "rejected.html",
+    "expired_link.html",
+)
 FALLBACK_LOCALE = "en"
 MAX_NAME_LENGTH = 80
 MAX_SUBJECT_LENGTH = 200
 
 CaseNews = MilestoneReached | VictoryDeclared
-Kind = Literal["milestone", "victory"]
+Kind = Literal["milestone", "victory", "confirmation", "reminder"]
+ConfirmationKind = Literal["confirmation", "reminder"]
 
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _BLANKS = re.compile(r"[ \t]+")
@@ -415,6 +427,82 @@ class MessageRenderer:
         text = _BodyTemplate.build(self.templates, locale, f"{kind}.txt", context)
         html = _BodyTemplate.build(self.templates, locale, f"{kind}.html", context)
         return _Skeleton(locale, head, middle, tail, context, text, html)
+
+
+class ConfirmationRenderer:
+    """Turns (confirmation or reminder, case, supporter) into an :class:`OutgoingEmail`.
+
+    The body holds two links, the token in the path (mail scanners strip query strings):
+    ``{public_url}/v1/confirm/{token}`` and ``{public_url}/v1/reject/{token}``, each valid
+    ``expiry_s`` from ``now``.  A handful per second at most, so built whole with the
+    stdlib (safe folding of every header) rather than the news renderer's skeletons.
+    Raises :class:`UnsendableEmail` when the address cannot be written safely.
+    """
+
+    def __init__(
+        self, templates: Templates, sender: SenderIdentity, signer: ConfirmationSigner, expiry_s: float
+    ) -> None:
+        self.templates = templates
+        self.sender = sender
+        self.signer = signer
+        self.expiry_s = expiry_s
+
+    def link(self, request: ConfirmationRequest) -> str:
+        return f"{self.sender.public_url}/v1/{request.action}/{self.signer.sign(request)}"
+
+    def render(
+        self,
+        kind: ConfirmationKind,
+        case_id: str,
+        recipient: Recipient,
+        now: datetime,
+        *,
+        news_only: bool = False,
+    ) -> OutgoingEmail:
+        """``news_only``: the signature already counts (a ``"none"`` case); ask only about news."""
+        locale = choose_locale(recipient.locale, FALLBACK_LOCALE, self.templates.locales)
+        expires_at = int(now.timestamp() + self.expiry_s)
+        key = recipient.supporter_key
+        first_name = clean_display_text(recipient.first_name)
+        context = {
+            "locale": locale,
+            "reminder": kind == "reminder",
+            "news_only": news_only,
+            "first_name": first_name,
+            "confirm_url": self.link(ConfirmationRequest("confirm", key, case_id, locale, expires_at)),
+            "reject_url": self.link(ConfirmationRequest("reject", key, case_id, locale, expires_at)),
+            "expiry_days": max(1, round(self.expiry_s / 86400)),
+        }
+        envelope_to = _ascii_address(recipient.email)
+        identifier = message_id(_confirmation_id(kind, case_id), key, self.sender.domain)
+        message = EmailMessage(policy=policy.SMTP)
+        message["From"] = Address(
+            display_name=clean_display_text(self.sender.name), addr_spec=self.sender.address
+        )
+        message["To"] = formataddr((first_name, envelope_to))
+        message["Subject"] = clean_display_text(
+            self.templates.render(locale, "confirmation.subject.txt", context), MAX_SUBJECT_LENGTH
+        )
+        message["Date"] = format_datetime(now.astimezone(UTC), usegmt=True)
+        message["Message-ID"] = identifier
+        message["Auto-Submitted"] = "auto-generated"
+        message.set_content(
+            self.templates.render(locale, "confirmation.txt", context), cte="quoted-printable"
+        )
+        message.add_alternative(
+            self.templates.render(locale, "confirmation.html", context),
+            subtype="html",
+            cte="quoted-printable",
+        )
+        message["Content-Language"] = locale
+        return OutgoingEmail(
+            self.sender.address, envelope_to, identifier, kind, message.as_bytes(policy=policy.SMTP)
+        )
+
+
+def _confirmation_id(kind: str, case_id: str) -> UUID:
+    """Stable per (kind, case): with the supporter's digest, a stable Message-ID."""
+    return UUID(hashlib.md5(f"clameur.{kind}|{case_id}".encode(), usedforsecurity=False).hexdigest())
 
 
 def _babel_knows(locale: str) -> bool:

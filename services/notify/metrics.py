@@ -2,27 +2,32 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+
+from clameur.metrics import counter
+from notify.ledger import CONFIRMATION_KINDS
+
+KINDS = ("milestone", "victory", *CONFIRMATION_KINDS)
+"""What an email is about: the ``kind`` label of the sending metrics."""
 
 
 class NotifyMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.supporters_recorded = Counter(
+        self.supporters_recorded = counter(
+            registry,
             "clameur_notify_supporters_recorded",
             "Consenting signatures recorded in notify's supporter list.",
-            registry=registry,
         )
-        self.attempts = Counter(
-            "clameur_notify_email_attempts", "SMTP send attempts.", ["kind"], registry=registry
+        self.attempts = counter(registry, "clameur_notify_email_attempts", "SMTP send attempts.", kind=KINDS)
+        self.sent = counter(
+            registry, "clameur_notify_emails_sent", "Emails the SMTP server accepted.", kind=KINDS
         )
-        self.sent = Counter(
-            "clameur_notify_emails_sent", "Emails the SMTP server accepted.", ["kind"], registry=registry
-        )
-        self.failed = Counter(
+        self.failed = counter(
+            registry,
             "clameur_notify_emails_failed",
             "Failed attempts: temporary (retried) or permanent (given up).",
-            ["kind", "reason"],
-            registry=registry,
+            kind=KINDS,
+            reason=("temporary", "permanent"),
         )
         self.send_duration = Histogram(
             "clameur_notify_send_duration_seconds",
@@ -35,13 +40,24 @@ class NotifyMetrics:
             "Deliveries not yet sent or given up.",
             registry=registry,
         )
-        self.unsubscribes = Counter(
-            "clameur_notify_unsubscribes", "Unsubscriptions.", ["scope"], registry=registry
+        self.unsubscribes = counter(
+            registry, "clameur_notify_unsubscribes", "Unsubscriptions.", scope=("all", "case")
         )
-        for kind in ("milestone", "victory"):
-            self.attempts.labels(kind)
-            self.sent.labels(kind)
-            for reason in ("temporary", "permanent"):
-                self.failed.labels(kind, reason)
-        for scope in ("all", "case"):
-            self.unsubscribes.labels(scope)
+        self.confirmation_links = counter(
+            registry,
+            "clameur_notify_confirmation_links",
+            "Confirm and reject links acted on (events published), by action.",
+            action=("confirm", "reject"),
+        )
+        self.erasures = counter(
+            registry,
+            "clameur_notify_erasures",
+            "Supporters forgotten (contact tombstoned, rows deleted), by why.",
+            reason=("erased", "rejected", "unsubscribed", "retention", "expired"),
+        )
+        self.retention_erased = counter(
+            registry,
+            "clameur_notify_retention_erased",
+            "Supporters the retention job forgot, by why.",
+            reason=("case_ended", "unconfirmed"),
+        )

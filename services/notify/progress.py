@@ -1,4 +1,4 @@
-"""How far notify's supporter list has read ``signatures.v1``: what the fan-out waits for.
+"""How far notify's supporter list has read ``signatures.v2``: what the fan-out waits for.
 
 A milestone must reach everyone who signed before it, so :class:`notify.sending.FanOut`
 fans an event out only once the supporter list's stored offsets reach where the topic
@@ -8,7 +8,8 @@ ended after the event was recorded (see its docstring).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
+from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -46,12 +47,27 @@ class TopicEnds:
         return {tp.partition: offset for tp, offset in ends.items()}
 
 
-def supporters_caught_up(ends: TopicEnds, supporters: SupporterListApplier) -> Callable[[], Awaitable[bool]]:
-    """Whether the supporter list has stored offsets up to where ``ends.topic`` ends now."""
+class _StoresOffsets(Protocol):
+    async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]: ...
+
+
+def supporters_caught_up(
+    ends: TopicEnds,
+    supporters: SupporterListApplier | _StoresOffsets,
+    *also: tuple[TopicEnds, _StoresOffsets],
+) -> Callable[[], Awaitable[bool]]:
+    """Whether the supporter list has stored offsets up to where ``ends.topic`` ends now.
+
+    ``also``: more (topic, applier) pairs that must have caught up too (the contacts: a
+    milestone goes to a confirmed subscriber only once their contact is stored).
+    """
 
     async def caught_up() -> bool:
-        end = await ends.end_offsets()
-        stored = await supporters.stored_offsets(ends.topic, end.keys())
-        return all(stored.get(partition, 0) >= offset for partition, offset in end.items())
+        for topic_ends, applier in ((ends, supporters), *also):
+            end = await topic_ends.end_offsets()
+            stored = await applier.stored_offsets(topic_ends.topic, end.keys())
+            if not all(stored.get(partition, 0) >= offset for partition, offset in end.items()):
+                return False
+        return True
 
     return caught_up

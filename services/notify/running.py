@@ -1,4 +1,4 @@
-"""What notify runs between start and stop: its connections and its five loops.
+"""What notify runs between start and stop: its connections and its six loops.
 
 :class:`NotifyLifespan` opens the connections once (:class:`Connections`), starts the
 loops (:class:`Loops`) and, on shutdown, drains them in the order that loses nothing:
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,18 +24,34 @@ from fastapi import FastAPI
 
 from clameur.consumer import BatchApplier, BatchConsumer, BatchLimits, ConsumerMetrics
 from clameur.database import create_pool
-from clameur.events import CaseEvent, SignatureAccepted, decode_case_event, decode_signature
+from clameur.events import (
+    CaseEvent,
+    CaseState,
+    Event,
+    SignatureLogEvent,
+    Suppression,
+    decode_case_event,
+    decode_case_state,
+    decode_signature_log_event,
+    decode_suppression,
+)
 from clameur.kafka import create_producer
+from clameur.serving import Started
 from clameur.web import ReadinessCheck
+from notify.compaction import keep_ticking
+from notify.contacts import ContactCipher, ContactRecord, ContactsApplier, decode_contact_record
+from notify.erasure import Eraser
 from notify.ledger import CaseNewsApplier, DeliveryLedger, Preferences, SupporterListApplier
-from notify.messages import MessageRenderer, SenderIdentity, Templates
+from notify.messages import ConfirmationRenderer, MessageRenderer, SenderIdentity, Templates
 from notify.metrics import NotifyMetrics
 from notify.progress import TopicEnds, supporters_caught_up
+from notify.retention import CaseRetentionApplier, RetentionJob
 from notify.retries import RateLimiter
 from notify.sending import FanOut, Sender, SendingOptions
 from notify.settings import NotifySettings
 from notify.smtp import SmtpPool
-from notify.tokens import TokenSigner
+from notify.suppressions import AddressHashes, SuppressionApplier
+from notify.tokens import ConfirmationSigner, TokenSigner
 
 if TYPE_CHECKING:
     import asyncpg
@@ -57,6 +74,8 @@ class NotifyParts:
     consumer_metrics: ConsumerMetrics
     templates: Templates
     signer: TokenSigner
+    confirmation_signer: ConfirmationSigner
+    cipher: ContactCipher
     preferences: Preferences
     """Given its pool when the connections open (the routes hold it from the start)."""
 
@@ -69,6 +88,8 @@ class Connections:
     producer: AIOKafkaProducer
     ends: TopicEnds
     transport: SmtpPool
+    contact_ends: TopicEnds
+    suppression_ends: TopicEnds
 
 
 @contextlib.asynccontextmanager
@@ -91,45 +112,118 @@ async def open_connections(settings: NotifySettings) -> AsyncIterator[Connection
         ends = TopicEnds(settings.kafka, settings.topics.signatures)
         await ends.start()
         opened.push_async_callback(ends.stop)
-        yield Connections(pool, producer, ends, transport)
+        contact_ends = TopicEnds(settings.kafka, settings.topics.contacts)
+        await contact_ends.start()
+        opened.push_async_callback(contact_ends.stop)
+        suppression_ends = TopicEnds(settings.kafka, settings.topics.suppressions)
+        await suppression_ends.start()
+        opened.push_async_callback(suppression_ends.stop)
+        yield Connections(pool, producer, ends, transport, contact_ends, suppression_ends)
 
 
 class Loops:
-    """Notify's background loops: two consumers, the fan-out, the sender, the pending gauge."""
+    """Notify's background loops: the consumers, the fan-out, the sender, the pending gauge,
+    and erasure's: the contacts ticks (compaction within the bound) and the retention job."""
 
-    def __init__(self, parts: NotifyParts, connections: Connections) -> None:
+    def __init__(self, parts: NotifyParts, connections: Connections, eraser: Eraser) -> None:
         settings, pool, metrics = parts.settings, connections.pool, parts.metrics
         topics = settings.topics
-        self.ledger = DeliveryLedger(pool)
+        self.ledger = DeliveryLedger(pool, parts.cipher.open)
         self.metrics = metrics
-        prefix = settings.topic_prefix
+        prefix = settings.notify_group_prefix
+        if prefix is None:
+            prefix = settings.topic_prefix
         supporters = SupporterListApplier(
             pool, f"{prefix}notify-supporters", on_recorded=metrics.supporters_recorded.inc
         )
         news = CaseNewsApplier(pool, f"{prefix}notify-deliveries")
-        self.supporters: BatchConsumer[SignatureAccepted] = _consumer(
-            parts, connections, topics.signatures, supporters, decode_signature, BatchLimits(max_records=2000)
+        self.supporters: BatchConsumer[SignatureLogEvent] = _consumer(
+            parts,
+            connections,
+            topics.signatures,
+            supporters,
+            decode_signature_log_event,
+            BatchLimits(max_records=2000),
         )
+        contacts = ContactsApplier(
+            pool, f"{prefix}notify-contacts", parts.cipher, AddressHashes(settings.secret.get_secret_value())
+        )
+        self.contacts = _contacts_consumer(parts, connections, contacts)
         self.case_news: BatchConsumer[CaseEvent] = _consumer(
             parts, connections, topics.case_events, news, decode_case_event, BatchLimits()
         )
+        suppressions = SuppressionApplier(pool, f"{prefix}notify-suppressions")
+        self.suppressions: BatchConsumer[Suppression] = _consumer(
+            parts, connections, topics.suppressions, suppressions, decode_suppression, BatchLimits()
+        )
         self.fan_out = FanOut(
             self.ledger,
-            supporters_caught_up(connections.ends, supporters),
+            # News waits for the suppressions too: a notify on a fresh database mails no one
+            # suppressed before it has read them all.
+            supporters_caught_up(
+                connections.ends,
+                supporters,
+                (connections.contact_ends, contacts),
+                (connections.suppression_ends, suppressions),
+            ),
             grace_s=settings.notify_fanout_grace_s,
             idle_poll_s=settings.notify_idle_poll_s,
+            # A rebuild writes no reminder: its confirmations were answered or reminded live.
+            reminder_after_s=settings.confirmation_reminder_s if settings.notify_send else None,
         )
         self.sender = _sender(parts, connections.transport, self.ledger)
+        self._erasure_loops(parts, connections, eraser, prefix)
+        # A rebuild (CLAMEUR_NOTIFY_SEND=false) never runs the sender: nothing is claimed or sent.
+        self.sending = settings.notify_send
         self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def _erasure_loops(
+        self, parts: NotifyParts, connections: Connections, eraser: Eraser, prefix: str
+    ) -> None:
+        """The cases' retention clocks, the contacts ticks and the retention job."""
+        settings, pool = parts.settings, connections.pool
+        self.case_clocks: BatchConsumer[CaseState] = _consumer(
+            parts,
+            connections,
+            settings.topics.cases,
+            CaseRetentionApplier(pool, f"{prefix}notify-retention"),
+            decode_case_state,
+            BatchLimits(),
+        )
+        self.ticks = functools.partial(
+            keep_ticking,
+            connections.producer,
+            settings.kafka,
+            settings.topics.contacts,
+            settings.erasure_bound_s,
+        )
+        self.retention = RetentionJob(
+            pool,
+            eraser,
+            parts.metrics,
+            settings.retention_days,
+            confirmation_expiry_s=settings.confirmation_expiry_s,
+        )
+        self.retention_every_s = settings.retention_interval_s
 
     def start(self) -> None:
         self._tasks = {
             "supporters": asyncio.create_task(self.supporters.run(), name="notify-supporters"),
             "case-news": asyncio.create_task(self.case_news.run(), name="notify-case-news"),
+            "contacts": asyncio.create_task(self.contacts.run(), name="notify-contacts"),
             "fan-out": asyncio.create_task(self.fan_out.run(), name="notify-fan-out"),
-            "sender": asyncio.create_task(self.sender.run(), name="notify-sender"),
             "pending": asyncio.create_task(watch_pending(self.ledger, self.metrics), name="notify-pending"),
+            "suppressions": asyncio.create_task(self.suppressions.run(), name="notify-suppressions"),
+            "case-clocks": asyncio.create_task(self.case_clocks.run(), name="notify-case-clocks"),
         }
+        if self.sending:
+            # A rebuild publishes nothing on the live topics: no ticks, no retention
+            # (its tombstones), no sender; only the live notify does these.
+            self._tasks["sender"] = asyncio.create_task(self.sender.run(), name="notify-sender")
+            self._tasks["contacts-ticks"] = asyncio.create_task(self.ticks(), name="notify-contacts-ticks")
+            self._tasks["retention"] = asyncio.create_task(
+                self.retention.run(self.retention_every_s), name="notify-retention"
+            )
         for name, task in self._tasks.items():
             task.add_done_callback(_log_unexpected_end(name))
 
@@ -141,14 +235,24 @@ class Loops:
         """Stop sending first, then fanning out, then reading: each finishes what it holds."""
         self.sender.stop()
         self.fan_out.stop()
-        await _finish(self._tasks["sender"], "sender")
+        if "sender" in self._tasks:
+            await _finish(self._tasks["sender"], "sender")
         await _finish(self._tasks["fan-out"], "fan-out")
         self.supporters.stop()
         self.case_news.stop()
+        self.contacts.stop()
+        self.suppressions.stop()
+        self.case_clocks.stop()
         await _finish(self._tasks["supporters"], "supporters consumer")
         await _finish(self._tasks["case-news"], "case news consumer")
-        self._tasks["pending"].cancel()
-        await asyncio.gather(self._tasks["pending"], return_exceptions=True)
+        await _finish(self._tasks["contacts"], "contacts consumer")
+        await _finish(self._tasks["suppressions"], "suppressions consumer")
+        await _finish(self._tasks["case-clocks"], "case clocks consumer")
+        # The ticks and a retention pass hold nothing that a restart would lose.
+        timers = [self._tasks[n] for n in ("pending", "contacts-ticks", "retention") if n in self._tasks]
+        for task in timers:
+            task.cancel()
+        await asyncio.gather(*timers, return_exceptions=True)
 
 
 class _GroupApplier(BatchApplier[E], Protocol[E]):
@@ -179,6 +283,24 @@ def _consumer(
     )
 
 
+def _contacts_consumer(
+    parts: NotifyParts, connections: Connections, contacts: ContactsApplier
+) -> BatchConsumer[ContactRecord]:
+    """contacts.v1 is read record by record with its key (a tombstone has no value)."""
+    return BatchConsumer(
+        bootstrap=parts.settings.kafka,
+        topic=parts.settings.topics.contacts,
+        group_id=contacts.group_id,
+        decode=_never,
+        decode_record=decode_contact_record,
+        applier=contacts,
+        dlq_producer=connections.producer,
+        metrics=parts.consumer_metrics,
+        limits=BatchLimits(max_records=2000),
+        client_id=CLIENT_ID,
+    )
+
+
 def _sender(parts: NotifyParts, transport: SmtpPool, ledger: DeliveryLedger) -> Sender:
     settings = parts.settings
     identity = SenderIdentity(
@@ -199,7 +321,26 @@ def _sender(parts: NotifyParts, transport: SmtpPool, ledger: DeliveryLedger) -> 
         settings.email_retries,
         RateLimiter(settings.notify_rate_per_s, time.monotonic, burst=settings.notify_concurrency),
         options,
+        confirmations=ConfirmationRenderer(
+            parts.templates, identity, parts.confirmation_signer, settings.confirmation_expiry_s
+        ),
     )
+
+
+def _never(value: bytes) -> ContactRecord:
+    raise AssertionError("contacts.v1 is decoded whole (decode_record)")
+
+
+def signatures_publisher(
+    settings: NotifySettings, running: Callable[[], Running]
+) -> Callable[[Event, str], Any]:
+    """Publish on signatures.v2 through notify's producer, waiting for the ack."""
+
+    async def publish(event: Event, key: str) -> None:
+        producer = running().connections.producer
+        await producer.send_and_wait(settings.topics.signatures, event.to_json(), key=key.encode())
+
+    return publish
 
 
 async def watch_pending(ledger: DeliveryLedger, metrics: NotifyMetrics, every_s: float = 5.0) -> None:
@@ -218,6 +359,7 @@ class Running:
 
     connections: Connections
     loops: Loops
+    eraser: Eraser
 
 
 class NotifyLifespan:
@@ -229,29 +371,35 @@ class NotifyLifespan:
 
     def __init__(self, parts: NotifyParts) -> None:
         self.parts = parts
-        self._running: Running | None = None
+        self._running = Started[Running]("notify is not running (starting or stopping)")
 
     @property
     def running(self) -> Running:
-        if self._running is None:
-            raise RuntimeError("notify is not running (starting or stopping)")
-        return self._running
+        return self._running.current
 
     @contextlib.asynccontextmanager
     async def __call__(self, app: FastAPI) -> AsyncIterator[None]:
         settings = self.parts.settings
         async with open_connections(settings) as connections:
             self.parts.preferences.attach(connections.pool)
-            loops = Loops(self.parts, connections)
+            eraser = Eraser(
+                connections.pool,
+                connections.producer,
+                settings.kafka,
+                settings.topics,
+                settings.secret.get_secret_value(),
+                settings.erasure_bound_s,
+                self.parts.metrics,
+            )
+            loops = Loops(self.parts, connections, eraser)
             loops.start()
-            self._running = Running(connections, loops)
-            logger.info("notify started", extra={"port": settings.notify_port})
-            try:
-                yield
-            finally:
-                logger.info("notify draining")
-                await loops.drain()
-                self._running = None
+            with self._running.serving(Running(connections, loops, eraser)):
+                logger.info("notify started", extra={"port": settings.notify_port})
+                try:
+                    yield
+                finally:
+                    logger.info("notify draining")
+                    await loops.drain()
         logger.info("notify stopped")
 
 

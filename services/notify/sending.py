@@ -1,6 +1,7 @@
 """From recorded case news to emails: the fan-out loop and the sender loop.
 
-The sender claims due deliveries in batches (a lease each), checks the unsubscription
+The sender claims due deliveries in batches (a lease each; confirmations and reminders
+before any news, so a large mailing never delays them), checks the unsubscription
 again (in the claim itself), renders, paces sends to the rate cap, sends over a pool
 of SMTP connections with bounded concurrency, and records outcomes in batches.
 
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -32,16 +34,23 @@ import asyncpg
 from cachetools import LRUCache
 
 from clameur.events import utc_now
+from clameur.logs import describe_error
 from clameur.retry import RetryPolicy
-from notify.ledger import ClaimedDelivery, DeliveryLedger, Outcomes, Reschedule
-from notify.messages import CaseNews, MessageRenderer, UnsendableEmail
-from notify.metrics import NotifyMetrics
+from notify.ledger import CONFIRMATION_KINDS, ClaimedDelivery, DeliveryLedger, Outcomes, Reschedule
+from notify.messages import (
+    CaseNews,
+    ConfirmationKind,
+    ConfirmationRenderer,
+    MessageRenderer,
+    OutgoingEmail,
+    UnsendableEmail,
+)
+from notify.metrics import KINDS, NotifyMetrics
 from notify.retries import RateLimiter
 from notify.smtp import MailTransport, SendFailure
 
 logger = logging.getLogger(__name__)
 
-_KINDS = ("milestone", "victory")
 _DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
@@ -60,7 +69,36 @@ class SendingOptions:
 @dataclass(frozen=True)
 class _Job:
     delivery: ClaimedDelivery
-    news: CaseNews
+    news: CaseNews | None
+    """``None`` for a confirmation or a reminder (no case event behind it)."""
+
+
+class _Jobs:
+    """Claimed jobs waiting for a worker: confirmations and reminders first, then claim order.
+
+    The claim already takes them first; this keeps a confirmation claimed while a batch of
+    news waits here from queueing behind it.  ``None`` (a worker's stop) comes last.
+    """
+
+    def __init__(self) -> None:
+        self._queue: asyncio.PriorityQueue[tuple[int, int, _Job | None]] = asyncio.PriorityQueue()
+        self._order = itertools.count()
+
+    def put_nowait(self, job: _Job | None) -> None:
+        priority = 2 if job is None else 0 if job.news is None else 1
+        self._queue.put_nowait((priority, next(self._order), job))
+
+    async def get(self) -> _Job | None:
+        return (await self._queue.get())[2]
+
+    def get_nowait(self) -> _Job | None:
+        return self._queue.get_nowait()[2]
+
+    def qsize(self) -> int:
+        return self._queue.qsize()
+
+    def empty(self) -> bool:
+        return self._queue.empty()
 
 
 @dataclass
@@ -87,46 +125,38 @@ class _PendingOutcomes:
         self.released.extend(outcomes.released)
 
 
+@dataclass(eq=False)
 class Sender:
     """Claims, renders, sends and records deliveries until :meth:`stop`."""
 
-    def __init__(
-        self,
-        ledger: DeliveryLedger,
-        renderer: MessageRenderer,
-        transport: MailTransport,
-        metrics: NotifyMetrics,
-        retry: RetryPolicy,
-        limiter: RateLimiter,
-        options: SendingOptions,
-        *,
-        clock: Callable[[], datetime] = utc_now,
-        random_value: Callable[[], float] = random.random,
-    ) -> None:
-        self.ledger = ledger
-        self.renderer = renderer
-        self.transport = transport
-        self.metrics = metrics
-        self.retry = retry
-        self.limiter = limiter
-        self.options = options
-        self._clock = clock
-        self._random = random_value
-        self._stopping = asyncio.Event()
-        self._outcomes = _PendingOutcomes()
-        self._flush_now = asyncio.Event()
-        self._room = asyncio.Event()
-        self._news: LRUCache[UUID, CaseNews] = LRUCache(maxsize=1024)
+    ledger: DeliveryLedger
+    renderer: MessageRenderer
+    transport: MailTransport
+    metrics: NotifyMetrics
+    retry: RetryPolicy
+    limiter: RateLimiter
+    options: SendingOptions
+    _: KW_ONLY
+    clock: Callable[[], datetime] = utc_now
+    random_value: Callable[[], float] = random.random
+    confirmations: ConfirmationRenderer | None = None
+    _stopping: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _outcomes: _PendingOutcomes = field(init=False, default_factory=_PendingOutcomes)
+    _flush_now: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _room: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _news: LRUCache[UUID, CaseNews] = field(init=False, default_factory=lambda: LRUCache(maxsize=1024))
+
+    def __post_init__(self) -> None:
         # Labelled children looked up once: ``labels()`` takes a lock and builds a key per call.
-        self._attempts = {kind: metrics.attempts.labels(kind) for kind in _KINDS}
-        self._sent = {kind: metrics.sent.labels(kind) for kind in _KINDS}
+        self._attempts = {kind: self.metrics.attempts.labels(kind) for kind in KINDS}
+        self._sent = {kind: self.metrics.sent.labels(kind) for kind in KINDS}
 
     def stop(self) -> None:
         """Stop claiming; :meth:`run` returns once sends in flight are recorded."""
         self._stopping.set()
 
     async def run(self) -> None:
-        queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        queue = _Jobs()
         workers = [asyncio.create_task(self._work(queue)) for _ in range(self.options.concurrency)]
         recorder = asyncio.create_task(self._record_continuously())
         try:
@@ -144,7 +174,7 @@ class Sender:
             await asyncio.gather(recorder, return_exceptions=True)
             await self._flush_until_recorded()
 
-    async def _claim_continuously(self, queue: asyncio.Queue[_Job | None]) -> None:
+    async def _claim_continuously(self, queue: _Jobs) -> None:
         batch = self.options.claim_batch
         while not self._stopping.is_set():
             if queue.qsize() >= batch:
@@ -166,27 +196,36 @@ class Sender:
                 await self._pause(self.options.idle_poll_s)
 
     async def _triage(self, claimed: list[ClaimedDelivery]) -> list[_Job]:
-        missing = {d.event_id for d in claimed if d.event_id not in self._news}
+        missing = {
+            d.event_id for d in claimed if d.kind not in CONFIRMATION_KINDS and d.event_id not in self._news
+        }
         if missing:
             self._news.update(await self.ledger.case_news(missing))
         jobs = []
         for delivery in claimed:
             if delivery.recipient is None:
                 self._outcomes.cancelled.append((delivery.id, "supporter erased"))
+            elif delivery.suppressed:
+                self._outcomes.cancelled.append((delivery.id, "suppressed"))
             elif delivery.unsubscribed:
                 self._outcomes.cancelled.append((delivery.id, "unsubscribed"))
+            elif delivery.answered:
+                # Confirmed or rejected while the email waited: asking again would confuse.
+                self._outcomes.cancelled.append((delivery.id, "answered"))
             elif self.retry.gives_up_after(delivery.attempts - 1):
                 # The attempt before this claim was the last one allowed: only a lease that ran
                 # out (a crash) gets here.  Give up like any last attempt.
                 self.metrics.failed.labels(delivery.kind, "permanent").inc()
                 self._outcomes.failed.append((delivery.id, "attempts exhausted"))
+            elif delivery.kind in CONFIRMATION_KINDS:
+                jobs.append(_Job(delivery, None))
             else:
                 jobs.append(_Job(delivery, self._news[delivery.event_id]))
         if len(self._outcomes) >= self.options.flush_size:
             self._flush_now.set()
         return jobs
 
-    async def _work(self, queue: asyncio.Queue[_Job | None]) -> None:
+    async def _work(self, queue: _Jobs) -> None:
         while (job := await queue.get()) is not None:
             if queue.qsize() < self.options.claim_batch:
                 self._room.set()
@@ -201,12 +240,12 @@ class Sender:
         kind = delivery.kind
         log_fields = {
             "event_id": str(delivery.event_id),
-            "case_id": job.news.case_id,
+            "case_id": delivery.case_id,
             "delivery": delivery.id,
         }
         self._attempts[kind].inc()
         try:
-            email = self.renderer.render(job.news, delivery.recipient, self._clock())
+            email = self._render(job)
         except UnsendableEmail as error:
             self.metrics.failed.labels(kind, "permanent").inc()
             self._outcomes.failed.append((delivery.id, str(error)))
@@ -228,12 +267,24 @@ class Sender:
         if len(self._outcomes) >= self.options.flush_size:
             self._flush_now.set()
 
+    def _render(self, job: _Job) -> OutgoingEmail:
+        delivery = job.delivery
+        assert delivery.recipient is not None  # triage keeps only deliveries with a supporter
+        if job.news is not None:
+            return self.renderer.render(job.news, delivery.recipient, self.clock())
+        if self.confirmations is None:
+            raise UnsendableEmail("this sender renders no confirmation emails")
+        kind: ConfirmationKind = "reminder" if delivery.kind == "reminder" else "confirmation"
+        return self.confirmations.render(
+            kind, delivery.case_id, delivery.recipient, self.clock(), news_only=delivery.news_only
+        )
+
     def _record_failure(
         self, delivery: ClaimedDelivery, failure: SendFailure, log_fields: dict[str, object]
     ) -> None:
         kind = delivery.kind
         if failure.kind == "temporary" and not self.retry.gives_up_after(delivery.attempts):
-            delay = self.retry.delay_after(delivery.attempts, self._random())
+            delay = self.retry.delay_after(delivery.attempts, self.random_value())
             self.metrics.failed.labels(kind, "temporary").inc()
             self._outcomes.retry.append(Reschedule(delivery.id, delay, failure.reason))
             logger.info(
@@ -291,7 +342,7 @@ class FanOut:
 
     The supporter list and the case events come from two topics read by two consumers.
     A milestone must reach everyone who signed before it, so an event is fanned out
-    only when the supporter list has read ``signatures.v1`` up to where it ended after
+    only when the supporter list has read ``signatures.v2`` up to where it ended after
     the event was recorded: every signature tally counted before emitting the event is
     below that point.  ``grace_s`` also waits for signatures received just before the
     event but still on their way to the broker.
@@ -305,12 +356,14 @@ class FanOut:
         grace_s: float,
         idle_poll_s: float,
         clock: Callable[[], datetime] = utc_now,
+        reminder_after_s: float | None = None,
     ) -> None:
         self.ledger = ledger
+        self.reminder_after_s = reminder_after_s
         self.supporters_caught_up = supporters_caught_up
         self.grace = timedelta(seconds=grace_s)
         self.idle_poll_s = idle_poll_s
-        self._clock = clock
+        self.clock = clock
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -320,8 +373,11 @@ class FanOut:
         while not self._stopping.is_set():
             try:
                 progressed = await self.fan_out_ready()
+                if self.reminder_after_s is not None:
+                    # Reminders are written here too: one loop polls the ledger for due work.
+                    progressed = await self.ledger.request_reminders(self.reminder_after_s) > 0 or progressed
             except Exception as error:  # noqa: BLE001 - database or broker away: retry, never stop
-                logger.warning("fan-out failed (%s: %s); retrying", type(error).__name__, error)
+                logger.warning("fan-out failed; retrying", extra={"error": describe_error(error)})
                 progressed = False
             if not progressed:
                 with contextlib.suppress(TimeoutError):
@@ -330,7 +386,7 @@ class FanOut:
     async def fan_out_ready(self) -> bool:
         """Fan out the events that are ready; returns whether it wrote any."""
         events = await self.ledger.events_to_fan_out()
-        now = self._clock()
+        now = self.clock()
         ready = [event for event in events if event.occurred_at + self.grace <= now]
         if not ready or not await self.supporters_caught_up():
             return False

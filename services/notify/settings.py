@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from clameur.retry import RetryPolicy
-from clameur.settings import ClameurSettings
+from clameur.settings import ConfirmationSettings
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def parse_smtp_url(url: str) -> SmtpEndpoint:
     )
 
 
-class NotifySettings(ClameurSettings):
+class NotifySettings(ConfirmationSettings):
     """Everything notify reads from ``CLAMEUR_*`` at start."""
 
     notify_port: int = 8003
@@ -103,7 +103,35 @@ class NotifySettings(ClameurSettings):
         ge=0,
         description="wait this long after an event before fanning out (late signatures land)",
     )
+    confirmation_reminder_s: float = Field(
+        default=48 * 3600.0,
+        gt=0,
+        description="one reminder goes this long after an unanswered confirmation email",
+    )
     notify_ready_checks_smtp: bool = False
+    retention_interval_s: float = Field(
+        default=3600.0, gt=0, description="how often the retention job looks for supporters to forget"
+    )
+    retention_days: int | None = Field(
+        default=None,
+        ge=0,
+        description="days personal data is kept after a case is won or closed, for every case"
+        " (unset: each case's retention_days)",
+    )
+    notify_send: bool = Field(
+        default=True,
+        description=(
+            "false for `make rebuild`: read and fan out as usual, but send nothing and mark nothing "
+            "as sent (past events must not email anyone again)"
+        ),
+    )
+    notify_group_prefix: str | None = Field(
+        default=None,
+        description=(
+            "prefix of notify's consumer groups instead of CLAMEUR_TOPIC_PREFIX: a rebuild reads "
+            "the live topics in groups of its own"
+        ),
+    )
     notify_crash_after_smtp: bool = Field(
         default=False, description="test only: die with SIGKILL after the first accepted email"
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Protocol
 
 import aiosmtplib
@@ -59,25 +60,21 @@ class _Connection:
         self.sent = 0
 
 
+@dataclass(eq=False)
 class SmtpPool:
     """A :class:`MailTransport` over at most ``size`` reused SMTP connections."""
 
-    def __init__(
-        self,
-        endpoint: SmtpEndpoint,
-        *,
-        size: int,
-        timeout_s: float,
-        messages_per_connection: int,
-        local_hostname: str | None = None,
-    ) -> None:
-        self.endpoint = endpoint
-        self.timeout_s = timeout_s
-        self.messages_per_connection = messages_per_connection
-        self.local_hostname = local_hostname
-        self._slots = asyncio.Semaphore(size)
-        self._idle: list[_Connection] = []
-        self._closed = False
+    endpoint: SmtpEndpoint
+    _: KW_ONLY
+    size: int
+    timeout_s: float
+    messages_per_connection: int
+    local_hostname: str | None = None
+    _idle: list[_Connection] = field(init=False, default_factory=list)
+    _closed: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self._slots = asyncio.Semaphore(self.size)
 
     async def _connect(self) -> _Connection:
         endpoint = self.endpoint

@@ -4,17 +4,25 @@ No cookie, no login: the signed token in the URL is the authority.  ``POST`` act
 once, is idempotent, and answers 200 with a short page (no redirect), as mail
 providers' one-click requests expect.  A forged or altered token is refused with 400:
 a short HTML page for browsers, a problem+json answer for everyone else.
+
+Unsubscribing writes a keyed suppression of the address (suppressions.v1, so a rebuilt
+notify knows it): for the case, or for every case.  From everything, or from the last
+case the supporter followed, the contact is forgotten too (tombstoned on contacts.v1,
+rows deleted): only the suppression stays, neither the address nor the first name.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Request
 from starlette.responses import HTMLResponse, Response
 
 from clameur.web import problem
+from notify.erasure import Eraser
 from notify.ledger import Preferences
 from notify.messages import Templates, choose_locale
 from notify.metrics import NotifyMetrics
@@ -29,6 +37,7 @@ class UnsubscribePages:
     templates: Templates
     preferences: Preferences
     metrics: NotifyMetrics
+    eraser: Callable[[], Eraser]
 
 
 def unsubscribe_router(pages: UnsubscribePages) -> APIRouter:
@@ -69,9 +78,25 @@ def unsubscribe_router(pages: UnsubscribePages) -> APIRouter:
     async def unsubscribe(token: str, http: Request) -> Response:
         if (request := verified(token)) is None:
             return refuse(http)
+        if not await pages.eraser().holds(request.supporter_key):
+            # Forgotten already (an earlier click, an erasure): only the suppression is
+            # left, and a new unsubscription row would bring their key back.
+            return page("unsubscribed.html", request, action=http.url.path)
         if await pages.preferences.unsubscribe(request.supporter_key, request.case_id):
             pages.metrics.unsubscribes.labels(request.scope).inc()
             logger.info("supporter unsubscribed", extra={"scope": request.scope, "case_id": request.case_id})
+        try:
+            # Always, not only when new: a second click finishes what a failed one left.
+            await pages.eraser().unsubscribe(request.supporter_key, request.case_id)
+        except KafkaError:
+            # No news goes out already (the unsubscription above is stored); the address
+            # is forgotten on the next try.
+            return problem(
+                503,
+                "You are unsubscribed, but we could not finish forgetting your address. "
+                "Please open the link again in a few minutes.",
+                title="Unsubscribed, not yet forgotten",
+            )
         return page("unsubscribed.html", request, action=http.url.path)
 
     return router

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Depends
 from pydantic import SecretStr
@@ -19,10 +20,13 @@ from clameur.web import Problem, bearer_guard
 from tally import cases
 from tally.case_store import CaseStore, Change, DuplicateCase, UnknownCase
 from tally.cases import CaseConflict, CaseCreate, CasePatch, InvalidCase, VictoryRequest
+from tally.views import CaseReader, CaseView
 
 
-def admin_router(store: Callable[[], CaseStore], token: SecretStr) -> APIRouter:
-    """The operators' routes; ``store()`` gives the running app's case store at each request."""
+def admin_router(
+    store: Callable[[], CaseStore], token: SecretStr, reader: Callable[[], CaseReader] | None = None
+) -> APIRouter:
+    """The operators' routes; ``store()`` and ``reader()`` give the running app's at each request."""
     guard = bearer_guard(token.get_secret_value())
     router = APIRouter(prefix="/v1/admin/cases", dependencies=[Depends(guard)])
 
@@ -54,6 +58,13 @@ def admin_router(store: Callable[[], CaseStore], token: SecretStr) -> APIRouter:
             cases.case_document(state), status_code=201, headers={"Location": f"/v1/cases/{state.case_id}"}
         )
 
+    @router.get("/{case_id}")
+    async def read(case_id: str) -> JSONResponse:
+        view = await reader().case(case_id) if reader is not None and is_case_id(case_id) else None
+        if view is None:
+            raise Problem(404, f"There is no case {case_id!r}.")
+        return JSONResponse(admin_document(view))
+
     @router.patch("/{case_id}")
     async def edit(case_id: str, patch: CasePatch) -> JSONResponse:
         return await change(case_id, lambda state, _total, now: cases.patched(state, patch, now))
@@ -69,6 +80,18 @@ def admin_router(store: Callable[[], CaseStore], token: SecretStr) -> APIRouter:
         return await change(case_id, lambda state, _total, now: cases.closed(state, now))
 
     return router
+
+
+def admin_document(view: CaseView) -> dict[str, Any]:
+    """The admin view of a case with its exact counts: every country, however small."""
+    counts = view.counts
+    return {
+        **cases.case_document(view.state),
+        "total": counts.total,
+        "pending": counts.pending,
+        "by_country": counts.by_country,
+        "by_action": counts.by_action,
+    }
 
 
 def _invalid(invalid: InvalidCase) -> Problem:

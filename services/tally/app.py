@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -37,7 +38,9 @@ from clameur.web import (
 from tally.admin_api import admin_router
 from tally.case_store import CaseStore, PostgresCaseStore
 from tally.counter_store import PostgresCounterStore
-from tally.counting import Countable, decode_countable
+from tally.counting import SignatureLogRecord, decode_log_record
+from tally.expiry import PendingExpiry
+from tally.invalidation_api import InvalidationPorts, admin_keys, invalidation_router
 from tally.metrics import SERVICE, TallyMetrics
 from tally.outbox import OutboxRelay
 from tally.public_api import public_router
@@ -75,7 +78,10 @@ def create_app(settings: TallySettings) -> FastAPI:
             live_interval_s=settings.tally_live_interval_s,
         )
     )
-    app.include_router(admin_router(lambda: started.tally.cases, settings.admin_token))
+    app.include_router(
+        admin_router(lambda: started.tally.cases, settings.admin_token, lambda: started.tally.reader)
+    )
+    app.include_router(invalidation_router(lambda: started.tally.invalidations, *admin_keys(settings)))
     app.include_router(operations_router(registry, readiness_checks(started)))
     app.add_middleware(CORSMiddleware, **_PUBLIC_READS_CORS)
     app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry, SERVICE))
@@ -90,6 +96,7 @@ class Tally:
     producer: AIOKafkaProducer
     cases: CaseStore
     reader: CaseReader
+    invalidations: InvalidationPorts
 
 
 class Started:
@@ -137,23 +144,39 @@ async def started_tally(
         await producer.start()
         stack.push_async_callback(producer.stop)
         relay = OutboxRelay(
-            pool, producer, [topics.cases, topics.case_events], metrics, poll_s=settings.tally_relay_poll_s
+            pool,
+            producer,
+            [topics.cases, topics.case_events, topics.signatures],
+            metrics,
+            poll_s=settings.tally_relay_poll_s,
         )
+        if not settings.tally_publish:
+            # A rebuild: a relay stopped before it runs publishes nothing to the live topics.
+            relay.stop()
         counter_store = PostgresCounterStore(
             pool,
             metrics,
             topics.case_events,
+            confirmation_expiry=timedelta(seconds=settings.confirmation_expiry_s),
             crash_at=settings.tally_crash_at if settings.env == "test" else None,
             on_outbox_written=relay.wake,
         )
         consumer = signature_consumer(settings, counter_store, producer, registry, metrics)
-        await stack.enter_async_context(_running(consumer, relay))
+        expiry = PendingExpiry(
+            pool,
+            metrics,
+            expiry=timedelta(seconds=settings.confirmation_expiry_s),
+            grace=timedelta(seconds=settings.tally_expiry_grace_s),
+            interval_s=settings.tally_expiry_interval_s,
+        )
+        await stack.enter_async_context(_running(consumer, relay, expiry))
         logger.info("tally started", extra={"topic": topics.signatures, "group": settings.tally_group_id})
         yield Tally(
             pool,
             producer,
             PostgresCaseStore(pool, topics, on_outbox_written=relay.wake),
             PostgresCaseReader(pool, cache_s=settings.tally_read_cache_s),
+            InvalidationPorts(pool, topics.signatures, relay.wake),
         )
 
 
@@ -163,13 +186,13 @@ def signature_consumer(
     producer: AIOKafkaProducer,
     registry: CollectorRegistry,
     metrics: TallyMetrics,
-) -> BatchConsumer[Countable]:
-    """The consumer of signatures.v1 that counts into ``counter_store``; poison goes out by ``producer``."""
+) -> BatchConsumer[SignatureLogRecord]:
+    """The consumer of signatures.v2 that counts into ``counter_store``; poison goes out by ``producer``."""
     return BatchConsumer(
         bootstrap=settings.kafka,
         topic=settings.topics.signatures,
         group_id=settings.tally_group_id,
-        decode=decode_countable,
+        decode=decode_log_record,
         applier=counter_store,
         dlq_producer=producer,
         metrics=ConsumerMetrics(registry, SERVICE),
@@ -184,8 +207,10 @@ def signature_consumer(
 
 
 @asynccontextmanager
-async def _running(consumer: BatchConsumer[Countable], relay: OutboxRelay) -> AsyncIterator[None]:
-    """The consumer and the relay run until exit.
+async def _running(
+    consumer: BatchConsumer[SignatureLogRecord], relay: OutboxRelay, expiry: PendingExpiry
+) -> AsyncIterator[None]:
+    """The consumer, the relay and the expiry job run until exit.
 
     On exit the consumer finishes its batch, commits it and leaves the group (if it takes
     longer than ``_DRAIN_TIMEOUT_S`` it is cancelled, and its batch is read again by
@@ -194,18 +219,20 @@ async def _running(consumer: BatchConsumer[Countable], relay: OutboxRelay) -> As
     stopping = asyncio.Event()
     consuming = asyncio.create_task(_supervised(consumer.run, stopping, "signature consumer"))
     relaying = asyncio.create_task(relay.run())
+    expiring = asyncio.create_task(expiry.run())
     try:
         yield
     finally:
         stopping.set()
         consumer.stop()
         relay.stop()
+        expiry.stop()
         try:
             await asyncio.wait_for(asyncio.shield(consuming), _DRAIN_TIMEOUT_S)
         except TimeoutError:
             logger.error("the consumer did not drain in time; its batch will be replayed")
             consuming.cancel()
-        await asyncio.gather(consuming, relaying, return_exceptions=True)
+        await asyncio.gather(consuming, relaying, expiring, return_exceptions=True)
 
 
 def readiness_checks(started: Started) -> dict[str, ReadinessCheck]:

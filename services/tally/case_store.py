@@ -48,7 +48,7 @@ class CaseStore(Protocol):
 
 _COLUMNS = (
     "id, title, status, goal, milestones, actions, locales, default_locale, target, victory, "
-    "version, updated_at"
+    "version, updated_at, confirmation, small_count_threshold, retention_days"
 )
 
 
@@ -66,6 +66,9 @@ def state_of(row: asyncpg.Record) -> CaseState:
         default_locale=row["default_locale"],
         target=row["target"],
         victory=row["victory"],
+        confirmation=row["confirmation"],
+        small_count_threshold=row["small_count_threshold"],
+        retention_days=row["retention_days"],
         updated_at=row["updated_at"],
         occurred_at=row["updated_at"],
     )
@@ -84,6 +87,9 @@ def _columns(state: CaseState) -> list[Any]:
         state.victory.model_dump(mode="json") if state.victory is not None else None,
         state.version,
         state.updated_at,
+        state.confirmation,
+        state.small_count_threshold,
+        state.retention_days,
     ]
 
 
@@ -109,8 +115,9 @@ class PostgresCaseStore:
             created = await connection.fetchval(
                 """
                 INSERT INTO tally.cases (title, status, goal, milestones, actions, locales, default_locale,
-                                         target, victory, version, updated_at, created_at, id)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)
+                                         target, victory, version, updated_at, confirmation,
+                                         small_count_threshold, retention_days, created_at, id)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $11, $15)
                 ON CONFLICT (id) DO NOTHING
                 RETURNING id
                 """,
@@ -139,8 +146,8 @@ class PostgresCaseStore:
                 """
                 UPDATE tally.cases SET title = $1, status = $2, goal = $3, milestones = $4, actions = $5,
                     locales = $6, default_locale = $7, target = $8, victory = $9, version = $10,
-                    updated_at = $11
-                WHERE id = $12
+                    updated_at = $11, confirmation = $12, small_count_threshold = $13, retention_days = $14
+                WHERE id = $15
                 """,
                 *_columns(state),
                 case_id,

@@ -23,6 +23,7 @@ from clameur.events import (
     CaseClosed,
     CaseState,
     CaseStatus,
+    Confirmation,
     Event,
     VictoryDeclared,
 )
@@ -63,6 +64,18 @@ class CaseCreate(_Request):
         default=None, description="locales the widgets may use; default: those of the title"
     )
     target: Annotated[str, StringConstraints(strip_whitespace=True, max_length=300)] | None = None
+    confirmation: Confirmation = Field(
+        default="email", description="email: a signature counts once its address is confirmed; none: at once"
+    )
+    small_count_threshold: int = Field(
+        default=5, ge=1, le=1_000_000, description="public per-country counts below this are shown as other"
+    )
+    retention_days: int = Field(
+        default=180,
+        ge=1,
+        le=36_500,
+        description="days after the end when supporters' data is erased",
+    )
 
 
 class CasePatch(_Request):
@@ -75,6 +88,9 @@ class CasePatch(_Request):
     default_locale: Locale | None = None
     locales: list[Locale] | None = Field(default=None, min_length=1)
     target: Annotated[str, StringConstraints(strip_whitespace=True, max_length=300)] | None = None
+    confirmation: Confirmation | None = None
+    small_count_threshold: int | None = Field(default=None, ge=1, le=1_000_000)
+    retention_days: int | None = Field(default=None, ge=1, le=36_500)
 
     @model_validator(mode="after")
     def _not_empty(self) -> Self:
@@ -117,6 +133,9 @@ def new_case(request: CaseCreate, now: datetime) -> CaseState:
             locales=tuple(dict.fromkeys(locales)),
             default_locale=request.default_locale,
             target=request.target,
+            confirmation=request.confirmation,
+            small_count_threshold=request.small_count_threshold,
+            retention_days=request.retention_days,
             occurred_at=now,
             updated_at=now,
         )
@@ -154,6 +173,9 @@ def patched(state: CaseState, patch: CasePatch, now: datetime) -> tuple[CaseStat
         changes["locales"] = tuple(dict.fromkeys(patch.locales))
     if "target" in given:
         changes["target"] = patch.target
+    for name in ("confirmation", "small_count_threshold", "retention_days"):
+        if name in given and getattr(patch, name) is not None:
+            changes[name] = getattr(patch, name)
     return _check(_next(state, now, **changes)), []
 
 
@@ -196,6 +218,7 @@ def case_fields(state: CaseState) -> dict[str, Any]:
         "locales": list(state.locales),
         "default_locale": state.default_locale,
         "target": state.target,
+        "confirmation": state.confirmation,
     }
 
 
@@ -206,6 +229,8 @@ def case_document(state: CaseState, created_at: datetime | None = None) -> dict[
         "version": state.version,
         **case_fields(state),
         "victory": state.victory.model_dump(mode="json") if state.victory is not None else None,
+        "small_count_threshold": state.small_count_threshold,
+        "retention_days": state.retention_days,
         "updated_at": state.updated_at.isoformat(),
     }
     if created_at is not None:

@@ -1,5 +1,11 @@
 """The Postgres side of counting: one transaction per batch, set-based SQL.
 
+A batch of signatures.v2 is applied in log order, in one transaction with its offsets:
+runs of consecutive signatures by the set-based path below, every other event by its
+step in :data:`EVENT_STEPS` (confirmation, rejection, erasure, invalidation and its
+revocation: :mod:`tally.invalidations`).  Counter changes of every step gather in one
+:class:`BatchEffects` and are written once, at the end, with the milestones they cross.
+
 Per batch, whatever its size: one COPY of the signatures into a temporary table and one
 INSERT from it (``ON CONFLICT DO NOTHING RETURNING`` says which are new, grouped by
 Postgres into counts), one upsert of every counter they move (each
@@ -24,22 +30,38 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import KW_ONLY, dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import asyncpg
 
 from clameur.consumer import Batch
-from clameur.events import CaseStatus, Event, MilestoneReached
+from clameur.events import (
+    CaseStatus,
+    Event,
+    InvalidationRequested,
+    InvalidationRevoked,
+    MilestoneReached,
+    SignatureAccepted,
+    SignatureConfirmed,
+    SignaturesRejected,
+    SupporterErased,
+)
 from clameur.offsets import OffsetTable
 from tally.counting import (
+    ACTION,
+    COUNTRY,
+    PENDING,
     TOTAL,
-    Countable,
+    CountedSignature,
     CounterKey,
-    deltas_of_groups,
+    SignatureLogRecord,
+    counted,
     milestones_crossed,
 )
+from tally.invalidations import apply_invalidation, apply_revocation
 from tally.metrics import TallyMetrics
 from tally.outbox import Connection, stage_many
 from tally.settings import CrashPoint
@@ -61,6 +83,11 @@ _STAGE_COLUMNS = (
     "country",
     "locale",
     "received_at",
+    "state",
+    "email_domain",
+    "widget",
+    "page_url",
+    "partner",
     "n",
 )
 _CREATE_STAGE = """
@@ -72,21 +99,63 @@ CREATE TEMPORARY TABLE IF NOT EXISTS tally_incoming_signatures (
 
 # Rows go in key order (and, for one key, in batch order ``n``: the first signature of a
 # supporter wins, the rest of the batch conflicts with it).  Postgres sorts and groups: the
-# new signatures come back as counts per (case, country, action) and per millisecond of
-# receipt, not one row each, so a batch of thousands returns dozens of rows.
+# new signatures come back as counts per (state, case, country, action) and per (state,
+# millisecond of receipt), not one row each, so a batch of thousands returns dozens of
+# rows.  A signature staged 'pending' (it awaits confirmation) is counted at once when its
+# (case, supporter) is confirmed already; the lookup runs only for pending ones.
 _INSERT_SIGNATURES = """
 WITH inserted AS (
-    INSERT INTO tally.signatures (case_id, supporter_key, action, signature_id, country, locale, received_at)
-    SELECT case_id, supporter_key, action, signature_id, country, locale, received_at
-    FROM pg_temp.tally_incoming_signatures
-    ORDER BY case_id, supporter_key, action, n
+    INSERT INTO tally.signatures (case_id, supporter_key, action, signature_id, country, locale, received_at,
+                                  state, email_domain, widget, page_url, partner)
+    SELECT s.case_id, s.supporter_key, s.action, s.signature_id, s.country, s.locale, s.received_at,
+           CASE WHEN s.state = 'pending' AND NOT EXISTS (
+                    SELECT 1 FROM tally.confirmed_supporters c
+                    WHERE c.case_id = s.case_id AND c.supporter_key = s.supporter_key)
+                THEN 'pending' ELSE 'counted' END,
+           s.email_domain, s.widget, s.page_url, s.partner
+    FROM pg_temp.tally_incoming_signatures s
+    WHERE s.n >= $1 AND s.n < $2
+    ORDER BY s.case_id, s.supporter_key, s.action, s.n
     ON CONFLICT (case_id, supporter_key, action) DO NOTHING
-    RETURNING case_id, country, action, received_at
+    RETURNING case_id, country, action, received_at, state
 )
-SELECT case_id, country, action, date_trunc('milliseconds', received_at) AS received_at,
+SELECT state, case_id, country, action, date_trunc('milliseconds', received_at) AS received_at,
        count(*) AS signatures
 FROM inserted
-GROUP BY GROUPING SETS ((case_id, country, action), (date_trunc('milliseconds', received_at)))
+GROUP BY GROUPING SETS ((state, case_id, country, action), (state, date_trunc('milliseconds', received_at)))
+"""
+
+# The supporter confirmed: (case, supporter) is recorded once, and their pending rows
+# received within the expiry before the confirmation (by event times: a replay agrees)
+# turn counted.  The row's state changes once: a replayed, doubled or concurrent
+# confirmation finds no pending row left (a concurrent one waits on the row lock, then
+# re-reads the state).
+_CONFIRM = """
+WITH confirmed AS (
+    INSERT INTO tally.confirmed_supporters (case_id, supporter_key, confirmed_at) VALUES ($1, $2, $3)
+    ON CONFLICT (case_id, supporter_key) DO NOTHING
+)
+UPDATE tally.signatures SET state = 'counted', counted_at = now()
+WHERE case_id = $1 AND supporter_key = $2 AND state = 'pending' AND received_at >= $3 - $4::interval
+RETURNING country, action
+"""
+
+_REJECT = """
+DELETE FROM tally.signatures WHERE case_id = $1 AND supporter_key = $2 AND state = 'pending'
+RETURNING 1
+"""
+
+# Every row of the supporter, in every case, gets a marker of its own: the rows can no
+# longer be linked to the address, nor to each other.  The email domain goes too: a domain
+# only one supporter uses would name them.  Counts do not move.
+_ERASE = """
+WITH forgotten AS (
+    DELETE FROM tally.confirmed_supporters WHERE supporter_key = $1
+)
+UPDATE tally.signatures
+SET supporter_key = 'erased:' || replace(gen_random_uuid()::text, '-', ''), email_domain = NULL
+WHERE supporter_key = $1
+RETURNING 1
 """
 
 # The new totals come back with the case's milestones, so crossings need no other query.
@@ -107,88 +176,239 @@ FROM upserted u LEFT JOIN tally.cases k ON k.id = u.case_id
 WHERE u.dimension = 'total'
 """
 
+# Counters that go down (a confirmed or dropped pending signature, an invalidation): a
+# plain UPDATE, since an upsert checks ``count >= 0`` on the row it would insert.  Their
+# rows exist: each down is matched by an earlier up.
+_LOWER_COUNTERS = """
+UPDATE tally.counters AS c SET count = c.count + d.delta, updated_at = now()
+FROM (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+        WITH ORDINALITY AS d(case_id, dimension, key, delta, n)
+    ORDER BY n
+) AS d
+WHERE c.case_id = d.case_id AND c.dimension = d.dimension AND c.key = d.key
+"""
+
 # Where each partition resumes, written in the transaction of the counts it led to.
 OFFSETS = OffsetTable("tally.offsets")
 
 
-class _Counted(NamedTuple):
-    """What one batch's transaction added.
+@dataclass
+class BatchEffects:
+    """What one batch's transaction changed, gathered step by step in log order.
 
-    Its new signatures by (case, country, action) and by millisecond of receipt (never
-    one entry a signature), and how many milestone rows it staged.
+    ``deltas`` are added to the counters once, at the end of the batch (with the
+    milestones they cross).  ``counted`` holds newly counted signatures by (case,
+    country, action), ``by_receipt`` those counted at once by millisecond of receipt
+    (their latency), ``signatures`` how many the batch held, ``new_signatures`` every
+    signature row inserted (counted or pending), ``notices`` the outbox rows steps staged
+    (the relay is woken for them).
     """
 
-    by_group: dict[tuple[str, str, str], int]
-    by_receipt: list[tuple[datetime, int]]
-    milestones: int
+    expiry: timedelta
+    case_events_topic: str
+    deltas: Counter[CounterKey] = field(default_factory=Counter)
+    counted: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    by_receipt: list[tuple[datetime, int]] = field(default_factory=list)
+    signatures: int = 0
+    new_signatures: int = 0
+    confirmed: int = 0
+    rejected: int = 0
+    erased: int = 0
+    invalidated: int = 0
+    restored: int = 0
+    notices: int = 0
+    milestones: int = 0
+
+    def count(self, case_id: str, country: str, action: str, signatures: int) -> None:
+        """``signatures`` newly counted in (case, country, action)."""
+        self.counted[(case_id, country, action)] += signatures
+        self._move(case_id, country, action, signatures)
+
+    def uncount(self, case_id: str, country: str, action: str, signatures: int) -> None:
+        """``signatures`` counted ones leave (case, country, action): an invalidation."""
+        self._move(case_id, country, action, -signatures)
+
+    def restore(self, case_id: str, country: str, action: str, signatures: int) -> None:
+        """``signatures`` taken out come back to (case, country, action): a revoked invalidation.
+
+        The same counters and milestone rule as :meth:`count`; not new signatures for the metrics.
+        """
+        self._move(case_id, country, action, signatures)
+
+    def _move(self, case_id: str, country: str, action: str, signatures: int) -> None:
+        self.deltas[CounterKey(case_id, TOTAL, "")] += signatures
+        self.deltas[CounterKey(case_id, COUNTRY, country)] += signatures
+        self.deltas[CounterKey(case_id, ACTION, action)] += signatures
+
+    def pend(self, case_id: str, signatures: int) -> None:
+        """``signatures`` more (or fewer, if negative) awaiting confirmation in the case."""
+        self.deltas[CounterKey(case_id, PENDING, "")] += signatures
 
 
-_NOTHING_COUNTED = _Counted({}, [], 0)
+# The live consumer decodes signatures to CountedSignature; tests and tools may pass the event.
+_SIGNATURES = (CountedSignature, SignatureAccepted)
+
+EventStep = Callable[[Connection, Any, BatchEffects], Awaitable[None]]
+"""How one (non-signature) event of the log is applied inside the batch's transaction."""
 
 
-async def _stage(connection: Connection, signatures: list[Countable]) -> None:
-    """COPY the signatures, in batch order ``n``, into this connection's temporary table."""
+async def _stage(connection: Connection, rows: list[tuple[Any, ...]]) -> None:
+    """COPY the signatures' rows (with their batch position ``n``) into this connection's temporary table."""
     await connection.copy_records_to_table(
-        _STAGE,
-        schema_name="pg_temp",
-        columns=_STAGE_COLUMNS,
-        records=[
-            (s.case_id, s.supporter_key, s.action, s.signature_id, s.country, s.locale, s.received_at, n)
-            for n, s in enumerate(signatures)
-        ],  # action is a StrEnum: written as its value
+        _STAGE, schema_name="pg_temp", columns=_STAGE_COLUMNS, records=rows
     )
 
 
+async def insert_signatures(connection: Connection, first: int, end: int, effects: BatchEffects) -> None:
+    """Insert the staged signatures at batch positions ``[first, end)``: new ones counted or pending."""
+    for state, case_id, country, action, received_at, count in await connection.fetch(
+        _INSERT_SIGNATURES, first, end
+    ):
+        # GROUPING SETS: a row has the (case, country, action) group, or the millisecond.
+        if case_id is None:
+            if state == "counted":
+                effects.by_receipt.append((received_at, count))
+            continue
+        effects.new_signatures += count
+        if state == "counted":
+            effects.count(case_id, country, action, count)
+        else:
+            effects.pend(case_id, count)
+
+
+async def apply_confirmed(connection: Connection, event: SignatureConfirmed, effects: BatchEffects) -> None:
+    """Count the supporter's pending signatures of the case (within the expiry); record them confirmed."""
+    rows = await connection.fetch(
+        _CONFIRM, event.case_id, event.supporter_key, event.occurred_at, effects.expiry
+    )
+    for country, action in rows:
+        effects.count(event.case_id, country, action, 1)
+    effects.pend(event.case_id, -len(rows))
+    effects.confirmed += len(rows)
+
+
+async def apply_rejected(connection: Connection, event: SignaturesRejected, effects: BatchEffects) -> None:
+    """Drop the supporter's pending signatures of the case; counted ones stay."""
+    dropped = len(await connection.fetch(_REJECT, event.case_id, event.supporter_key))
+    effects.pend(event.case_id, -dropped)
+    effects.rejected += dropped
+
+
+async def apply_erased(connection: Connection, event: SupporterErased, effects: BatchEffects) -> None:
+    """Re-key every row of the supporter with an unlinkable marker; counts stay (idempotent)."""
+    effects.erased += len(await connection.fetch(_ERASE, event.supporter_key))
+
+
+EVENT_STEPS: dict[type, EventStep] = {
+    SignatureConfirmed: apply_confirmed,
+    SignaturesRejected: apply_rejected,
+    SupporterErased: apply_erased,
+    InvalidationRequested: apply_invalidation,
+    InvalidationRevoked: apply_revocation,
+}
+"""The apply step of each event type of signatures.v2 other than ``SignatureAccepted``."""
+
+
+class SignatureRun(NamedTuple):
+    """Consecutive signatures of a batch: positions ``[first, end)``."""
+
+    first: int
+    end: int
+
+
+def log_segments(
+    records: list[SignatureLogRecord],
+) -> tuple[list[tuple[Any, ...]], list[SignatureRun | SignatureLogRecord]]:
+    """One pass over the batch: the stage rows of its signatures, and the batch in log order
+    (runs of consecutive signatures, every other event alone)."""
+    rows: list[tuple[Any, ...]] = []
+    segments: list[SignatureRun | SignatureLogRecord] = []
+    run_start: int | None = None
+    for n, record in enumerate(records):
+        if not isinstance(record, _SIGNATURES):
+            if run_start is not None:
+                segments.append(SignatureRun(run_start, n))
+                run_start = None
+            segments.append(record)
+            continue
+        if run_start is None:
+            run_start = n
+        s = record if type(record) is CountedSignature else counted(record)
+        rows.append(
+            (
+                s.case_id,
+                s.supporter_key,
+                s.action,  # a StrEnum: written as its value
+                s.signature_id,
+                s.country,
+                s.locale,
+                s.received_at,
+                "pending" if s.awaits_confirmation else "counted",
+                s.email_domain,
+                s.widget,
+                s.page_url,
+                s.partner,
+                n,
+            )
+        )
+    if run_start is not None:
+        segments.append(SignatureRun(run_start, len(records)))
+    return rows, segments
+
+
+@dataclass(frozen=True, eq=False)
 class PostgresCounterStore:
     """The :class:`clameur.consumer.BatchApplier` of tally: counts and offsets in Postgres.
 
     ``milestone_topic`` is where ``MilestoneReached`` rows go (case-events.v1 of these
-    settings).  ``crash_at`` (tests only) kills the process with SIGKILL in the first
-    batch that holds signatures, just before or just after the commit.
+    settings).  ``confirmation_expiry`` bounds how old a pending signature a confirmation
+    still counts.  ``crash_at`` (tests only) kills the process with SIGKILL in the first
+    batch that holds records, just before or just after the commit.
     """
 
-    def __init__(
-        self,
-        pool: asyncpg.Pool[Any],
-        metrics: TallyMetrics,
-        milestone_topic: str,
-        *,
-        crash_at: CrashPoint | None = None,
-        on_outbox_written: Callable[[], None] | None = None,
-    ) -> None:
-        self._pool = pool
-        self._metrics = metrics
-        self._milestone_topic = milestone_topic
-        self._crash_at = crash_at
-        self._on_outbox_written = on_outbox_written
-        self._warned: set[str] = set()
+    pool: asyncpg.Pool[Any]
+    metrics: TallyMetrics
+    milestone_topic: str
+    _: KW_ONLY
+    confirmation_expiry: timedelta = timedelta(days=30)
+    crash_at: CrashPoint | None = None
+    on_outbox_written: Callable[[], None] | None = None
+    # Cases already warned about (bounded), so an unknown case is logged once.
+    _warned: set[str] = field(init=False, default_factory=set)
 
     async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
-        return await OFFSETS.read(self._pool, topic, partitions)
+        return await OFFSETS.read(self.pool, topic, partitions)
 
-    async def apply(self, batch: Batch[Countable]) -> None:
-        """Count the batch's new signatures and store its offsets, in one transaction.
+    async def apply(self, batch: Batch[SignatureLogRecord]) -> None:
+        """Apply the batch's events in log order and store its offsets, in one transaction.
 
-        Idempotent: replaying a batch inserts no signature, so it adds nothing.  The
-        signatures are staged first; the rest waits until the batch before this one is
-        applied (tally takes two at once: one is staged while the other commits), so
-        batches commit in order and never wait for each other's rows.
+        Idempotent: replaying a batch inserts no signature, finds no pending row to
+        confirm or reject and no key left to erase, so it adds nothing.  The signatures
+        are staged first; the rest waits until the batch before this one is applied
+        (tally takes two at once: one is staged while the other commits), so batches
+        commit in order and never wait for each other's rows.
         """
-        self._metrics.batches.inc()
+        self.metrics.batches.inc()
         started = time.perf_counter()
-        signatures = [consumed.event for consumed in batch.events]
+        records = [consumed.event for consumed in batch.events]
         try:
-            counted = await self._commit(batch, signatures)
+            effects = await self._commit(batch, records)
         except Exception:
-            self._metrics.batch_failures.inc()
+            self.metrics.batch_failures.inc()
             raise
-        if signatures:
+        if records:
             self._maybe_crash("after_db_commit")
-        self._report(batch, counted, started)
+        self._report(batch, effects, started)
 
-    async def _commit(self, batch: Batch[Countable], signatures: list[Countable]) -> _Counted:
-        """Stage, wait for the batch before, then insert, count and store the offsets; commit."""
-        async with self._pool.acquire() as connection:
+    async def _commit(
+        self, batch: Batch[SignatureLogRecord], records: list[SignatureLogRecord]
+    ) -> BatchEffects:
+        """Stage, wait for the batch before, then apply in log order, count, store the offsets; commit."""
+        effects = BatchEffects(self.confirmation_expiry, self.milestone_topic)
+        signatures, segments = log_segments(records)
+        effects.signatures = len(signatures)
+        async with self.pool.acquire() as connection:
             if signatures:
                 # In its own implicit transaction: creating the table reads the definition
                 # of tally.signatures under a lock that a batch waiting for the one before
@@ -198,51 +418,77 @@ class PostgresCounterStore:
                 if signatures:
                     await _stage(connection, signatures)
                 await batch.previous_applied()
-                counted = await self._count_staged(connection) if signatures else _NOTHING_COUNTED
+                if records:
+                    await self._apply_in_order(connection, segments, effects)
                 await OFFSETS.store(connection, batch.topic, batch.next_offsets)
-                if signatures:
+                if records:
                     self._maybe_crash("before_db_commit")
-        return counted
+        return effects
 
-    async def _count_staged(self, connection: Connection) -> _Counted:
-        """Insert the staged signatures; add the new ones to the counters and stage the milestones."""
-        by_group: dict[tuple[str, str, str], int] = {}
-        by_receipt: list[tuple[datetime, int]] = []
-        for case_id, country, action, received_at, count in await connection.fetch(_INSERT_SIGNATURES):
-            # GROUPING SETS: a row has the (case, country, action) group, or the millisecond.
-            if case_id is not None:
-                by_group[(case_id, country, action)] = count
-            else:
-                by_receipt.append((received_at, count))
-        milestones = await self._count(connection, deltas_of_groups(by_group)) if by_group else 0
-        return _Counted(by_group, by_receipt, milestones)
+    async def _apply_in_order(
+        self,
+        connection: Connection,
+        segments: list[SignatureRun | SignatureLogRecord],
+        effects: BatchEffects,
+    ) -> None:
+        """Each run of signatures, each other event by its step, in log order; then the counters."""
+        for segment in segments:
+            if isinstance(segment, SignatureRun):
+                await insert_signatures(connection, segment.first, segment.end, effects)
+                continue
+            step = EVENT_STEPS.get(type(segment))
+            if step is None:
+                logger.warning(
+                    "an event tally does not apply yet, skipped", extra={"type": type(segment).__name__}
+                )
+                continue
+            await step(connection, segment, effects)
+        deltas = {key: delta for key, delta in effects.deltas.items() if delta}
+        if deltas:
+            effects.milestones = await self._count(connection, deltas)
 
-    def _report(self, batch: Batch[Countable], counted: _Counted, started: float) -> None:
+    def _report(self, batch: Batch[SignatureLogRecord], effects: BatchEffects, started: float) -> None:
         """The metrics of a committed batch."""
         committed = datetime.now(UTC)
-        metrics = self._metrics
+        metrics = self.metrics
         records = len(batch.events) + batch.poisoned
         metrics.batch_apply_duration.observe(time.perf_counter() - started)
         metrics.batch_size.observe(records)
         metrics.records_consumed.inc(records)
-        metrics.duplicates.inc(len(batch.events) - sum(counted.by_group.values()))
+        metrics.duplicates.inc(effects.signatures - effects.new_signatures)
         by_action: Counter[str] = Counter()
-        for (_, _, action), count in counted.by_group.items():
+        for (_, _, action), count in effects.counted.items():
             by_action[action] += count
         for action, count in by_action.items():
             metrics.signatures_counted.labels(action).inc(count)
-        for received_at, count in counted.by_receipt:
+        for received_at, count in effects.by_receipt:
             # Signatures received in the same millisecond share one latency.
             latency = max(0.0, (committed - received_at).total_seconds())
             observe_many(metrics.accept_to_counted, latency, count)
-        if counted.milestones:
-            metrics.milestones_emitted.inc(counted.milestones)
-            if self._on_outbox_written is not None:
-                self._on_outbox_written()
+        metrics.signatures_confirmed.inc(effects.confirmed)
+        metrics.pending_rejected.inc(effects.rejected)
+        metrics.signatures_erased.inc(effects.erased)
+        metrics.signatures_invalidated.inc(effects.invalidated)
+        metrics.signatures_restored.inc(effects.restored)
+        if effects.milestones:
+            metrics.milestones_emitted.inc(effects.milestones)
+        if (effects.milestones or effects.notices) and self.on_outbox_written is not None:
+            self.on_outbox_written()
 
     async def _count(self, connection: Connection, deltas: dict[CounterKey, int]) -> int:
         """Add ``deltas`` to the counters and stage the milestones crossed; returns how many."""
-        keys = sorted(deltas)
+        lowered = sorted(key for key, delta in deltas.items() if delta < 0)
+        if lowered:
+            await connection.execute(
+                _LOWER_COUNTERS,
+                [key.case_id for key in lowered],
+                [key.dimension for key in lowered],
+                [key.key for key in lowered],
+                [deltas[key] for key in lowered],
+            )
+        keys = sorted(key for key, delta in deltas.items() if delta > 0)
+        if not keys:
+            return 0
         totals = await connection.fetch(
             _UPSERT_COUNTERS,
             [key.case_id for key in keys],
@@ -270,7 +516,7 @@ class PostgresCounterStore:
                 )
                 crossings.append((case_id, event, milestone_dedupe_key(case_id, threshold)))
                 logger.info("milestone reached", extra={"case_id": case_id, "threshold": threshold})
-        return await stage_many(connection, self._milestone_topic, crossings)
+        return await stage_many(connection, self.milestone_topic, crossings)
 
     def _warn_unknown(self, case_id: str) -> None:
         # Once per case and process: a surge on an unknown case must not flood the logs.
@@ -279,7 +525,7 @@ class PostgresCounterStore:
             logger.warning("signatures counted for a case tally does not know", extra={"case_id": case_id})
 
     def _maybe_crash(self, point: CrashPoint) -> None:
-        if self._crash_at == point:
+        if self.crash_at == point:
             logger.warning("test crash point reached: SIGKILL", extra={"crash_at": point})
             os.kill(os.getpid(), signal.SIGKILL)
 

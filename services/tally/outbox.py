@@ -20,6 +20,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from clameur.events import Event
+from clameur.logs import describe_error
 from clameur.retry import Backoff, RetryPolicy
 from tally.metrics import SERVICE, TallyMetrics
 
@@ -120,7 +121,7 @@ class OutboxRelay:
                 logger.warning(
                     "outbox relay failed; retrying in %.1f s",
                     delay,
-                    extra={"error": f"{type(error).__name__}: {error}"},
+                    extra={"error": describe_error(error)},
                 )
                 await self._sleep(delay)
                 continue

@@ -43,10 +43,7 @@ def public_router(reader: Callable[[], CaseReader], *, max_age_s: int, live_inte
     @router.get("/v1/cases")
     async def list_cases(request: Request) -> Response:
         views = await reader().cases()
-        etag = etag_of(
-            [(v.version, v.total, v.document["by_country"], v.document["by_action"]) for v in views]
-            + [(len(views), 0, {}, {})]
-        )
+        etag = etag_of([view.etag_part for view in views] + [(len(views),)])
         return cached(request, etag, {"cases": [view.document for view in views]})
 
     @router.get("/v1/cases/{case_id}")
@@ -77,12 +74,14 @@ async def _find(reader: CaseReader, case_id: str) -> CaseView:
 
 
 def live_document(view: CaseView) -> dict[str, Any]:
-    """What a live event carries: the moving parts of the case."""
+    """What a live event carries: the moving parts of the case (small country counts folded)."""
     document = view.document
     return {
         "id": document["id"],
         "status": document["status"],
+        "confirmation": document["confirmation"],
         "total": document["total"],
+        "pending": document["pending"],
         "by_country": document["by_country"],
         "by_action": document["by_action"],
         "updated_at": document["updated_at"],

@@ -6,16 +6,16 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
-from clameur.settings import ClameurSettings
+from clameur.settings import ConfirmationSettings
 
 CrashPoint = Literal["before_db_commit", "after_db_commit"]
 
 
-class TallySettings(ClameurSettings):
+class TallySettings(ConfirmationSettings):
     """Everything tally reads from ``CLAMEUR_*`` at start."""
 
     tally_port: int = 8002
-    tally_group_id: str = Field(default="tally", description="consumer group of signatures.v1")
+    tally_group_id: str = Field(default="tally", description="consumer group of signatures.v2")
     tally_batch_max_records: int = Field(default=5000, ge=1, description="records per batch, at most")
     tally_batch_max_wait_s: float = Field(
         default=0.25, gt=0, description="how long a batch waits to fill once it has a record"
@@ -39,6 +39,19 @@ class TallySettings(ClameurSettings):
     tally_live_interval_s: float = Field(
         default=0.5, gt=0, description="a live (SSE) stream looks for a new count this often"
     )
+    tally_publish: bool = Field(
+        default=True,
+        description=(
+            "false for `make rebuild`: outbox rows are written but never published, so a rebuild "
+            "announces no milestone again on the live topics"
+        ),
+    )
+    tally_expiry_grace_s: float = Field(
+        default=24 * 3600,
+        ge=0,
+        description="the expiry job drops pending signatures this long after they can no longer count",
+    )
+    tally_expiry_interval_s: float = Field(default=60, gt=0, description="how often the expiry job runs")
     tally_crash_at: CrashPoint | None = Field(
         default=None,
         description=(

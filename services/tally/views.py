@@ -1,5 +1,9 @@
 """What the public reads about a case: its state and its counts, with an ETag.
 
+Per-country counts below the case's ``small_count_threshold`` are folded into
+``"other"`` in the public document (a country with two signers could single them out);
+the view keeps the exact counts for the operators (``counts``).
+
 Widgets poll during a surge, so reads of one case share one database query for a short
 while (``cache_s``), and clients revalidate with ``If-None-Match``.  The ETag is weak:
 it names the case's version and counts, not the bytes of the body.
@@ -17,27 +21,53 @@ from typing import Any, Protocol
 import asyncpg
 import orjson
 
+from clameur.events import CaseState
 from tally.case_store import state_of
 from tally.cases import case_fields
 from tally.counting import CaseCounts, case_counts
 
 
 class CaseView:
-    """One case as ``GET /v1/cases/{id}`` shows it."""
+    """One case as ``GET /v1/cases/{id}`` shows it (``document``), and its exact ``counts``."""
 
-    __slots__ = ("document", "etag", "version")
+    __slots__ = ("counts", "document", "etag", "state", "version")
 
-    def __init__(self, document: dict[str, Any], version: int) -> None:
+    def __init__(self, document: dict[str, Any], state: CaseState, counts: CaseCounts) -> None:
         self.document = document
-        self.version = version
-        self.etag = etag_of([(version, document["total"], document["by_country"], document["by_action"])])
+        self.state = state
+        self.counts = counts
+        self.version = state.version
+        self.etag = etag_of([self.etag_part])
 
     @property
     def total(self) -> int:
         return int(self.document["total"])
 
+    @property
+    def etag_part(self) -> tuple[Any, ...]:
+        document = self.document
+        return (
+            self.version,
+            document["total"],
+            document["pending"],
+            document["by_country"],
+            document["by_action"],
+        )
 
-def etag_of(parts: Sequence[tuple[int, int, dict[str, int], dict[str, int]]]) -> str:
+
+OTHER_COUNTRIES = "other"
+
+
+def folded_countries(by_country: dict[str, int], threshold: int) -> dict[str, int]:
+    """Counts of ``threshold`` or more as they are; the smaller ones summed as ``"other"`` (if any)."""
+    shown = {country: count for country, count in by_country.items() if count >= threshold}
+    other = sum(count for count in by_country.values() if count < threshold)
+    if other:
+        shown[OTHER_COUNTRIES] = other
+    return shown
+
+
+def etag_of(parts: Sequence[tuple[Any, ...]]) -> str:
     """A weak ETag of case versions and counts (any count or version change changes it)."""
     digest = hashlib.blake2b(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS), digest_size=12).hexdigest()
     return f'W/"{digest}"'
@@ -54,20 +84,21 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
 
 
 def case_view(row: asyncpg.Record, counts: CaseCounts, counted_at: datetime | None) -> CaseView:
-    """The public document of a case row and its counts (pure)."""
+    """The public document of a case row and its counts (pure): small country counts folded."""
     state = state_of(row)
     updated_at = max(state.updated_at, counted_at) if counted_at is not None else state.updated_at
     document: dict[str, Any] = {
         "id": state.case_id,
         **case_fields(state),
         "total": counts.total,
-        "by_country": counts.by_country,
+        "pending": counts.pending,
+        "by_country": folded_countries(counts.by_country, state.small_count_threshold),
         "by_action": counts.by_action,
         "updated_at": updated_at.isoformat(),
     }
     if state.victory is not None:
         document["victory"] = state.victory.model_dump(mode="json")
-    return CaseView(document, state.version)
+    return CaseView(document, state, counts)
 
 
 class CaseReader(Protocol):
@@ -82,7 +113,7 @@ class CaseReader(Protocol):
 
 _CASE_COLUMNS = (
     "id, title, status, goal, milestones, actions, locales, default_locale, target, victory, "
-    "version, updated_at"
+    "version, updated_at, confirmation, small_count_threshold, retention_days"
 )
 
 

@@ -33,7 +33,7 @@ from clameur.consumer import (
 from tests.clameur.in_memory import InMemoryApplier, InMemoryStore
 
 R = TypeVar("R")
-TOPIC = "signatures.v1"
+TOPIC = "signatures.v2"
 
 
 def _record(partition: int, offset: int, value: bytes | None = b"ok") -> ConsumerRecord[bytes, bytes]:

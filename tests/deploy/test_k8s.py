@@ -208,7 +208,7 @@ def test_intake_scales_out_on_cpu() -> None:
 
 @pytest.mark.parametrize("name", ["tally", "notify"])
 def test_consumers_do_not_outnumber_signature_partitions(name: str) -> None:
-    partitions = {spec.name: spec.partitions for spec in Topics().specs()}["signatures.v1"]
+    partitions = {spec.name: spec.partitions for spec in Topics().specs()}[Topics().signatures]
     replicas = _one("Deployment", name)["spec"]["replicas"]
     assert 1 <= replicas <= partitions, f"{name}: members beyond {partitions} partitions sit idle"
 

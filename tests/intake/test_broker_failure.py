@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from clameur.events import decode_signature
+from clameur.events import decode_contact, decode_signature
 from clameur.topics import Topics, ensure_topics
 from tests.intake.conftest import SIGNER, case_state, publish_cases, running, settings_for
 from tests.support import metric, read_topic
@@ -43,7 +43,8 @@ async def test_a_stopped_broker_gives_503_and_intake_recovers_when_it_returns(
     topics = Topics(prefix="spare.")
     await ensure_topics(spare_kafka.bootstrap, topics, signature_partitions=3)
     case_id = new_id("nawal")
-    await publish_cases(spare_kafka.bootstrap, topics, case_state(case_id))
+    # A confirmation case: every signature also writes a contact, both through the outage.
+    await publish_cases(spare_kafka.bootstrap, topics, case_state(case_id, confirmation="email"))
     settings = settings_for(
         service_env,
         kafka=spare_kafka.bootstrap,
@@ -73,7 +74,7 @@ async def test_a_stopped_broker_gives_503_and_intake_recovers_when_it_returns(
         recovered = await _sign_until(client, url, 202, within=60)
         assert all(answer.status_code in (202, 503) for answer in recovered)
         metrics = (await client.get("/metrics")).text
-        replacements = app.state.intake.resources.publisher.replacements
+        replacements = app.state.intake.current.publisher.replacements
 
     if reset_after < 10:
         assert replacements >= 1
@@ -84,3 +85,8 @@ async def test_a_stopped_broker_gives_503_and_intake_recovers_when_it_returns(
     ids = {str(decode_signature(record.value).signature_id) for record in records}
     assert before.json()["signature_id"] in ids
     assert recovered[-1].json()["signature_id"] in ids
+    # Their contacts too: a 202 promised both (every signature here is by one supporter).
+    contacts = await read_topic(spare_kafka.bootstrap, topics.contacts, at_least=2, within=15)
+    assert {decode_contact(record.value).supporter_key for record in contacts} == {
+        decode_signature(record.value).supporter_key for record in records
+    }

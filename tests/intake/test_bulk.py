@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from clameur.events import decode_signature
+from clameur.events import decode_contact, decode_signature
 from clameur.topics import Topics
 from tests.conftest import Infra
 from tests.intake.conftest import SIGNER, Intake, case_state, publish_cases, won_state
@@ -59,9 +59,17 @@ async def test_a_batch_answers_per_item_and_publishes_the_accepted(
     assert {str(event.signature_id) for event in events} == {
         result["signature_id"] for result in results if result["status"] == "accepted"
     }
-    assert sum(event.email is not None for event in events) == sum(
-        1 for n in range(300) if n % 2 == 0 and n not in (42,)
-    )
+    consented = {n for n in range(300) if n % 2 == 0 and n not in (42,)}
+    assert sum(event.consent.updates for event in events) == len(consented)
+    assert not any(event.awaits_confirmation for event in events)
+    # A "none" case: a contact only for those who asked for news, keyed by supporter.
+    contacts = [
+        decode_contact(record.value)
+        for record in await read_topic(infra.kafka, topics.contacts, at_least=len(consented), within=20)
+    ]
+    assert sorted(contact.email for contact in contacts) == sorted(f"paper{n}@example.org" for n in consented)
+    supporters = {event.supporter_key for event in events if event.consent.updates}
+    assert {contact.supporter_key for contact in contacts} == supporters
     assert metric(metrics, "clameur_intake_signatures_accepted_total", action="signature") == 297
     assert metric(metrics, "clameur_intake_rejections_total", reason="validation") == 3
 
@@ -92,3 +100,32 @@ async def test_a_batch_needs_a_partner_key_and_an_open_case(
         metrics = (await client.get("/metrics")).text
     assert metric(metrics, "clameur_intake_rejections_total", reason="partner_key") == 2
     assert await read_topic(infra.kafka, topics.signatures) == []
+
+
+async def test_a_batch_on_a_confirmation_case_is_pending_per_item_with_a_contact_each(
+    intake: Intake, infra: Infra, topics: Topics, new_id: Callable[[str], str]
+) -> None:
+    case_id = new_id("atena")
+    await publish_cases(infra.kafka, topics, case_state(case_id, confirmation="email"))
+    items: list[object] = [
+        {**SIGNER, "email": f"Paper{n}@Example.org", "postal_code": "75011"} for n in range(5)
+    ]
+    items.append({**SIGNER, "country": "XX"})
+    async with intake(partner_keys=partners()) as (_, client):
+        answer = await client.post(
+            f"/v1/cases/{case_id}/signatures/batch", json={"signatures": items}, headers=PARTNER
+        )
+    assert answer.status_code == 202, answer.text
+    assert [result["status"] for result in answer.json()["results"]] == ["pending_confirmation"] * 5 + [
+        "rejected"
+    ]
+    events = [
+        decode_signature(record.value)
+        for record in await read_topic(infra.kafka, topics.signatures, at_least=5)
+    ]
+    assert len(events) == 5 and all(event.awaits_confirmation for event in events)
+    contacts = await read_topic(infra.kafka, topics.contacts, at_least=5)
+    assert sorted(decode_contact(record.value).email for record in contacts) == [
+        f"Paper{n}@Example.org" for n in range(5)
+    ]
+    assert all(b"75011" not in record.value and b"Durand" not in record.value for record in contacts)

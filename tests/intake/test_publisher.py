@@ -16,14 +16,17 @@ from intake.publisher import PartitionLanes
 from clameur.events import (
     CaseClosed,
     Consent,
+    Contact,
     Event,
     MilestoneReached,
     SignatureAccepted,
     SignatureSource,
     Victory,
     VictoryDeclared,
+    decode_contact,
     decode_event,
     decode_signature,
+    decode_signature_log_event,
 )
 from clameur.kafka import create_producer
 from clameur.topics import Topics
@@ -35,14 +38,13 @@ from tests.support import read_topic
 def _signature(case_id: str, **changes: Any) -> SignatureAccepted:
     fields: dict[str, Any] = {
         "case_id": case_id,
-        "first_name": "Léa",
-        "last_name": 'O\'Brien "Zoé" 😀',
         "country": "FR",
         "locale": "fr",
         "supporter_key": "ab" * 32,
-        "email": "lea@example.org",
+        "email_domain": "exämple.org",
         "consent": Consent(updates=True),
-        "source": SignatureSource(widget="w\u2028x", page_url="https://free-nawal.example/?a=1&b=é"),
+        "awaits_confirmation": True,
+        "source": SignatureSource(widget='w\u2028x "😀"', page_url="https://free-nawal.example/é"),
     }
     fields.update(changes)
     return SignatureAccepted(**fields)
@@ -50,7 +52,7 @@ def _signature(case_id: str, **changes: Any) -> SignatureAccepted:
 
 EVENTS: list[Event] = [
     _signature("nawal"),
-    _signature("nawal", email=None, consent=Consent(), source=SignatureSource(partner="ONG")),
+    _signature("nawal", consent=Consent(), awaits_confirmation=False, source=SignatureSource(partner="ONG")),
     case_state(
         "nawal",
         victory=Victory(headline={"fr": "Libre !"}, message={"fr": "Merci."}, declared_at=datetime.now(UTC)),
@@ -78,6 +80,15 @@ def test_to_json_is_byte_for_byte_what_it_was_and_decodes(event: Event) -> None:
 def test_a_signature_event_round_trips_through_the_consumers_decoder() -> None:
     event = _signature("nawal")
     assert decode_signature(event.to_json()) == event
+    assert decode_signature_log_event(event.to_json()) == event
+
+
+def test_a_contact_is_byte_for_byte_its_json_and_round_trips() -> None:
+    contact = Contact(
+        supporter_key="cd" * 32, email="Léa.O'Brien@Exämple.org", first_name='Léa "😀"', locale="fr"
+    )
+    assert contact.to_json() == orjson.dumps(contact.model_dump(mode="json"))
+    assert decode_contact(contact.to_json()) == contact
 
 
 class _Cluster:
@@ -108,14 +119,17 @@ def _partitioner(lanes: PartitionLanes) -> Callable[[bytes], int]:
 
 def test_partitions_are_the_default_partitioners_even_when_partitions_are_added() -> None:
     producer = _MetadataOnly(set(range(6)))
-    lanes = PartitionLanes(producer, "signatures.v1", 2.0)
-    keys = [f"case-{n}".encode() for n in range(200)] + [b"nawal-benaissa", b"a"]
+    remembering = PartitionLanes(producer, "signatures.v2", 2.0)
+    # contacts.v1: supporter keys are each new, so their partitions are not remembered.
+    forgetting = PartitionLanes(producer, "contacts.v1", 2.0, remember_keys=False)
+    keys = [f"case-{n}".encode() for n in range(200)] + [b"nawal-benaissa", b"a", b"ab" * 32]
     for count in (6, 6, 12, 1):
         producer.client.cluster.partitions = set(range(count))
-        partition_of = _partitioner(lanes)
         expected = DefaultPartitioner()
-        for key in keys:
-            assert partition_of(key) == expected(key, list(range(count)), list(range(count)))
+        for lanes in (remembering, forgetting):
+            partition_of = _partitioner(lanes)
+            for key in keys:
+                assert partition_of(key) == expected(key, list(range(count)), list(range(count)))
 
 
 async def test_concurrent_signatures_share_batches_keep_their_partition_and_order(
@@ -129,7 +143,7 @@ async def test_concurrent_signatures_share_batches_keep_their_partition_and_orde
         await producer.partitions_for(topics.signatures)
         partition_of = _partitioner(lanes)
         cases = [new_id("case") for _ in range(4)]
-        events = [_signature(cases[n % len(cases)], first_name=f"n{n}") for n in range(400)]
+        events = [_signature(cases[n % len(cases)], supporter_key=f"{n:064x}") for n in range(400)]
         acks = [
             lanes.add(partition_of(event.case_id.encode()), event.case_id.encode(), event.to_json())
             for event in events
@@ -147,9 +161,9 @@ async def test_concurrent_signatures_share_batches_keep_their_partition_and_orde
         event = decode_signature(record.value)
         assert record.key == event.case_id.encode()
         assert record.partition == expected(record.key, [0, 1, 2], [0, 1, 2])
-        by_case.setdefault(event.case_id, []).append(event.first_name)
+        by_case.setdefault(event.case_id, []).append(event.supporter_key)
     for case_id in cases:
-        sent = [event.first_name for event in events if event.case_id == case_id]
+        sent = [event.supporter_key for event in events if event.case_id == case_id]
         assert by_case[case_id] == sent
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from clameur.events import CaseStatus, decode_signature
+from clameur.events import CaseStatus, decode_contact, decode_signature
 from clameur.supporters import SupporterKeys
 from clameur.topics import Topics
 from tests.conftest import TEST_SECRET, Infra
@@ -58,20 +58,28 @@ async def test_an_accepted_signature_is_on_the_topic_keyed_by_case(
 
     keys = SupporterKeys.from_master(TEST_SECRET)
     quiet_event = decode_signature(first.value)
-    assert quiet_event.email is None  # no consent, no email
+    assert quiet_event.consent.updates is False
     assert quiet_event.supporter_key == keys.of_address(SIGNER["email"])
     assert (quiet_event.locale, quiet_event.action, quiet_event.country) == ("fr", "signature", "FR")
 
     loud_event = decode_signature(second.value)
-    assert loud_event.email == "y.amrani@example.org"
+    assert loud_event.consent.updates is True
     assert loud_event.supporter_key == keys.of("y.amrani@example.org")
+    assert loud_event.email_domain == "example.org"
     assert (loud_event.locale, loud_event.action, loud_event.country) == ("en", "letter", "MA")
-    assert loud_event.postal_code == "20000"
+    assert b"20000" not in second.value  # the postal code is checked, published nowhere
     assert loud_event.source.page_url == "https://free-nawal.example/"
+
+    # Only the supporter who asked for news has a contact (a "none" case): as typed, trimmed.
+    [contact] = [
+        decode_contact(record.value) for record in await read_topic(infra.kafka, topics.contacts, at_least=1)
+    ]
+    assert (contact.supporter_key, contact.email) == (loud_event.supporter_key, "Y.Amrani@Example.ORG")
 
     assert metric(metrics, "clameur_intake_signatures_accepted_total", action="signature") == 1
     assert metric(metrics, "clameur_intake_signatures_accepted_total", action="letter") == 1
-    assert metric(metrics, "clameur_intake_produce_attempts_total") == 2
+    # Records handed to the producer: two signatures and one contact.
+    assert metric(metrics, "clameur_intake_produce_attempts_total") == 3
     assert metric(metrics, "clameur_intake_cases_known") == 1
     assert "camille" not in metrics.lower()
 
@@ -159,6 +167,24 @@ async def test_the_honeypot_looks_accepted_but_publishes_nothing(
         metrics = (await client.get("/metrics")).text
     assert metric(metrics, "clameur_intake_rejections_total", reason="honeypot") == 1
     assert await read_topic(infra.kafka, topics.signatures) == []
+
+
+async def test_the_honeypot_on_a_confirmation_case_looks_pending_and_writes_no_contact(
+    intake: Intake, infra: Infra, topics: Topics, new_id: Callable[[str], str]
+) -> None:
+    case_id = new_id("atena")
+    await publish_cases(infra.kafka, topics, case_state(case_id, confirmation="email"))
+    async with intake() as (_, client):
+        bot = await client.post(
+            f"/v1/cases/{case_id}/signatures", json={**SIGNER, "website": "http://x.example"}
+        )
+        person = await client.post(f"/v1/cases/{case_id}/signatures", json=SIGNER)
+    # A bot cannot tell its answer from a person's.
+    assert bot.status_code == person.status_code == 202
+    assert bot.json()["status"] == person.json()["status"] == "pending_confirmation"
+    # Only the person's records: one signature, one contact (read after them, so none is late).
+    assert len(await read_topic(infra.kafka, topics.signatures, at_least=1)) == 1
+    assert len(await read_topic(infra.kafka, topics.contacts, at_least=1)) == 1
 
 
 async def test_an_idempotent_retry_publishes_once(

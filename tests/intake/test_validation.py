@@ -12,13 +12,15 @@ from intake.cases import refusal
 from intake.validation import (
     InvalidSignature,
     Receipt,
+    SignatureFields,
+    accept_signature,
     has_control_characters,
+    page_without_query,
     parse_fields,
     parse_form,
-    signature_event,
 )
 
-from clameur.events import Action, CaseState, CaseStatus, Victory
+from clameur.events import Action, CaseState, CaseStatus, SignatureAccepted, Victory
 from clameur.supporters import SupporterKeys, email_domain, normalise_email
 from tests.intake.conftest import case_state
 
@@ -47,23 +49,112 @@ def errors_of(raw: bytes) -> dict[str, str]:
     return {error["field"]: error["message"] for error in caught.value.errors}
 
 
+def signature_event(fields: SignatureFields, receipt: Receipt, keys: SupporterKeys) -> SignatureAccepted:
+    return accept_signature(fields, receipt, keys).signature
+
+
 def test_a_minimal_signature_takes_the_case_defaults() -> None:
-    event = signature_event(parse_form(body()), Receipt(nawal(), RECEIVED), KEYS)
+    acceptance = accept_signature(parse_form(body()), Receipt(nawal(), RECEIVED), KEYS)
+    event = acceptance.signature
     assert event.case_id == "nawal-benaissa"
     assert event.action is Action.SIGNATURE
     assert event.locale == "fr"
     assert event.country == "FR"
-    assert event.email is None
+    assert event.email_domain == "example.org"
     assert event.consent.updates is False
+    assert event.awaits_confirmation is False
     assert event.received_at == RECEIVED
+    assert event.supporter_key == KEYS.of_address("camille.durand@example.org")
     assert len(event.supporter_key) == 64
+    # A "none" case and no consent: notify will never write, so no contact is made.
+    assert acceptance.contact is None
+    assert acceptance.status == "accepted"
 
 
-def test_the_email_travels_only_with_consent_to_updates() -> None:
-    with_consent = parse_form(body(email="  Camille.Durand@Example.ORG ", consent={"updates": True}))
-    event = signature_event(with_consent, Receipt(nawal(), RECEIVED), KEYS)
-    assert event.email == "camille.durand@example.org"
-    assert event.consent.updates is True
+def test_the_signature_holds_no_personal_data() -> None:
+    form = parse_form(
+        body(
+            first_name="Atena",
+            last_name="Daemi-Secret",
+            email="Atena.Daemi@Example.ORG",
+            postal_code="75011",
+            consent={"updates": True},
+            source={
+                "widget": "w1",
+                "page_url": "https://x.example/p",
+                "referrer": "https://ref.example/?q=atena",
+            },
+        )
+    )
+    raw = signature_event(form, Receipt(nawal(confirmation="email"), RECEIVED), KEYS).to_json().lower()
+    for typed in (b"atena", b"daemi", b"75011", b"ref.example", b"referrer", b"last_name", b"postal"):
+        assert typed not in raw
+
+
+def test_the_contact_is_made_when_notify_will_write_and_keeps_the_address_as_typed() -> None:
+    typed = parse_form(body(email="  Camille.Durand@Example.ORG ", postal_code="75011"))
+    consented = parse_form(body(email="  Camille.Durand@Example.ORG ", consent={"updates": True}))
+    for form, case in (
+        (typed, nawal(confirmation="email")),
+        (consented, nawal()),
+        (consented, nawal(confirmation="email")),
+    ):
+        acceptance = accept_signature(form, Receipt(case, RECEIVED), KEYS)
+        contact = acceptance.contact
+        assert contact is not None
+        assert contact.email == "Camille.Durand@Example.ORG"
+        assert (contact.first_name, contact.locale) == ("Camille", "fr")
+        assert contact.supporter_key == acceptance.signature.supporter_key
+        assert b'Durand"' not in contact.to_json() and b"75011" not in contact.to_json()
+        assert set(contact.model_dump()) == {"supporter_key", "email", "first_name", "locale", "recorded_at"}
+    assert accept_signature(typed, Receipt(nawal(), RECEIVED), KEYS).contact is None
+
+
+def test_the_status_follows_the_case_policy() -> None:
+    form = parse_form(body())
+    pending = accept_signature(form, Receipt(nawal(confirmation="email"), RECEIVED), KEYS)
+    assert pending.signature.awaits_confirmation is True
+    assert pending.status == "pending_confirmation"
+    assert accept_signature(form, Receipt(nawal(confirmation="none"), RECEIVED), KEYS).status == "accepted"
+
+
+def test_gmail_aliases_are_one_supporter_with_one_domain() -> None:
+    events = [
+        signature_event(parse_form(body(email=email)), Receipt(nawal(), RECEIVED), KEYS)
+        for email in (
+            "a.b.c@gmail.com",
+            "abc+1@gmail.com",
+            "abc@googlemail.com",
+            " A.B.C+petition@GMAIL.com ",
+        )
+    ]
+    assert len({event.supporter_key for event in events}) == 1
+    assert {event.email_domain for event in events} == {"gmail.com"}
+    assert signature_event(
+        parse_form(body(email="abd@gmail.com")), Receipt(nawal(), RECEIVED), KEYS
+    ).supporter_key not in {events[0].supporter_key}
+
+
+@pytest.mark.parametrize(
+    ("typed", "published"),
+    [
+        ("https://free-nawal.example/sign", "https://free-nawal.example/sign"),
+        (
+            "https://free-nawal.example/sign?email=atena%40example.org&utm=x",
+            "https://free-nawal.example/sign",
+        ),
+        ("https://free-nawal.example/sign#name=Atena", "https://free-nawal.example/sign"),
+        ("https://free-nawal.example/?", "https://free-nawal.example/"),
+        ("https://atena:secret@free-nawal.example/p?x=1", "https://free-nawal.example/p"),
+        ("https://medium.example/@nawal", "https://medium.example/@nawal"),
+        ("http://[::1/p?email=a", "http://[::1/p"),
+        ("/relative/page?x=1#y", "/relative/page"),
+    ],
+)
+def test_the_page_url_loses_its_query_fragment_and_credentials(typed: str, published: str) -> None:
+    assert page_without_query(typed) == published
+    form = parse_form(body(source={"page_url": typed}))
+    assert signature_event(form, Receipt(nawal(), RECEIVED), KEYS).source.page_url == published
 
 
 def test_case_and_whitespace_variants_of_an_email_are_one_supporter() -> None:
@@ -164,6 +255,7 @@ def test_bulk_items_carry_the_partner_and_refuse_widget_only_fields() -> None:
 
 def test_email_domain() -> None:
     assert email_domain(normalise_email("Camille@Example.ORG")) == "example.org"
+    assert parse_form(body(email="Camille@Bücher.example")).canonical_email == "camille@xn--bcher-kva.example"
 
 
 def test_won_and_closed_cases_refuse_with_the_victory_headline() -> None:

@@ -13,15 +13,31 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from notify.app import create_app
+from notify.contacts import ContactCipher
+from notify.progress import TopicEnds
 from notify.settings import NotifySettings
 from notify.supporters import supporter_key
 
-from clameur.events import Consent, Event, MilestoneReached, SignatureAccepted, VictoryDeclared, utc_now
+from clameur.database import create_pool
+from clameur.events import (
+    Consent,
+    Contact,
+    Event,
+    MilestoneReached,
+    SignatureAccepted,
+    SignatureConfirmed,
+    VictoryDeclared,
+    utc_now,
+)
 from clameur.kafka import create_producer
 from clameur.topics import Topics
 from devstack.mailsink import SmtpSink
 from tests.conftest import TEST_SECRET, Infra
-from tests.support import settings_from
+from tests.notify.forgetting import publish_contacts
+from tests.support import eventually, settings_from
+
+CONTACTS: dict[str, Contact] = {}
+"""The contact intake would write with each signature these helpers make (by supporter key)."""
 
 
 @pytest.fixture
@@ -49,14 +65,31 @@ class RunningNotify:
     settings: NotifySettings
     database: asyncpg.Pool[Any]
 
-    async def deliveries(self, event_id: object) -> list[asyncpg.Record]:
-        return list(
-            await self.database.fetch(
-                "SELECT d.*, s.email FROM notify.deliveries d"
-                " LEFT JOIN notify.supporters s USING (supporter_key) WHERE d.event_id = $1 ORDER BY d.id",
-                event_id,
-            )
+    async def deliveries(self, event_id: object) -> list[dict[str, Any]]:
+        """The event's delivery rows, each with the supporter's email opened (``None``: no contact)."""
+        cipher = ContactCipher(TEST_SECRET)
+        rows = await self.database.fetch(
+            "SELECT d.*, k.email_sealed FROM notify.deliveries d"
+            " LEFT JOIN notify.contacts k USING (supporter_key) WHERE d.event_id = $1 ORDER BY d.id",
+            event_id,
         )
+        return [
+            {
+                **dict(row),
+                "email": None
+                if row["email_sealed"] is None
+                else cipher.open(row["supporter_key"], "email", row["email_sealed"]),
+            }
+            for row in rows
+        ]
+
+
+@pytest.fixture
+async def pool(infra: Infra) -> AsyncIterator[asyncpg.Pool[Any]]:
+    """A pool on the test database, for tests that drive notify's stores directly."""
+    created = await create_pool(infra.database_url, min_size=1, max_size=4)
+    yield created
+    await created.close()
 
 
 @pytest.fixture
@@ -95,18 +128,25 @@ def signature(
     consent: bool = True,
     first_name: str | None = None,
     received_at: datetime | None = None,
+    awaits_confirmation: bool = False,
 ) -> SignatureAccepted:
-    """A SignatureAccepted the way intake writes it (email only with consent)."""
+    """A schema-2 SignatureAccepted the way intake writes it; its contact goes in :data:`CONTACTS`."""
     address = email_of(name, case_id)
+    key = supporter_key(TEST_SECRET, address)
+    CONTACTS[key] = Contact(
+        supporter_key=key,
+        email=address,
+        first_name=first_name if first_name is not None else name.capitalize(),
+        locale=locale,
+    )
     return SignatureAccepted(
         case_id=case_id,
-        first_name=first_name if first_name is not None else name.capitalize(),
-        last_name="Test",
         country="FR",
         locale=locale,
-        supporter_key=supporter_key(TEST_SECRET, address),
-        email=address if consent else None,
+        supporter_key=key,
+        email_domain="example.org",
         consent=Consent(updates=consent),
+        awaits_confirmation=awaits_confirmation,
         received_at=received_at or utc_now(),
     )
 
@@ -145,8 +185,52 @@ async def produce(kafka: str, topic: str, events: Iterable[Event], key: Callable
         await producer.stop()
 
 
-async def publish_signatures(infra: Infra, topics: Topics, signatures: Iterable[SignatureAccepted]) -> None:
-    await produce(infra.kafka, topics.signatures, signatures, key=lambda e: getattr(e, "case_id"))  # noqa: B009
+async def publish_signatures(
+    infra: Infra, topics: Topics, signatures: Iterable[SignatureAccepted], *, wait: bool = True
+) -> None:
+    """Publish signatures of supporters whose addresses are already confirmed, then their contacts.
+
+    For the tests of news: each consenting signature is followed by its
+    ``SignatureConfirmed``; with ``wait``, the contacts go out only once notify has read
+    signatures.v2 to its end (so no confirmation email is asked for).  Without it (notify
+    not running yet), both topics are on the broker before notify reads either.
+    """
+    signed = list(signatures)
+    confirmed = [
+        SignatureConfirmed(case_id=s.case_id, supporter_key=s.supporter_key)
+        for s in signed
+        if s.consent.updates
+    ]
+    await produce(infra.kafka, topics.signatures, [*signed, *confirmed], key=lambda e: getattr(e, "case_id"))  # noqa: B009
+    if wait:
+        await signatures_read(infra, topics)
+    await publish_contacts(
+        infra.kafka, topics, [CONTACTS[s.supporter_key] for s in signed if s.consent.updates]
+    )
+
+
+async def signatures_read(infra: Infra, topics: Topics, within: float = 30.0) -> None:
+    """Wait until notify's supporter list has stored offsets to the end of signatures.v2."""
+    ends = TopicEnds(infra.kafka, topics.signatures)
+    await ends.start()
+    database = await asyncpg.connect(infra.database_url)
+    try:
+
+        async def caught_up() -> bool:
+            end = await ends.end_offsets()
+            rows = await database.fetch(
+                "SELECT partition, next_offset FROM notify.consumer_offsets"
+                " WHERE group_id = $1 AND topic = $2",
+                f"{topics.prefix}notify-supporters",
+                topics.signatures,
+            )
+            stored = {row["partition"]: row["next_offset"] for row in rows}
+            return all(stored.get(partition, 0) >= offset for partition, offset in end.items())
+
+        await eventually(caught_up, within=within, what="notify to read signatures.v2 to its end")
+    finally:
+        await database.close()
+        await ends.stop()
 
 
 async def publish_case_events(infra: Infra, topics: Topics, events: Iterable[Event]) -> None:

@@ -2,63 +2,50 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import asyncpg
 import pytest
 from notify.ledger import CaseNewsApplier, SupporterListApplier
 
-from clameur.database import create_pool
-from clameur.events import CaseEvent, SignatureAccepted
+from clameur.events import CaseEvent, SignatureAccepted, SignatureLogEvent
 from tests.clameur.applier_contract import BatchApplierContract, Subject
 from tests.notify.conftest import milestone, signature
 
 
-@pytest.fixture
-async def notify_pool(infra: Any) -> AsyncIterator[asyncpg.Pool[Any]]:
-    created = await create_pool(infra.database_url, min_size=1, max_size=4)
-    yield created
-    await created.close()
-
-
-class TestSupporterListApplier(BatchApplierContract[SignatureAccepted]):
+class TestSupporterListApplier(BatchApplierContract[SignatureLogEvent]):
     @pytest.fixture
-    def subject(self, notify_pool: asyncpg.Pool[Any], new_id: Any) -> Subject[SignatureAccepted]:
-        applier = SupporterListApplier(notify_pool, new_id("notify-supporters"))
+    def subject(self, pool: asyncpg.Pool[Any], new_id: Any) -> Subject[SignatureLogEvent]:
+        applier = SupporterListApplier(pool, new_id("notify-supporters"))
 
-        def new_events(count: int) -> list[SignatureAccepted]:
+        def new_events(count: int) -> list[SignatureLogEvent]:
             case_id = new_id("nawal")
             return [signature(case_id, f"supporter{n}") for n in range(count)]
 
-        async def effect(events: Sequence[SignatureAccepted]) -> Collection[Any]:
-            keys = sorted({event.supporter_key for event in events})
-            supporters = await notify_pool.fetch(
-                "SELECT supporter_key, email, first_name, locale FROM notify.supporters"
+        async def effect(events: Sequence[SignatureLogEvent]) -> Collection[Any]:
+            keys = sorted({e.supporter_key for e in events if isinstance(e, SignatureAccepted)})
+            subscriptions = await pool.fetch(
+                "SELECT case_id, supporter_key, wants_updates, confirmed_at FROM notify.subscriptions"
                 " WHERE supporter_key = ANY($1::text[])",
                 keys,
             )
-            subscriptions = await notify_pool.fetch(
-                "SELECT case_id, supporter_key FROM notify.subscriptions"
-                " WHERE supporter_key = ANY($1::text[])",
-                keys,
-            )
-            return {tuple(row) for row in supporters} | {("subscribed", *row) for row in subscriptions}
+            return {tuple(row) for row in subscriptions}
 
         return Subject(applier, new_events, effect)
 
 
 class TestCaseNewsApplier(BatchApplierContract[CaseEvent]):
     @pytest.fixture
-    def subject(self, notify_pool: asyncpg.Pool[Any], new_id: Any) -> Subject[CaseEvent]:
-        applier = CaseNewsApplier(notify_pool, new_id("notify-news"))
+    def subject(self, pool: asyncpg.Pool[Any], new_id: Any) -> Subject[CaseEvent]:
+        applier = CaseNewsApplier(pool, new_id("notify-news"))
 
         def new_events(count: int) -> list[CaseEvent]:
             case_id = new_id("nawal")
             return [milestone(case_id, threshold=10_000 * (n + 1)) for n in range(count)]
 
         async def effect(events: Sequence[CaseEvent]) -> Collection[Any]:
-            rows = await notify_pool.fetch(
+            rows = await pool.fetch(
                 "SELECT event_id, case_id, kind FROM notify.case_events WHERE event_id = ANY($1::uuid[])",
                 [event.event_id for event in events],
             )

@@ -43,7 +43,7 @@ async def test_a_crash_after_smtp_accepted_resends_at_most_that_one_and_a_restar
     tmp_path: Path,
 ) -> None:
     case_id = new_id("nawal")
-    await publish_signatures(infra, topics, [signature(case_id, name) for name in SUPPORTERS])
+    await publish_signatures(infra, topics, [signature(case_id, name) for name in SUPPORTERS], wait=False)
     event = milestone(case_id)
     await publish_case_events(infra, topics, [event])
     env = {

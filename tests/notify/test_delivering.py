@@ -6,10 +6,12 @@ import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 
+from notify.supporters import supporter_key
+
 from clameur.events import utc_now
 from clameur.topics import Topics
 from devstack.mailsink import SmtpSink
-from tests.conftest import Infra
+from tests.conftest import TEST_SECRET, Infra
 from tests.notify.conftest import (
     RunningNotify,
     email_of,
@@ -125,7 +127,7 @@ async def test_supporters_without_consent_get_nothing(
     assert smtp_sink.count() == 0
     assert await notify.deliveries(event.event_id) == []
     stored = await notify.database.fetchval(
-        "SELECT count(*) FROM notify.supporters WHERE email LIKE $1", f"%{case_id}%"
+        "SELECT count(*) FROM notify.subscriptions WHERE case_id = $1", case_id
     )
     assert stored == 0, "notify keeps no data on supporters who did not consent"
 
@@ -227,9 +229,8 @@ async def test_a_forged_or_altered_unsubscribe_token_is_refused(
         page = await notify.client.get(bad, headers={"accept": "text/html"})
         assert page.status_code == 400 and page.headers["content-type"].startswith("text/html")
     unsubscribed = await notify.database.fetchval(
-        "SELECT count(*) FROM notify.unsubscriptions u JOIN notify.supporters s USING (supporter_key)"
-        " WHERE s.email = $1",
-        email_of("amina", case_id),
+        "SELECT count(*) FROM notify.unsubscriptions WHERE supporter_key = $1",
+        supporter_key(TEST_SECRET, email_of("amina", case_id)),
     )
     assert unsubscribed == 0
 
@@ -285,7 +286,9 @@ async def test_erasure_forgets_the_supporter_and_a_replay_does_not_bring_them_ba
     async def recorded() -> bool:
         return bool(
             await notify.database.fetchval(
-                "SELECT count(*) FROM notify.supporters WHERE email LIKE $1", f"%{case_id}%"
+                "SELECT count(*) FROM notify.subscriptions s JOIN notify.contacts USING (supporter_key)"
+                " WHERE s.case_id = $1",
+                case_id,
             )
             == 2
         )
@@ -303,10 +306,11 @@ async def test_erasure_forgets_the_supporter_and_a_replay_does_not_bring_them_ba
         assert refused.headers["content-type"] == "application/problem+json"
     admin = {"authorization": f"Bearer {notify.settings.admin_token.get_secret_value()}"}
     erased = await notify.client.post("/v1/admin/supporters/erase", json=body, headers=admin)
-    assert erased.status_code == 200 and erased.json() == {"status": "erased", "had_data": True}
+    assert erased.status_code == 200 and erased.json()["status"] == "erased"
+    assert erased.json()["erased"]["contact"] == 1
     assert (
         await notify.database.fetchval(
-            "SELECT count(*) FROM notify.supporters WHERE supporter_key = $1", amina.supporter_key
+            "SELECT count(*) FROM notify.contacts WHERE supporter_key = $1", amina.supporter_key
         )
         == 0
     )
@@ -324,7 +328,7 @@ async def test_erasure_forgets_the_supporter_and_a_replay_does_not_bring_them_ba
     assert [mail.rcpt_tos for mail in smtp_sink.received] == [[email_of("ben", case_id)]]
     assert (
         await notify.database.fetchval(
-            "SELECT count(*) FROM notify.supporters WHERE supporter_key = $1", amina.supporter_key
+            "SELECT count(*) FROM notify.subscriptions WHERE supporter_key = $1", amina.supporter_key
         )
         == 0
     )

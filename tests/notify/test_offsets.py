@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-import pytest
 from notify.ledger import CaseNewsApplier, SupporterListApplier
 
 from clameur.consumer import Batch
 from clameur.topics import Topics
-from tests.conftest import Infra
-
-
-@pytest.fixture
-async def pool(infra: Infra) -> AsyncIterator[asyncpg.Pool[Any]]:
-    pool = await asyncpg.create_pool(infra.database_url, min_size=1, max_size=2)
-    assert pool is not None
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def test_each_group_keeps_its_own_offsets_and_they_never_move_backwards(

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import base64
 import zlib
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from itsdangerous import URLSafeSerializer
-from notify.tokens import SALT, InvalidToken, TokenSigner, UnsubscribeRequest
+from notify.tokens import (
+    SALT,
+    ConfirmationRequest,
+    ConfirmationSigner,
+    ExpiredToken,
+    InvalidToken,
+    TokenSigner,
+    UnsubscribeRequest,
+)
 
 
 def test_a_token_round_trips_who_what_and_the_language() -> None:
@@ -49,3 +58,24 @@ def test_tokens_are_what_itsdangerous_reads_and_old_compressed_tokens_still_veri
     assert reference.loads(signer.sign(request)) == {"s": "0" * 64, "l": "fr", "c": "nawal-é"}
     # Links already sent were made by the serializer itself (compressed when shorter).
     assert signer.verify(reference.dumps({"s": "0" * 64, "l": "fr", "c": "nawal-é"})) == request
+
+
+def test_a_confirmation_token_is_scoped_signed_and_expires() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    signer = ConfirmationSigner("secret")
+    request = ConfirmationRequest(
+        "confirm", "k" * 64, "nawal", "fr", int((now + timedelta(days=30)).timestamp())
+    )
+    token = signer.sign(request)
+    assert "?" not in token and "/" not in token
+    assert signer.verify(token, "confirm", now) == request
+    with pytest.raises(InvalidToken):
+        signer.verify(token, "reject", now)  # a confirm link never rejects
+    with pytest.raises(ExpiredToken) as expired:
+        signer.verify(token, "confirm", now + timedelta(days=30))
+    assert expired.value.request.locale == "fr"
+    with pytest.raises(InvalidToken):
+        ConfirmationSigner("other").verify(token, "confirm", now)
+    with pytest.raises(InvalidToken):
+        # Signed with the master secret itself, not the derived token key: refused.
+        TokenSigner("secret").verify(token)

@@ -10,7 +10,7 @@ import asyncpg
 import httpx
 from tally.counter_store import OFFSETS
 
-from clameur.events import Action, SignatureAccepted
+from clameur.events import Action, SignatureAccepted, SignatureLogEvent, SignatureSource
 from clameur.kafka import create_producer
 from clameur.supporters import SupporterKeys
 from tests.conftest import TEST_ADMIN_TOKEN, TEST_SECRET
@@ -32,15 +32,19 @@ def signature(
     country: str = "FR",
     action: Action = Action.SIGNATURE,
     received_at: datetime | None = None,
+    awaits_confirmation: bool = False,
+    source: SignatureSource | None = None,
 ) -> SignatureAccepted:
+    """A schema 2 signature of ``email``: its supporter key and domain, never the address."""
     return SignatureAccepted(
         case_id=case_id,
         action=action,
-        first_name="Ada",
-        last_name="Lovelace",
         country=country,
         locale="fr",
         supporter_key=supporter_key(email),
+        email_domain=email.rpartition("@")[2].strip().lower(),
+        awaits_confirmation=awaits_confirmation,
+        source=source or SignatureSource(),
         received_at=received_at or datetime.now(UTC),
     )
 
@@ -56,7 +60,7 @@ def many(
 
 
 async def produce(
-    bootstrap: str, topic: str, events: Iterable[SignatureAccepted | bytes], key: str = ""
+    bootstrap: str, topic: str, events: Iterable[SignatureLogEvent | bytes], key: str = ""
 ) -> None:
     """Send events (or raw bytes: poison) keyed by case id, like intake; waits for every ack."""
     producer = create_producer(bootstrap, linger_ms=20)
@@ -67,7 +71,12 @@ async def produce(
             if isinstance(event, bytes):
                 futures.append(await producer.send(topic, event, key=(key or "poison").encode()))
             else:
-                futures.append(await producer.send(topic, event.to_json(), key=event.case_id.encode()))
+                case_id = getattr(event, "case_id", "")  # SupporterErased goes to every partition
+                if case_id:
+                    futures.append(await producer.send(topic, event.to_json(), key=case_id.encode()))
+                    continue
+                for partition in sorted(await producer.partitions_for(topic)):
+                    futures.append(await producer.send(topic, event.to_json(), partition=partition))
         for future in futures:
             await future
     finally:

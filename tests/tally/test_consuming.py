@@ -1,4 +1,4 @@
-"""From signatures.v1 to the counters and from the outbox to Kafka, with the app running."""
+"""From signatures.v2 to the counters and from the outbox to Kafka, with the app running."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from tally.case_store import PostgresCaseStore
 from tally.cases import CaseCreate, new_case
 from tally.counter_store import PostgresCounterStore
-from tally.counting import Countable
+from tally.counting import SignatureLogRecord
 from tally.metrics import TallyMetrics
 
 from clameur.consumer import Batch, Consumed, Outcome
@@ -23,8 +23,8 @@ from tests.tally.helpers import case_body, counters, many, signature
 
 def _batch(
     topic: str, events: list[SignatureAccepted], partition: int = 0, first_offset: int = 0
-) -> Batch[Countable]:
-    consumed: list[Consumed[Countable]] = [
+) -> Batch[SignatureLogRecord]:
+    consumed: list[Consumed[SignatureLogRecord]] = [
         Consumed(event, partition, first_offset + n, 0) for n, event in enumerate(events)
     ]
     return Batch(topic, consumed, {partition: first_offset + len(events)})

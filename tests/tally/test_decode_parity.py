@@ -1,6 +1,6 @@
 """Tally's fast decoder and the event model agree on what is a signature and what is poison.
 
-``tally.counting.decode_countable`` checks records against a msgspec copy of
+``tally.counting.decode_countable`` checks records against a msgspec copy of schema 2 of
 ``SignatureAccepted`` (to avoid building models per record) and falls back to the model
 for what the copy refuses; these cases keep the copy and the model from drifting apart.
 """
@@ -12,19 +12,18 @@ from typing import Any
 import orjson
 import pytest
 from pydantic import ValidationError
-from tally.counting import decode_countable
+from tally.counting import _SIGNATURE_FIELDS, decode_countable
 
-from clameur.events import SignatureAccepted, decode_signature
+from clameur.events import SignatureAccepted, decode_signature, decode_signature_log_event
 
 VALID: dict[str, Any] = orjson.loads(
     SignatureAccepted(
         case_id="nawal-benaissa",
-        first_name="Camille",
-        last_name="Durand",
         country="FR",
         locale="fr",
         supporter_key="ab" * 32,
-        email="camille@example.org",
+        email_domain="example.org",
+        awaits_confirmation=True,
     ).to_json()
 )
 
@@ -41,7 +40,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "valid": VALID,
     "extra field": {**VALID, "future_field": 1},
     "minimal": {
-        k: VALID[k] for k in ("case_id", "first_name", "last_name", "country", "locale", "supporter_key")
+        k: VALID[k] for k in ("type", "case_id", "country", "locale", "supporter_key", "email_domain")
     },
     "letter": {**VALID, "action": "letter"},
     "unknown action": {**VALID, "action": "petition"},
@@ -52,15 +51,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "case_id a number": {**VALID, "case_id": 7},
     "consent not an object": {**VALID, "consent": "yes"},
     "source with extra": {**VALID, "source": {"widget": "w", "campaign": "x"}},
-    "email null": {**VALID, "email": None},
-    "schema as a string": {**VALID, "schema": "1"},
-    "schema_version instead of schema": {**_without_schema(), "schema_version": 1},
+    "email_domain null": {**VALID, "email_domain": None},
+    "awaits_confirmation as a string": {**VALID, "awaits_confirmation": "yes"},
+    "schema 1": {**VALID, "schema": 1},
+    "schema as a string": {**VALID, "schema": "2"},
+    "schema_version instead of schema": {**_without_schema(), "schema_version": 2},
+    "a confirmation": {"type": "SignatureConfirmed", "case_id": "nawal-benaissa", "supporter_key": "ab"},
     "received_at as a number": {**VALID, "received_at": 1_795_000_000},
     "received_at with an offset": {**VALID, "received_at": "2026-11-20T11:00:00+01:00"},
     "signature_id without hyphens": {**VALID, "signature_id": VALID["signature_id"].replace("-", "")},
     "event_id null": {**VALID, "event_id": None},
     "updates as a string": {**VALID, "consent": {"updates": "true"}},
-    "first_name null": {**VALID, "first_name": None},
+    "page_url null": {**VALID, "source": {"page_url": None}},
     "locale a number": {**VALID, "locale": 5},
     **{f"without {field}": _without(field) for field in VALID},
 }
@@ -68,10 +70,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def _model_accepts(raw: bytes) -> bool:
     try:
-        decode_signature(raw)
+        return isinstance(decode_signature_log_event(raw), SignatureAccepted)
     except ValidationError:
         return False
-    return True
 
 
 def _fast_decoder_accepts_schema(raw: bytes) -> bool:
@@ -101,6 +102,13 @@ def test_the_fast_decoder_reads_the_same_values_as_the_model() -> None:
     )
     assert fast.signature_id == model.signature_id
     assert fast.received_at == model.received_at
+
+
+def test_a_schema_2_signature_takes_the_fast_path() -> None:
+    # The drain's speed depends on it: the model decodes it too, but three times slower.
+    fields = _SIGNATURE_FIELDS.decode(orjson.dumps(VALID))
+    assert fields.awaits_confirmation is True
+    assert fields.email_domain == "example.org"
 
 
 def test_not_json_is_poison_to_both() -> None:

@@ -19,9 +19,19 @@ from tally.reconcile import check_counters
 from tally.settings import TallySettings
 
 from clameur.database import create_pool
+from clameur.events import SignatureConfirmed
 from clameur.topics import Topics
 from tests.support import ServiceProcess, eventually, metric, settings_from
-from tests.tally.helpers import counters, many, produce, scrape, signature, stored_offsets, total
+from tests.tally.helpers import (
+    counters,
+    many,
+    produce,
+    scrape,
+    signature,
+    stored_offsets,
+    supporter_key,
+    total,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -40,15 +50,9 @@ async def test_kill_9_around_the_commit_then_restart_counts_exactly(
 ) -> None:
     case_id = new_id("nawal")
     distinct = many(case_id, 300, countries=("FR", "MA", "BE", "SN"))
-    doomed = ServiceProcess("tally", {**tally_env, "CLAMEUR_TALLY_CRASH_AT": crash_at}, tmp_path).start()
-    try:
-        await produce(infra.kafka, topics.signatures, distinct + distinct[:50])
-        exit_code = await asyncio.to_thread(doomed.wait_exit, 60)
-    finally:
-        doomed.kill()
-    assert exit_code == -signal.SIGKILL, doomed.tail()
-    counted_at_crash = await total(infra.database_url, case_id)
-    applied_at_crash = await stored_offsets(infra.database_url, topics.signatures)
+    applied_at_crash, counted_at_crash = await _crash(
+        tally_env, crash_at, tmp_path, infra, topics, case_id, distinct + distinct[:50]
+    )
     if crash_at == "before_db_commit":
         assert counted_at_crash == 0
         assert applied_at_crash == 0  # the crashed batch's offsets were not stored with it
@@ -56,20 +60,12 @@ async def test_kill_9_around_the_commit_then_restart_counts_exactly(
         assert 0 < counted_at_crash <= 300
         assert counted_at_crash <= applied_at_crash <= 350  # stored with the counts, in one commit
 
-    survivor = ServiceProcess("tally", tally_env, tmp_path).start()
-    try:
-        await eventually(lambda: _total_is(infra, case_id, 300), within=30, what="300 counted after restart")
-        await produce(infra.kafka, topics.signatures, distinct[:100])  # and replays still count nothing
-        # The survivor reads from the stored offsets: what the crash left unapplied, then the 100.
-        replayed = 350 - applied_at_crash + 100
-        await eventually(
-            lambda: _applied_at_least(scrape(survivor.url), replayed),
-            within=30,
-            what=f"{replayed} records applied",
-        )
-        survivor_metrics = await scrape(survivor.url)
-    finally:
-        survivor.stop()
+    # The survivor reads from the stored offsets: what the crash left unapplied, then the 100
+    # replayed after it counted the 300 (and replays still count nothing).
+    replayed = 350 - applied_at_crash + 100
+    survivor_metrics = await _survive(
+        tally_env, tmp_path, infra, topics, case_id, 300, distinct[:100], replayed
+    )
     # Proof the replays were read before the counts are checked: it applied more records than
     # it found new signatures, and every other one was a duplicate.
     assert metric(survivor_metrics, "clameur_tally_duplicates_total") >= replayed - (300 - counted_at_crash)
@@ -197,3 +193,84 @@ async def _total_is_at(dsn: str, case_id: str, expected: int) -> bool:
         return await total(dsn, case_id) == expected
     except (OSError, asyncpg.PostgresError):
         return False
+
+
+@pytest.mark.parametrize("crash_at", ["before_db_commit", "after_db_commit"])
+async def test_kill_9_mid_way_through_confirmations_then_replay_counts_each_once(
+    crash_at: str, tally_env: dict[str, str], topics: Topics, infra: Any, new_id: Any, tmp_path: Path
+) -> None:
+    case_id = new_id("atena")
+    emails = [f"{new_id('supporter')}@example.org" for _ in range(200)]
+    pending = [signature(case_id, email, awaits_confirmation=True) for email in emails]
+    confirmations = [_confirmation(case_id, email) for email in emails]
+    env = {**tally_env, "CLAMEUR_TALLY_BATCH_MAX_RECORDS": "100"}
+    applied_at_crash, counted_at_crash = await _crash(
+        env, crash_at, tmp_path, infra, topics, case_id, [*pending, *confirmations]
+    )
+    if crash_at == "before_db_commit":
+        assert applied_at_crash == 0 and counted_at_crash == 0
+    else:
+        assert 0 < applied_at_crash < 400  # mid-way: one batch committed, the rest not read yet
+
+    # Once the 200 are confirmed and counted, replays of confirmations and signatures already
+    # applied: they count nothing.
+    replays = [*confirmations[:100], *pending[:50]]
+    replayed = 400 - applied_at_crash + 150
+    survivor_metrics = await _survive(env, tmp_path, infra, topics, case_id, 200, replays, replayed)
+    # Proof the replays were read: the survivor applied every record the crash left and
+    # the 150 again, found the 50 signatures stored, and confirmed only what the crashed
+    # instance had not.
+    assert metric(survivor_metrics, "clameur_tally_duplicates_total") >= 50
+    assert metric(survivor_metrics, "clameur_tally_signatures_confirmed_total") == 200 - counted_at_crash
+    found = await counters(infra.database_url, case_id)
+    assert (found[("total", "")], found[("pending", "")], found[("action", "signature")]) == (200, 0, 200)
+    await _no_drift(infra.database_url, [case_id])
+
+
+async def _crash(
+    env: dict[str, str], crash_at: str, tmp_path: Path, infra: Any, topics: Topics, case_id: str, records: Any
+) -> tuple[int, int]:
+    """Run a tally told to SIGKILL itself at ``crash_at`` over ``records``; once it died,
+    the offsets it stored and the case's total it counted."""
+    doomed = ServiceProcess("tally", {**env, "CLAMEUR_TALLY_CRASH_AT": crash_at}, tmp_path).start()
+    try:
+        await produce(infra.kafka, topics.signatures, records)
+        exit_code = await asyncio.to_thread(doomed.wait_exit, 60)
+    finally:
+        doomed.kill()
+    assert exit_code == -signal.SIGKILL, doomed.tail()
+    return await stored_offsets(infra.database_url, topics.signatures), await total(
+        infra.database_url, case_id
+    )
+
+
+async def _survive(
+    env: dict[str, str],
+    tmp_path: Path,
+    infra: Any,
+    topics: Topics,
+    case_id: str,
+    counted: int,
+    replays: Any,
+    replayed: int,
+) -> str:
+    """Restart tally after a crash: once it counted ``counted`` signatures of the case, produce
+    ``replays`` and wait until it applied ``replayed`` records; returns its metrics then."""
+    survivor = ServiceProcess("tally", env, tmp_path).start()
+    try:
+        await eventually(
+            lambda: _total_is(infra, case_id, counted), within=30, what=f"{counted} counted after restart"
+        )
+        await produce(infra.kafka, topics.signatures, replays)
+        await eventually(
+            lambda: _applied_at_least(scrape(survivor.url), replayed),
+            within=30,
+            what=f"{replayed} records applied",
+        )
+        return await scrape(survivor.url)
+    finally:
+        survivor.stop()
+
+
+def _confirmation(case_id: str, email: str) -> SignatureConfirmed:
+    return SignatureConfirmed(case_id=case_id, supporter_key=supporter_key(email))

@@ -1,4 +1,4 @@
-"""Trust, but verify: recount from the signatures, and rebuild from signatures.v1."""
+"""Trust, but verify: recount from the signatures, and rebuild from signatures.v2."""
 
 from __future__ import annotations
 
@@ -6,21 +6,31 @@ import asyncio
 import subprocess
 import sys
 from typing import Any
+from uuid import uuid4
 
 import asyncpg
+from tally.counter_store import OFFSETS
 from tally.counting import CounterKey
 from tally.reconcile import check_counters, expected_counters, rebuild_counters
 from tally.settings import TallySettings
 
+from clameur.events import InvalidationFilter, SignatureConfirmed, SignaturesRejected, SupporterErased
 from clameur.topics import Topics
 from tests.support import ROOT, eventually
-from tests.tally.helpers import many, produce, signature, total
+from tests.tally.helpers import counters, many, produce, signature, supporter_key, total
+from tests.tally.invalidation_support import requested, revoked
 
 
 def test_expected_counters_fold_the_groups() -> None:
     assert expected_counters(
-        [("a", "FR", "signature", 2), ("a", "MA", "signature", 1), ("a", "FR", "letter", 4)]
+        [
+            ("a", "counted", "FR", "signature", 2),
+            ("a", "counted", "MA", "signature", 1),
+            ("a", "counted", "FR", "letter", 4),
+            ("a", "pending", "FR", "signature", 3),
+        ]
     ) == {
+        CounterKey("a", "pending", ""): 3,
         CounterKey("a", "total", ""): 7,
         CounterKey("a", "country", "FR"): 6,
         CounterKey("a", "country", "MA"): 1,
@@ -79,3 +89,88 @@ async def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedP
 
 async def _total_is(infra: Any, case_id: str, expected: int) -> bool:
     return await total(infra.database_url, case_id) == expected
+
+
+async def test_reconcile_and_a_rebuild_agree_after_confirmations_rejections_and_erasure(
+    tally: Any,
+    tally_settings: TallySettings,
+    topics: Topics,
+    infra: Any,
+    pool: asyncpg.Pool[Any],
+    new_id: Any,
+) -> None:
+    case_id = new_id("atena")
+    emails = [f"{new_id('s')}@example.org" for _ in range(30)]
+    pending = [signature(case_id, email, country="IR", awaits_confirmation=True) for email in emails]
+    log: list[Any] = [
+        *pending,
+        *many(case_id, 10),  # counted at once
+        *(SignatureConfirmed(case_id=case_id, supporter_key=supporter_key(e)) for e in emails[:20]),
+        *(SignaturesRejected(case_id=case_id, supporter_key=supporter_key(e)) for e in emails[20:25]),
+        SupporterErased(erasure_id=uuid4(), supporter_key=supporter_key(emails[0])),
+        SignatureConfirmed(case_id=case_id, supporter_key=supporter_key(emails[1])),  # again
+    ]
+    async with tally(tally_settings):
+        await produce(infra.kafka, topics.signatures, log)
+        await eventually(
+            lambda: _stored_at_least(pool, topics.signatures, len(log) + 2),  # the erasure: 3 partitions
+            within=20,
+            what="the log applied",
+        )
+    assert (await counters(infra.database_url, case_id))[("total", "")] == 30
+    assert (await counters(infra.database_url, case_id))[("pending", "")] == 5
+    assert await check_counters(pool, cases=[case_id]) == []
+    rebuilt = await rebuild_counters(pool, infra.kafka, topics.signatures, cases=[case_id])
+    assert rebuilt.records == len(log) + 2  # proof the whole log, erasures included, was replayed
+    assert (rebuilt.drifts, rebuilt.counted) == ([], 30)
+
+
+async def _stored_at_least(pool: asyncpg.Pool[Any], topic: str, expected: int) -> bool:
+    return sum((await OFFSETS.read(pool, topic)).values()) >= expected
+
+
+async def test_one_fold_agrees_after_confirmations_erasure_overlapping_invalidations_and_a_restore(
+    tally: Any,
+    tally_settings: TallySettings,
+    topics: Topics,
+    infra: Any,
+    pool: asyncpg.Pool[Any],
+    new_id: Any,
+) -> None:
+    """Confirmations, a rejection, an erasure of a supporter an invalidation holds, two
+    invalidations over the same domain and the first revoked: the live counts, the recount
+    and the rebuild's one fold (InMemoryTally with its InMemoryInvalidations) agree."""
+    case_id = new_id("atena")
+    bots = [f"{new_id('bot')}@bot-farm.example" for _ in range(12)]
+    first = requested(case_id, InvalidationFilter(email_domains=("bot-farm.example",)))
+    second = requested(case_id, InvalidationFilter(email_domains=("bot-farm.example",)))
+    log: list[Any] = [
+        *(signature(case_id, email, country="IR", awaits_confirmation=True) for email in bots),
+        *many(case_id, 10),  # counted at once, example.org
+        *(SignatureConfirmed(case_id=case_id, supporter_key=supporter_key(e)) for e in bots[:10]),
+        first,  # takes the 10 confirmed bots
+        SupporterErased(erasure_id=uuid4(), supporter_key=supporter_key(bots[0])),  # its domain goes
+        SignatureConfirmed(case_id=case_id, supporter_key=supporter_key(bots[10])),  # counted after `first`
+        second,  # takes bots[10] only: the others are held by `first`
+        revoked(first),  # bots[1:10] pass to `second`; bots[0], no domain left, counts again
+        SignaturesRejected(case_id=case_id, supporter_key=supporter_key(bots[11])),
+    ]
+    async with tally(tally_settings):
+        await produce(infra.kafka, topics.signatures, log)
+        await eventually(
+            lambda: _stored_at_least(pool, topics.signatures, len(log) + 2),  # the erasure: 3 partitions
+            within=20,
+            what="the log applied",
+        )
+    held = await pool.fetch(
+        "SELECT invalidation_id, count(*) AS n FROM tally.signatures WHERE case_id = $1 "
+        "AND invalidation_id IS NOT NULL GROUP BY invalidation_id",
+        case_id,
+    )
+    assert {row["invalidation_id"]: row["n"] for row in held} == {second.invalidation_id: 10}
+    live = await counters(infra.database_url, case_id)
+    assert (live[("total", "")], live[("country", "IR")], live.get(("pending", ""), 0)) == (11, 1, 0)
+    assert await check_counters(pool, cases=[case_id]) == []
+    rebuilt = await rebuild_counters(pool, infra.kafka, topics.signatures, cases=[case_id])
+    assert rebuilt.records == len(log) + 2  # proof the whole log, invalidations included, was replayed
+    assert (rebuilt.drifts, rebuilt.counted) == ([], 21)

@@ -159,6 +159,7 @@ class WidgetStack:
             "actions": ["signature"],
             "default_locale": "fr",
             "target": "Ministère de l'Intérieur du Maroc",
+            "confirmation": "none",  # counted at once: these tests are not about confirmation
             **changes,
         }
         created = httpx.post(f"{self.tally}/v1/admin/cases", headers=ADMIN, json=body, timeout=10)
@@ -174,8 +175,12 @@ class WidgetStack:
         )
         return body
 
+    def case(self, case_id: str) -> dict[str, Any]:
+        """The public case document, as the widget reads it."""
+        return dict(httpx.get(f"{self.tally}/v1/cases/{case_id}", timeout=5).json())
+
     def total(self, case_id: str) -> int:
-        return int(httpx.get(f"{self.tally}/v1/cases/{case_id}", timeout=5).json()["total"])
+        return int(self.case(case_id)["total"])
 
     def declare_victory(self, case_id: str) -> None:
         headline = {"fr": "Nawal Benaissa est libre !", "en": "Nawal Benaissa is free!"}

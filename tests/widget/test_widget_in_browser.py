@@ -109,6 +109,25 @@ def test_a_supporter_signs_and_the_counter_moves_within_two_seconds(
     visit.shoot("4-phone-form")
 
 
+def test_on_a_confirmation_case_the_supporter_is_asked_to_check_their_inbox(
+    widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]
+) -> None:
+    case_id = new_id("atena")
+    page, widget = _signing_page(widget_stack, visit, case_id, lang="en", confirmation="email")
+    _fill(widget, "Camille", "Durand", f"camille.{case_id}@example.org")
+    answer = _posted(page, widget.locator('button[type="submit"]').click)
+    assert answer.status == 202 and answer.json()["status"] == "pending_confirmation"
+    expect(widget.locator(".done h3")).to_have_text("Almost done: check your inbox")
+    expect(widget.locator(".done")).to_contain_text("Click its link to confirm your signature.")
+    visit.shoot("1-check-your-inbox")
+    # Not counted until confirmed: the public document says one awaits confirmation.
+    eventually_true(
+        lambda: widget_stack.case(case_id)["pending"] == 1, within=10, what="tally to store it pending"
+    )
+    assert widget_stack.total(case_id) == 0
+    expect(widget.locator(".count")).to_have_text("0 signatures")
+
+
 def test_the_same_supporter_twice_is_thanked_twice_and_counted_once(
     widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]
 ) -> None:
@@ -225,7 +244,7 @@ def test_consent_is_stored_as_it_was_ticked(
 
     def subscribed() -> set[str]:
         rows = widget_stack.fetch_rows(
-            "SELECT supporter_key FROM notify.subscriptions WHERE case_id = $1", case_id
+            "SELECT supporter_key FROM notify.subscriptions WHERE case_id = $1 AND wants_updates", case_id
         )
         return {row["supporter_key"] for row in rows}
 
@@ -235,11 +254,12 @@ def test_consent_is_stored_as_it_was_ticked(
     )
     eventually_true(lambda: widget_stack.total(case_id) == 2, within=10, what="both signatures counted")
     assert keys.of_address(unticked) not in subscribed()
+    # Only the ticked supporter's contact (sealed: notify keeps no address in clear) is kept.
     stored = widget_stack.fetch_rows(
-        "SELECT email FROM notify.supporters WHERE supporter_key = ANY($1::text[])",
+        "SELECT supporter_key FROM notify.contacts WHERE supporter_key = ANY($1::text[])",
         [keys.of_address(unticked), keys.of_address(ticked)],
     )
-    assert [row["email"] for row in stored] == [ticked]
+    assert [row["supporter_key"] for row in stored] == [keys.of_address(ticked)]
 
 
 def test_keyboard_only_signing(widget_stack: WidgetStack, visit: Visit, new_id: Callable[..., str]) -> None:

@@ -1,0 +1,273 @@
+"""Confirmation in the counter store, against a real Postgres: pending, confirmed once, rejected,
+expired, erased, in log order and in the transaction that stores the offsets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import uuid4
+
+import asyncpg
+from prometheus_client import CollectorRegistry, generate_latest
+from tally.counter_store import PostgresCounterStore
+from tally.counting import InMemoryTally, SignatureLogRecord
+from tally.expiry import PendingExpiry
+from tally.metrics import TallyMetrics
+from tally.reconcile import check_counters
+
+from clameur.consumer import Batch, Consumed
+from clameur.events import (
+    Action,
+    SignatureConfirmed,
+    SignaturesRejected,
+    SupporterErased,
+)
+from clameur.topics import Topics
+from tests.support import metric
+from tests.tally.helpers import counters, signature, supporter_key
+
+_EXPIRY = timedelta(days=30)
+
+
+def _batch(
+    topic: str, records: Sequence[SignatureLogRecord], first_offset: int = 0
+) -> Batch[SignatureLogRecord]:
+    consumed: list[Consumed[SignatureLogRecord]] = [
+        Consumed(record, 0, first_offset + n, 0) for n, record in enumerate(records)
+    ]
+    return Batch(topic, consumed, {0: first_offset + len(records)})
+
+
+class _Tally:
+    """A counter store, its metrics, and where the next batch of partition 0 starts."""
+
+    def __init__(self, pool: asyncpg.Pool[Any], topics: Topics) -> None:
+        self.registry = CollectorRegistry()
+        self.metrics = TallyMetrics(self.registry)
+        self.store = PostgresCounterStore(pool, self.metrics, topics.case_events, confirmation_expiry=_EXPIRY)
+        self.topic = topics.signatures
+        self.offset = 0
+
+    async def apply(self, *records: SignatureLogRecord) -> None:
+        await self.store.apply(_batch(self.topic, records, self.offset))
+        self.offset += len(records)
+
+    def metric(self, name: str) -> float:
+        return metric(generate_latest(self.registry).decode(), name)
+
+    def confirmed(self) -> float:
+        return self.metric("clameur_tally_signatures_confirmed_total")
+
+
+def _confirmed(case_id: str, email: str, at: datetime | None = None) -> SignatureConfirmed:
+    return SignatureConfirmed(
+        case_id=case_id, supporter_key=supporter_key(email), occurred_at=at or datetime.now(UTC)
+    )
+
+
+async def _no_drift(pool: asyncpg.Pool[Any], case_id: str) -> None:
+    assert await check_counters(pool, cases=[case_id]) == []
+
+
+async def test_a_signature_awaiting_confirmation_is_pending_not_counted(
+    pool: asyncpg.Pool[Any], topics: Topics, new_id: Any, infra: Any
+) -> None:
+    case_id = new_id("nawal")
+    tally = _Tally(pool, topics)
+    await tally.apply(signature(case_id, "ada@example.org", awaits_confirmation=True))
+    assert await counters(infra.database_url, case_id) == {("pending", ""): 1}
+    state = await pool.fetchval("SELECT state FROM tally.signatures WHERE case_id = $1", case_id)
+    assert state == "pending"
+    await _no_drift(pool, case_id)
+
+
+async def test_a_confirmation_counts_once_replayed_or_doubled(
+    pool: asyncpg.Pool[Any], topics: Topics, new_id: Any, infra: Any
+) -> None:
+    case_id = new_id("nawal")
+    tally = _Tally(pool, topics)
+    pending = [
+        signature(case_id, "ada@example.org", awaits_confirmation=True),
+        signature(case_id, "ada@example.org", action=Action.LETTER, country="FR", awaits_confirmation=True),
+        signature(case_id, "bob@example.org", country="MA", awaits_confirmation=True),
+    ]
+    confirmation = _confirmed(case_id, "ada@example.org")
+    await tally.apply(*pending)
+    await tally.apply(confirmation, confirmation)  # doubled in one batch
+    await tally.apply(confirmation)  # and again later
+    await tally.store.apply(_batch(tally.topic, [confirmation], 3))  # a replay of the first
+    # Proof the doubles and the replay were applied: every offset is stored, and the
+    # store counted two signatures in all, the first time.
+    assert await tally.store.stored_offsets(tally.topic, [0]) == {0: 6}
+    assert tally.confirmed() == 2
+    assert await counters(infra.database_url, case_id) == {
+        ("total", ""): 2,
+        ("country", "FR"): 2,
+        ("action", "signature"): 1,
+        ("action", "letter"): 1,
+        ("pending", ""): 1,
+    }
+    await _no_drift(pool, case_id)
+
+
+async def test_concurrent_confirmations_from_two_instances_count_once(
+    pool: asyncpg.Pool[Any], topics: Topics, new_id: Any, infra: Any
+) -> None:
+    case_id = new_id("nawal")
+    first, second = _Tally(pool, topics), _Tally(pool, topics)
+    await first.apply(*(signature(case_id, f"s{n}@example.org", awaits_confirmation=True) for n in range(20)))
+    confirmations = [_confirmed(case_id, f"s{n}@example.org") for n in range(20)]
+    # The same batch applied by two instances at once (a rebalance), each in its own transaction.
+    await asyncio.gather(
+        first.store.apply(_batch(first.topic, confirmations, 20)),
+        second.store.apply(_batch(second.topic, confirmations, 20)),
+    )
+    # Proof both applied the confirmations: together they counted each signature once.
+    assert first.confirmed() + second.confirmed() == 20
+    found = await counters(infra.database_url, case_id)
+    assert found[("total", "")] == 20
+    assert found[("pending", "")] == 0
+    await _no_drift(pool, case_id)
+
+
+async def test_the_order_of_the_log_holds_inside_a_batch(
+    pool: asyncpg.Pool[Any], topics: Topics, new_id: Any, infra: Any
+) -> None:
+    case_id = new_id("nawal")
+    tally = _Tally(pool, topics)
+    await tally.apply(
+        signature(case_id, "ada@example.org", awaits_confirmation=True),
+        _confirmed(case_id, "ada@example.org"),  # after its signature: counts it
+        _confirmed(case_id, "bob@example.org"),  # before: bob's signature counts at once
+        signature(case_id, "bob@example.org", country="MA", awaits_confirmation=True),
+        signature(case_id, "eve@example.org", country="BE", awaits_confirmation=True),
+    )
+    assert await counters(infra.database_url, case_id) == {
+        ("total", ""): 2,
+        ("country", "FR"): 1,
+        ("country", "MA"): 1,
+        ("action", "signature"): 2,
+        ("pending", ""): 1,
+    }
+    await _no_drift(pool, case_id)
+
+
+async def test_a_rejection_drops_only_pending_signatures(
+    pool: asyncpg.Pool[Any], topics: Topics, new_id: Any, infra: Any
+) -> None:
+    case_id = new_id("nawal")
+    tally = _Tally(pool, topics)
+    await tally.apply(
+        signature(case_id, "ada@example.org", awaits_confirmation=True),
+        signature(case_id, "ada@example.org", action=Action.LETTER, awaits_confirmation=True),
+        signature(case_id, "bob@example.org", awaits_confirmation=True),
+        _confirmed(case_id, "bob@example.org"),
+    )
+    rejections = [
+        SignaturesRejected(case_id=case_id, supporter_key=supporter_key(email))
+        for email in ("ada@example.org", "bob@example.org")
+    ]
+    await tally.apply(*rejections)
+    await tally.apply(*rejections)  # a replay drops nothing more
+    assert tally.metric("clameur_tally_pending_rejected_total") == 2
+    assert await counters(infra.database_url, case_id) == {
+        ("total", ""): 1,
+        ("country", "FR"): 1,
+        ("action", "signature"): 1,
+        ("pending", ""): 0,
+    }
+    await _no_drift(pool, case_id)
+
+
+async def test_expired_signatures_are_dropped_and_a_late_confirmation_counts_nothing(
+    pool: asyncpg.Pool[Any], topics: Topics, new_id: Any, infra: Any
+) -> None:
+    case_id = new_id("nawal")
+    now = datetime.now(UTC)
+    tally = _Tally(pool, topics)
+    await tally.apply(
+        signature(case_id, "old@example.org", awaits_confirmation=True, received_at=now - timedelta(days=31)),
+        signature(
+            case_id, "late@example.org", awaits_confirmation=True, received_at=now - timedelta(days=31)
+        ),
+        signature(case_id, "new@example.org", awaits_confirmation=True, received_at=now - timedelta(days=29)),
+    )
+    # Without the job: a confirmation after the expiry counts nothing, by event times.
+    await tally.apply(_confirmed(case_id, "late@example.org", now))
+    assert (await counters(infra.database_url, case_id))[("pending", "")] == 3
+    expiry = PendingExpiry(pool, tally.metrics, expiry=_EXPIRY, grace=timedelta(0), interval_s=60)
+    assert await expiry.run_once(now) == 2
+    assert await expiry.run_once(now) == 0
+    assert tally.metric("clameur_tally_pending_expired_total") == 2
+    await tally.apply(
+        _confirmed(case_id, "old@example.org", now), _confirmed(case_id, "new@example.org", now)
+    )
+    assert tally.confirmed() == 1
+    assert await counters(infra.database_url, case_id) == {
+        ("total", ""): 1,
+        ("country", "FR"): 1,
+        ("action", "signature"): 1,
+        ("pending", ""): 0,
+    }
+    await _no_drift(pool, case_id)
+
+
+async def test_an_erased_supporter_is_re_keyed_and_still_counts(
+    pool: asyncpg.Pool[Any], topics: Topics, new_id: Any, infra: Any
+) -> None:
+    cases = [new_id("nawal"), new_id("atena")]
+    email = f"{new_id('ada')}@example.org"  # the erasure reaches every case of the database
+    key = supporter_key(email)
+    tally = _Tally(pool, topics)
+    await tally.apply(
+        *(signature(case_id, email) for case_id in cases),
+        signature(cases[0], email, action=Action.LETTER, awaits_confirmation=True),
+        signature(cases[0], "bob@example.org"),
+    )
+    before = [await counters(infra.database_url, case_id) for case_id in cases]
+    domains = (
+        "SELECT count(*) FROM tally.signatures WHERE case_id = ANY($1::text[]) AND email_domain IS NOT NULL"
+    )
+    assert await pool.fetchval(domains, cases) == 4  # proof the domains were stored before the erasure
+    erasure = SupporterErased(erasure_id=uuid4(), supporter_key=key)
+    await tally.apply(erasure)
+    await tally.apply(erasure)  # it comes once per partition: the second finds nothing
+    assert tally.metric("clameur_tally_signatures_erased_total") == 3
+    assert await pool.fetchval("SELECT count(*) FROM tally.signatures WHERE supporter_key = $1", key) == 0
+    markers = await pool.fetch(
+        "SELECT supporter_key FROM tally.signatures WHERE case_id = ANY($1::text[]) "
+        "AND supporter_key LIKE 'erased:%'",
+        cases,
+    )
+    assert len({row["supporter_key"] for row in markers}) == 3  # unlinkable, even to each other
+    # A domain only one supporter uses would name them: the erased rows keep none; bob's stays.
+    assert await pool.fetchval(domains, cases) == 1
+    assert [await counters(infra.database_url, case_id) for case_id in cases] == before
+    for case_id in cases:
+        await _no_drift(pool, case_id)
+
+
+def test_the_in_memory_fold_follows_the_same_rules() -> None:
+    now = datetime.now(UTC)
+    tally = InMemoryTally(expiry=_EXPIRY)
+    tally.apply(
+        [
+            signature("c", "ada@example.org", awaits_confirmation=True),
+            _confirmed("c", "ada@example.org", now),
+            _confirmed("c", "ada@example.org", now),
+            signature("c", "old@example.org", awaits_confirmation=True, received_at=now - timedelta(days=31)),
+            _confirmed("c", "old@example.org", now),
+            signature("c", "bob@example.org", awaits_confirmation=True),
+            SignaturesRejected(case_id="c", supporter_key=supporter_key("bob@example.org")),
+            _confirmed("c", "bob@example.org", now),
+            SupporterErased(erasure_id=uuid4(), supporter_key=supporter_key("ada@example.org")),
+        ]
+    )
+    assert dict(tally.as_mapping()) == {
+        ("c", "total", ""): 1,
+        ("c", "country", "FR"): 1,
+        ("c", "action", "signature"): 1,
+    }
+    assert not any(key.supporter_key == supporter_key("ada@example.org") for key in tally.counted)
