@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import asyncio
 
-from alembic import context
+from alembic import context, op
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
+
+
+def execute_all(statements: list[str]) -> None:
+    """Run a migration's statements in order, one ``op.execute`` each (asyncpg prepares
+    each statement, and a prepared statement holds one command)."""
+    for statement in statements:
+        op.execute(statement)
 
 
 def run() -> None:

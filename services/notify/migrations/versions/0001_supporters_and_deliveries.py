@@ -1,6 +1,6 @@
 """Notify's supporter list, unsubscriptions, erasures, case events and the delivery ledger."""
 
-from alembic import op
+from clameur.migrations_env import execute_all
 
 # One statement per op.execute: asyncpg prepares each, and a prepared statement holds one command.
 
@@ -102,10 +102,8 @@ DOWNGRADE = [
 
 
 def upgrade() -> None:
-    for statement in UPGRADE:
-        op.execute(statement)
+    execute_all(UPGRADE)
 
 
 def downgrade() -> None:
-    for statement in DOWNGRADE:
-        op.execute(statement)
+    execute_all(DOWNGRADE)

@@ -10,7 +10,7 @@ signatures.v1 is retired, so contacts come again from contacts.v1 (sealed with t
 ``contact-at-rest`` key, outside the database).
 """
 
-from alembic import op
+from clameur.migrations_env import execute_all
 
 # One statement per op.execute: asyncpg prepares each, and a prepared statement holds one command.
 
@@ -97,10 +97,8 @@ DOWNGRADE = [
 
 
 def upgrade() -> None:
-    for statement in UPGRADE:
-        op.execute(statement)
+    execute_all(UPGRADE)
 
 
 def downgrade() -> None:
-    for statement in DOWNGRADE:
-        op.execute(statement)
+    execute_all(DOWNGRADE)

@@ -2,7 +2,7 @@
 each contact's address hash (the send-time suppression check).
 """
 
-from alembic import op
+from clameur.migrations_env import execute_all
 
 # One statement per op.execute: asyncpg prepares each, and a prepared statement holds one command.
 
@@ -49,10 +49,8 @@ DOWNGRADE = [
 
 
 def upgrade() -> None:
-    for statement in UPGRADE:
-        op.execute(statement)
+    execute_all(UPGRADE)
 
 
 def downgrade() -> None:
-    for statement in DOWNGRADE:
-        op.execute(statement)
+    execute_all(DOWNGRADE)
