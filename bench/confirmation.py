@@ -54,7 +54,7 @@ from bench.common import (
     say,
     wait_until,
 )
-from bench.infra import BenchRun, add_run_arguments, fetchval, load_topic, measured, service_env
+from bench.infra import BenchRun, add_run_arguments, fetchval, load_topic, measured, notify_extra, service_env
 from bench.intake import (
     INTAKE_FACTORY,
     INTAKE_SETUP,
@@ -131,12 +131,7 @@ def start_stack(run: BenchRun, args: argparse.Namespace) -> Stack:
         run.infra,
         topic_prefix=topics.prefix,
         database_url=dsn,
-        extra={
-            "CLAMEUR_NOTIFY_PORT": str(notify_port),
-            "CLAMEUR_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}",
-            "CLAMEUR_PUBLIC_URL": f"http://127.0.0.1:{notify_port}",
-            "CLAMEUR_NOTIFY_RATE_PER_S": "1000000",
-        },
+        extra={**notify_extra(notify_port, smtp_port), "CLAMEUR_NOTIFY_RATE_PER_S": "1000000"},
     )
     tally = run.start("tally", [sys.executable, "-m", "tally"], tally_env)
     notify = run.start("notify", [sys.executable, "-m", "notify"], notify_env)

@@ -100,6 +100,15 @@ def service_env(
     return env
 
 
+def notify_extra(port: int, smtp_port: int) -> dict[str, str]:
+    """Notify's own CLAMEUR_* values: its port, its public URL on that port, and the SMTP sink."""
+    return {
+        "CLAMEUR_NOTIFY_PORT": str(port),
+        "CLAMEUR_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}",
+        "CLAMEUR_PUBLIC_URL": f"http://127.0.0.1:{port}",
+    }
+
+
 # -- topics ---------------------------------------------------------------------------------------
 
 

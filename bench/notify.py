@@ -43,7 +43,15 @@ from bench.common import (
     total,
     wait_until,
 )
-from bench.infra import BenchRun, add_run_arguments, bench_case, load_topic, publish_events, service_env
+from bench.infra import (
+    BenchRun,
+    add_run_arguments,
+    bench_case,
+    load_topic,
+    notify_extra,
+    publish_events,
+    service_env,
+)
 from bench.synthetic import consenting_supporters
 from clameur.events import VictoryDeclared
 from clameur.settings import ClameurSettings
@@ -219,9 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 topic_prefix=topics.prefix,
                 database_url=dsn,
                 extra={
-                    "CLAMEUR_NOTIFY_PORT": str(port),
-                    "CLAMEUR_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}",
-                    "CLAMEUR_PUBLIC_URL": f"http://127.0.0.1:{port}",
+                    **notify_extra(port, smtp_port),
                     "CLAMEUR_NOTIFY_RATE_PER_S": str(args.rate_cap),
                     "CLAMEUR_NOTIFY_SMTP_POOL_SIZE": str(args.pool_size),
                     "CLAMEUR_NOTIFY_CONCURRENCY": str(args.concurrency),

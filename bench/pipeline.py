@@ -55,7 +55,7 @@ from bench.common import (
     subtract,
     total,
 )
-from bench.infra import BenchRun, add_run_arguments, measured, read_topic, service_env
+from bench.infra import BenchRun, add_run_arguments, measured, notify_extra, read_topic, service_env
 from bench.intake import (
     INTAKE_FACTORY,
     INTAKE_SETUP,
@@ -295,14 +295,10 @@ def measure(run: BenchRun, args: argparse.Namespace) -> PipelineResults:
         database_url=dsn,
         extra={"CLAMEUR_TALLY_PORT": str(tally_port), "CLAMEUR_TALLY_GROUP_ID": f"tally-{run.prefix}"},
     )
-    notify_extra = {
-        "CLAMEUR_NOTIFY_PORT": str(notify_port),
-        "CLAMEUR_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}",
-        "CLAMEUR_PUBLIC_URL": f"http://127.0.0.1:{notify_port}",
-    }
+    notify_settings = notify_extra(notify_port, smtp_port)
     if args.notify_rate_cap:
-        notify_extra["CLAMEUR_NOTIFY_RATE_PER_S"] = str(args.notify_rate_cap)
-    notify_env = service_env(run.infra, topic_prefix=topics.prefix, database_url=dsn, extra=notify_extra)
+        notify_settings["CLAMEUR_NOTIFY_RATE_PER_S"] = str(args.notify_rate_cap)
+    notify_env = service_env(run.infra, topic_prefix=topics.prefix, database_url=dsn, extra=notify_settings)
     tally = run.start("tally", [sys.executable, "-m", "tally"], tally_env)
     notify = run.start("notify", [sys.executable, "-m", "notify"], notify_env)
     env = intake_env(run.infra, topic_prefix=topics.prefix, partner_key=secrets.token_hex(16))
