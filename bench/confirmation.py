@@ -372,27 +372,24 @@ def side_by_side(run: BenchRun, stack: Stack, args: argparse.Namespace) -> dict[
     run.children.stop(stack.notify)
     run.children.stop(stack.tally)
     results: dict[str, list[WrkResult]] = {"email": [], "none": []}
-    # Unmeasured: the first run after notify and tally stop would otherwise pay for their exit.
-    for confirmation in ("none", "email"):
-        run_wrk(
+
+    def load(confirmation: str, duration_s: float, tag: str) -> WrkResult:
+        return run_wrk(
             stack.intake_base,
             "signatures.lua",
             connections=args.connections,
-            duration_s=args.ab_warmup,
-            env=signatures_env(cases[confirmation], f"{run.run_id}{confirmation}w"),
+            duration_s=duration_s,
+            env=signatures_env(cases[confirmation], f"{run.run_id}{confirmation}{tag}"),
             log=run.folder / "wrk.log",
         )
+
+    # Unmeasured: the first run after notify and tally stop would otherwise pay for their exit.
+    for confirmation in ("none", "email"):
+        load(confirmation, args.ab_warmup, "w")
     for round_ in range(args.rounds):
         order = ("email", "none") if round_ % 2 == 0 else ("none", "email")
         for confirmation in order:
-            result = run_wrk(
-                stack.intake_base,
-                "signatures.lua",
-                connections=args.connections,
-                duration_s=args.ab_duration,
-                env=signatures_env(cases[confirmation], f"{run.run_id}{confirmation}{round_}"),
-                log=run.folder / "wrk.log",
-            )
+            result = load(confirmation, args.ab_duration, str(round_))
             say(f"{confirmation} case: {result.ok_per_s:,.0f} accepted/s")
             results[confirmation].append(result)
     return results
