@@ -42,11 +42,11 @@ import orjson
 from bench.common import (
     BenchError,
     Child,
+    MachineFacts,
     Row,
     WrkResult,
     count,
     free_port,
-    machine_facts,
     per_second,
     port_open,
     report,
@@ -54,7 +54,15 @@ from bench.common import (
     say,
     wait_until,
 )
-from bench.infra import BenchRun, add_run_arguments, fetchval, load_topic, measured, notify_extra, service_env
+from bench.infra import (
+    BenchRun,
+    add_run_arguments,
+    fetchval,
+    load_topic,
+    notify_extra,
+    run_measured,
+    service_env,
+)
 from bench.intake import (
     INTAKE_FACTORY,
     INTAKE_SETUP,
@@ -573,11 +581,10 @@ def report_rows(results: Results, args: argparse.Namespace, found: Figures) -> l
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    facts = machine_facts()
-    results = measured("confirmation", args, measure)
-    if results is None:
-        return 2
+    return run_measured("confirmation", parse_args(argv), measure, write_report)
+
+
+def write_report(results: Results, args: argparse.Namespace, facts: MachineFacts) -> int:
     found = figures(results)
     rows = report_rows(results, args, found)
     setup = [

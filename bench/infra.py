@@ -25,7 +25,17 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
-from bench.common import BenchError, Child, Children, new_run_id, port_open, run_dir, say
+from bench.common import (
+    BenchError,
+    Child,
+    Children,
+    MachineFacts,
+    machine_facts,
+    new_run_id,
+    port_open,
+    run_dir,
+    say,
+)
 from clameur.database import migrate
 from clameur.events import Action, CaseState, Event
 from clameur.kafka import kafka_admin, partitions_of
@@ -397,3 +407,17 @@ def measured(
     except BenchError as error:
         say(f"error: {error}")
         return None
+
+
+def run_measured(
+    name: str,
+    args: argparse.Namespace,
+    measure: Callable[[BenchRun, argparse.Namespace], Results],
+    write_report: Callable[[Results, argparse.Namespace, MachineFacts], int],
+) -> int:
+    """A bench's ``main``: :func:`measured`, then ``write_report(results, args, facts)``; 2 when it failed."""
+    facts = machine_facts()
+    results = measured(name, args, measure)
+    if results is None:
+        return 2
+    return write_report(results, args, facts)

@@ -41,13 +41,13 @@ import orjson
 from bench.baseline import Baseline, prepare
 from bench.common import (
     Child,
+    MachineFacts,
     Row,
     Samples,
     WrkResult,
     by_label,
     count,
     free_port,
-    machine_facts,
     millis,
     per_second,
     report,
@@ -65,8 +65,8 @@ from bench.infra import (
     bench_case,
     delete_topic_names,
     end_offsets,
-    measured,
     publish_events,
+    run_measured,
     service_env,
 )
 from bench.synthetic import COUNTRIES, FIRST_NAMES, LAST_NAMES
@@ -565,11 +565,10 @@ def baseline_rows(results: IntakeResults, args: argparse.Namespace) -> list[Row]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    facts = machine_facts()
-    results = measured("intake", args, measure)
-    if results is None:
-        return 2
+    return run_measured("intake", parse_args(argv), measure, write_report)
+
+
+def write_report(results: IntakeResults, args: argparse.Namespace, facts: MachineFacts) -> int:
     rows, exact = report_rows(results, args)
     setup = [
         f"intake and the reference each served by `uvicorn --factory ... --workers {args.workers} "

@@ -39,13 +39,13 @@ import orjson
 from bench.common import (
     BenchError,
     Child,
+    MachineFacts,
     Row,
     Samples,
     WrkResult,
     count,
     free_port,
     histogram_quantile,
-    machine_facts,
     millis,
     per_second,
     report,
@@ -55,7 +55,7 @@ from bench.common import (
     subtract,
     total,
 )
-from bench.infra import BenchRun, add_run_arguments, measured, notify_extra, read_topic, service_env
+from bench.infra import BenchRun, add_run_arguments, notify_extra, read_topic, run_measured, service_env
 from bench.intake import (
     INTAKE_FACTORY,
     INTAKE_SETUP,
@@ -467,11 +467,10 @@ def report_rows(results: PipelineResults, args: argparse.Namespace, problems: li
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    facts = machine_facts()
-    results = measured("pipeline", args, measure)
-    if results is None:
-        return 2
+    return run_measured("pipeline", parse_args(argv), measure, write_report)
+
+
+def write_report(results: PipelineResults, args: argparse.Namespace, facts: MachineFacts) -> int:
     problems = exactness(results)
     rows = report_rows(results, args, problems)
     cap = f"{args.notify_rate_cap:g}/s" if args.notify_rate_cap else "notify's default"
