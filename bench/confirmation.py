@@ -62,6 +62,7 @@ from bench.infra import (
     notify_extra,
     run_measured,
     service_env,
+    tally_service_env,
 )
 from bench.intake import (
     INTAKE_FACTORY,
@@ -129,12 +130,7 @@ def start_stack(run: BenchRun, args: argparse.Namespace) -> Stack:
     sink = run.start("smtp-sink", sink_argv, service_env(run.infra, topic_prefix=run.prefix))
     wait_until("the SMTP sink", lambda: port_open(smtp_port), timeout_s=30)
     tally_port, notify_port = free_port(), free_port()
-    tally_env = service_env(
-        run.infra,
-        topic_prefix=topics.prefix,
-        database_url=dsn,
-        extra={"CLAMEUR_TALLY_PORT": str(tally_port), "CLAMEUR_TALLY_GROUP_ID": f"tally-{run.prefix}"},
-    )
+    tally_env = tally_service_env(run, topics, dsn, tally_port)
     notify_env = service_env(
         run.infra,
         topic_prefix=topics.prefix,

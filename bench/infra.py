@@ -110,6 +110,16 @@ def service_env(
     return env
 
 
+def tally_service_env(run: BenchRun, topics: Topics, database_url: str, port: int) -> dict[str, str]:
+    """Tally's environment in ``run``: on ``port``, with a consumer group of the run's own."""
+    return service_env(
+        run.infra,
+        topic_prefix=topics.prefix,
+        database_url=database_url,
+        extra={"CLAMEUR_TALLY_PORT": str(port), "CLAMEUR_TALLY_GROUP_ID": f"tally-{run.prefix}"},
+    )
+
+
 def notify_extra(port: int, smtp_port: int) -> dict[str, str]:
     """Notify's own CLAMEUR_* values: its port, its public URL on that port, and the SMTP sink."""
     return {

@@ -55,7 +55,15 @@ from bench.common import (
     subtract,
     total,
 )
-from bench.infra import BenchRun, add_run_arguments, notify_extra, read_topic, run_measured, service_env
+from bench.infra import (
+    BenchRun,
+    add_run_arguments,
+    notify_extra,
+    read_topic,
+    run_measured,
+    service_env,
+    tally_service_env,
+)
 from bench.intake import (
     INTAKE_FACTORY,
     INTAKE_SETUP,
@@ -289,12 +297,7 @@ def measure(run: BenchRun, args: argparse.Namespace) -> PipelineResults:
     dsn = run.new_database("tally", "notify")
     sink, smtp_port, sink_stats = start_sink(run, "smtp-sink")
     tally_port, notify_port = free_port(), free_port()
-    tally_env = service_env(
-        run.infra,
-        topic_prefix=topics.prefix,
-        database_url=dsn,
-        extra={"CLAMEUR_TALLY_PORT": str(tally_port), "CLAMEUR_TALLY_GROUP_ID": f"tally-{run.prefix}"},
-    )
+    tally_env = tally_service_env(run, topics, dsn, tally_port)
     notify_settings = notify_extra(notify_port, smtp_port)
     if args.notify_rate_cap:
         notify_settings["CLAMEUR_NOTIFY_RATE_PER_S"] = str(args.notify_rate_cap)
