@@ -57,6 +57,18 @@ def start_stack(service_env: dict[str, str], smtp_sink: SmtpSink, tmp_path: Path
         yield start
 
 
+@pytest.fixture
+def case_id(new_id: Callable[..., str]) -> str:
+    return new_id("nawal")
+
+
+def open_case(stack: dict[str, ServiceProcess], case_id: str, **fields: object) -> tuple[str, str]:
+    """``case_id`` created on a started stack, with ``fields``: the URLs of its intake and tally."""
+    intake, tally = stack["intake"].url, stack["tally"].url
+    create_case(tally, case_id, **fields)
+    return intake, tally
+
+
 def _address(name: str) -> str:
     return f"{name}@example.org"
 
@@ -99,12 +111,9 @@ def sign_and_confirm(intake: str, tally: str, sink: SmtpSink, case_id: str, emai
 
 
 def test_a_signature_counts_once_its_address_is_confirmed_however_often_the_link_is_opened(
-    start_stack: StartStack, smtp_sink: SmtpSink, new_id: Callable[..., str]
+    start_stack: StartStack, smtp_sink: SmtpSink, case_id: str
 ) -> None:
-    stack = start_stack()
-    intake, tally = stack["intake"].url, stack["tally"].url
-    case_id = new_id("nawal")
-    create_case(tally, case_id, confirmation="email")
+    intake, tally = open_case(start_stack(), case_id, confirmation="email")
     signer = _address("nawal.supporter")
 
     # The signer reads English on a French case: the email follows the signer, not the case.
@@ -137,12 +146,9 @@ def test_a_signature_counts_once_its_address_is_confirmed_however_often_the_link
 
 
 def test_it_wasnt_me_removes_the_signature_by_its_button_only_and_mail_stops(
-    start_stack: StartStack, smtp_sink: SmtpSink, new_id: Callable[..., str]
+    start_stack: StartStack, smtp_sink: SmtpSink, case_id: str
 ) -> None:
-    stack = start_stack()
-    intake, tally = stack["intake"].url, stack["tally"].url
-    case_id = new_id("nawal")
-    create_case(tally, case_id, confirmation="email")
+    intake, tally = open_case(start_stack(), case_id, confirmation="email")
     victim = _address("signed.up.by.someone.else")
     assert first_signature(intake, case_id, victim).status_code == 202
     links = confirmation_links(mails_arrive(smtp_sink, victim, 1)[0])
@@ -168,14 +174,10 @@ def test_it_wasnt_me_removes_the_signature_by_its_button_only_and_mail_stops(
     assert len(smtp_sink.to(victim)) == 1
 
 
-def test_one_reminder_then_none(
-    start_stack: StartStack, smtp_sink: SmtpSink, new_id: Callable[..., str]
-) -> None:
+def test_one_reminder_then_none(start_stack: StartStack, smtp_sink: SmtpSink, case_id: str) -> None:
     reminder_s = 3
     stack = start_stack(CLAMEUR_CONFIRMATION_REMINDER_S=str(reminder_s))
-    intake, tally = stack["intake"].url, stack["tally"].url
-    case_id = new_id("nawal")
-    create_case(tally, case_id, confirmation="email")
+    intake, tally = open_case(stack, case_id, confirmation="email")
     forgetful = _address("forgetful.supporter")
     assert first_signature(intake, case_id, forgetful).status_code == 202
 
@@ -189,7 +191,7 @@ def test_one_reminder_then_none(
 
 
 def test_an_unconfirmed_signature_expires_and_its_late_link_is_refused(
-    start_stack: StartStack, smtp_sink: SmtpSink, new_id: Callable[..., str]
+    start_stack: StartStack, smtp_sink: SmtpSink, case_id: str
 ) -> None:
     expiry_s = 15.0  # long enough for a prompt supporter to confirm in time on a loaded machine
     stack = start_stack(
@@ -197,9 +199,7 @@ def test_an_unconfirmed_signature_expires_and_its_late_link_is_refused(
         CLAMEUR_TALLY_EXPIRY_INTERVAL_S="1",
         CLAMEUR_TALLY_EXPIRY_GRACE_S="0",
     )
-    intake, tally = stack["intake"].url, stack["tally"].url
-    case_id = new_id("nawal")
-    create_case(tally, case_id, confirmation="email")
+    intake, tally = open_case(stack, case_id, confirmation="email")
     late = _address("late.supporter")
     assert first_signature(intake, case_id, late).status_code == 202
     counts_become(tally, case_id, total=0, pending=1)
@@ -218,13 +218,10 @@ def test_an_unconfirmed_signature_expires_and_its_late_link_is_refused(
 
 
 def test_no_milestone_email_goes_to_an_unconfirmed_address(
-    start_stack: StartStack, smtp_sink: SmtpSink, new_id: Callable[..., str], infra: Infra
+    start_stack: StartStack, smtp_sink: SmtpSink, case_id: str, infra: Infra
 ) -> None:
-    stack = start_stack()
-    intake, tally = stack["intake"].url, stack["tally"].url
-    case_id = new_id("nawal")
     # A "none" case: signatures count at once, but news still waits for a confirmed address.
-    create_case(tally, case_id, confirmation="none", milestones=[5])
+    intake, tally = open_case(start_stack(), case_id, confirmation="none", milestones=[5])
     wants_news = {"consent": {"updates": True}}
     confirmed, unconfirmed = _address("confirmed.supporter"), _address("unconfirmed.supporter")
     assert first_signature(intake, case_id, confirmed, **wants_news).status_code == 202
@@ -261,11 +258,8 @@ async def _confirmed_subscribers(database_url: str, case_id: str) -> int:
         await connection.close()
 
 
-def test_gmail_aliases_are_one_supporter(start_stack: StartStack, new_id: Callable[..., str]) -> None:
-    stack = start_stack()
-    intake, tally = stack["intake"].url, stack["tally"].url
-    case_id = new_id("nawal")
-    create_case(tally, case_id, confirmation="none", small_count_threshold=1)
+def test_gmail_aliases_are_one_supporter(start_stack: StartStack, case_id: str) -> None:
+    intake, tally = open_case(start_stack(), case_id, confirmation="none", small_count_threshold=1)
     assert first_signature(intake, case_id, "a.b.c@gmail.com", country="FR").status_code == 202
     for n, alias in enumerate(["abc+1@gmail.com", "abc@googlemail.com", "A.B.C+petition@Gmail.com"], 1):
         signed(intake, case_id, alias, n, ACCEPTED, country="FR")

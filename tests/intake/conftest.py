@@ -19,6 +19,7 @@ from intake.settings import IntakeSettings
 
 from clameur.events import Action, CaseState, CaseStatus, Victory
 from clameur.topics import Topics
+from tests.conftest import Infra
 from tests.support import eventually, settings_from
 
 SIGNER = {
@@ -91,6 +92,22 @@ async def running(
 
 
 Intake = Callable[..., Any]
+
+
+@pytest.fixture
+async def nawal(infra: Infra, topics: Topics, new_id: Callable[[str], str]) -> str:
+    """An open case (signature and letter; French and English) on this test's cases topic."""
+    case_id = new_id("nawal")
+    await publish_cases(infra.kafka, topics, case_state(case_id))
+    return case_id
+
+
+@pytest.fixture
+async def atena(infra: Infra, topics: Topics, new_id: Callable[[str], str]) -> str:
+    """An open case that asks its signers to confirm by email, on this test's cases topic."""
+    case_id = new_id("atena")
+    await publish_cases(infra.kafka, topics, case_state(case_id, confirmation="email"))
+    return case_id
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
-
 from clameur.events import decode_contact, decode_signature
 from clameur.topics import Topics
 from tests.conftest import Infra
@@ -13,13 +11,6 @@ from tests.intake.conftest import SIGNER, Intake, case_state, publish_cases, won
 from tests.support import metric, read_topic
 
 PARTNER = {"Authorization": "Bearer partner-key-amnesty-paper-0123456789"}
-
-
-@pytest.fixture
-async def nawal(infra: Infra, topics: Topics, new_id: Callable[[str], str]) -> str:
-    case_id = new_id("nawal")
-    await publish_cases(infra.kafka, topics, case_state(case_id))
-    return case_id
 
 
 def partners() -> dict[str, str]:
@@ -103,17 +94,15 @@ async def test_a_batch_needs_a_partner_key_and_an_open_case(
 
 
 async def test_a_batch_on_a_confirmation_case_is_pending_per_item_with_a_contact_each(
-    intake: Intake, infra: Infra, topics: Topics, new_id: Callable[[str], str]
+    intake: Intake, infra: Infra, topics: Topics, atena: str
 ) -> None:
-    case_id = new_id("atena")
-    await publish_cases(infra.kafka, topics, case_state(case_id, confirmation="email"))
     items: list[object] = [
         {**SIGNER, "email": f"Paper{n}@Example.org", "postal_code": "75011"} for n in range(5)
     ]
     items.append({**SIGNER, "country": "XX"})
     async with intake(partner_keys=partners()) as (_, client):
         answer = await client.post(
-            f"/v1/cases/{case_id}/signatures/batch", json={"signatures": items}, headers=PARTNER
+            f"/v1/cases/{atena}/signatures/batch", json={"signatures": items}, headers=PARTNER
         )
     assert answer.status_code == 202, answer.text
     assert [result["status"] for result in answer.json()["results"]] == ["pending_confirmation"] * 5 + [

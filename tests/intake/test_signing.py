@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
-import pytest
 
 from clameur.events import CaseStatus, decode_contact, decode_signature
 from clameur.supporters import SupporterKeys
@@ -16,13 +15,8 @@ from tests.conftest import TEST_SECRET, Infra
 from tests.intake.conftest import SIGNER, Intake, case_state, publish_cases, won_state
 from tests.support import metric, read_topic
 
-
-@pytest.fixture
-async def nawal(infra: Infra, topics: Topics, new_id: Callable[[str], str]) -> str:
-    """An open case (signature and letter; French and English) on this test's cases topic."""
-    case_id = new_id("nawal")
-    await publish_cases(infra.kafka, topics, case_state(case_id))
-    return case_id
+BOT = {**SIGNER, "website": "http://x.example"}
+"""A signer who filled the honeypot field, which people never see."""
 
 
 async def test_an_accepted_signature_is_on_the_topic_keyed_by_case(
@@ -159,9 +153,7 @@ async def test_the_honeypot_looks_accepted_but_publishes_nothing(
     intake: Intake, infra: Infra, topics: Topics, nawal: str
 ) -> None:
     async with intake() as (_, client):
-        bot = await client.post(
-            f"/v1/cases/{nawal}/signatures", json={**SIGNER, "website": "http://x.example"}
-        )
+        bot = await client.post(f"/v1/cases/{nawal}/signatures", json=BOT)
         assert bot.status_code == 202
         assert bot.json()["status"] == "accepted"
         metrics = (await client.get("/metrics")).text
@@ -170,15 +162,11 @@ async def test_the_honeypot_looks_accepted_but_publishes_nothing(
 
 
 async def test_the_honeypot_on_a_confirmation_case_looks_pending_and_writes_no_contact(
-    intake: Intake, infra: Infra, topics: Topics, new_id: Callable[[str], str]
+    intake: Intake, infra: Infra, topics: Topics, atena: str
 ) -> None:
-    case_id = new_id("atena")
-    await publish_cases(infra.kafka, topics, case_state(case_id, confirmation="email"))
     async with intake() as (_, client):
-        bot = await client.post(
-            f"/v1/cases/{case_id}/signatures", json={**SIGNER, "website": "http://x.example"}
-        )
-        person = await client.post(f"/v1/cases/{case_id}/signatures", json=SIGNER)
+        bot = await client.post(f"/v1/cases/{atena}/signatures", json=BOT)
+        person = await client.post(f"/v1/cases/{atena}/signatures", json=SIGNER)
     # A bot cannot tell its answer from a person's.
     assert bot.status_code == person.status_code == 202
     assert bot.json()["status"] == person.json()["status"] == "pending_confirmation"

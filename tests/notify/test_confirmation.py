@@ -84,6 +84,16 @@ async def sign_awaiting(
     return signed
 
 
+async def asked_to_confirm(
+    infra: Infra, topics: Topics, smtp_sink: SmtpSink, case_id: str, name: str
+) -> tuple[SignatureAccepted, dict[str, str]]:
+    """``name`` signs on an ``"email"`` case and is the first to get the email asking to confirm:
+    the signature, and the email's links."""
+    signed = await sign_awaiting(infra, topics, case_id, name)
+    await until_received(smtp_sink, 1)
+    return signed, links_in(smtp_sink.received[0])
+
+
 async def confirmations_on_topic(infra: Infra, topics: Topics, at_least: int) -> list[Any]:
     records = await read_topic(infra.kafka, topics.signatures, at_least=at_least)
     events = [decode_signature_log_event(r.value) for r in records]
@@ -132,9 +142,8 @@ async def test_opening_the_confirm_link_publishes_a_confirmation_per_click_and_c
     notify: RunningNotify, smtp_sink: SmtpSink, infra: Infra, topics: Topics, new_id: Callable[..., str]
 ) -> None:
     case_id = new_id("nawal")
-    amina = await sign_awaiting(infra, topics, case_id, "amina")
-    await until_received(smtp_sink, 1)
-    token = links_in(smtp_sink.received[0])["confirm"]
+    amina, links = await asked_to_confirm(infra, topics, smtp_sink, case_id, "amina")
+    token = links["confirm"]
 
     first = await notify.client.get(f"/v1/confirm/{token}", headers={"accept": "text/html"})
     again = await notify.client.get(f"/v1/confirm/{token}")
@@ -166,9 +175,8 @@ async def test_it_wasnt_me_changes_nothing_on_get_and_rejects_on_post(
     notify: RunningNotify, smtp_sink: SmtpSink, infra: Infra, topics: Topics, new_id: Callable[..., str]
 ) -> None:
     case_id = new_id("nawal")
-    amina = await sign_awaiting(infra, topics, case_id, "amina")
-    await until_received(smtp_sink, 1)
-    path = f"/v1/reject/{links_in(smtp_sink.received[0])['reject']}"
+    amina, links = await asked_to_confirm(infra, topics, smtp_sink, case_id, "amina")
+    path = f"/v1/reject/{links['reject']}"
 
     shown = await notify.client.get(path)  # what a mail scanner does
     assert shown.status_code == 200 and 'method="post"' in shown.text and f'action="{path}"' in shown.text

@@ -6,9 +6,10 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
+import pytest
 from notify.metrics import NotifyMetrics
 from notify.retention import RetentionJob
 from prometheus_client import CollectorRegistry, generate_latest
@@ -37,36 +38,44 @@ def case_state(
     )
 
 
-async def clocks_recorded(
-    notify: RunningNotify, infra: Infra, topics: Topics, states: list[CaseState]
-) -> None:
-    await produce(infra.kafka, topics.cases, states, key=lambda e: getattr(e, "case_id"))  # noqa: B009
-    wanted = {s.case_id for s in states}
+RecordClocks = Callable[..., Awaitable[None]]
 
-    async def recorded() -> bool:
-        rows = await notify.database.fetch(
-            "SELECT case_id, version FROM notify.case_retention WHERE case_id = ANY($1::text[])", list(wanted)
-        )
-        latest = {s.case_id: max(x.version for x in states if x.case_id == s.case_id) for s in states}
-        return {r["case_id"]: r["version"] for r in rows} == latest
 
-    await eventually(recorded, within=30, what="the cases' retention clocks recorded")
+@pytest.fixture
+def record_clocks(notify: RunningNotify, infra: Infra, topics: Topics) -> RecordClocks:
+    """``await record_clocks(*states)``: the states on the cases topic, then notify's retention
+    clocks recorded at each case's latest version."""
+
+    async def record(*states: CaseState) -> None:
+        await produce(infra.kafka, topics.cases, states, key=lambda e: getattr(e, "case_id"))  # noqa: B009
+        wanted = {s.case_id for s in states}
+
+        async def recorded() -> bool:
+            rows = await notify.database.fetch(
+                "SELECT case_id, version FROM notify.case_retention WHERE case_id = ANY($1::text[])",
+                list(wanted),
+            )
+            latest = {s.case_id: max(x.version for x in states if x.case_id == s.case_id) for s in states}
+            return {r["case_id"]: r["version"] for r in rows} == latest
+
+        await eventually(recorded, within=30, what="the cases' retention clocks recorded")
+
+    return record
 
 
 async def test_retention_forgets_a_closed_cases_supporters_at_its_time_and_not_before(
-    notify: RunningNotify, infra: Infra, topics: Topics, new_id: Callable[..., str]
+    notify: RunningNotify,
+    record_clocks: RecordClocks,
+    infra: Infra,
+    topics: Topics,
+    new_id: Callable[..., str],
 ) -> None:
     closed, still_open = new_id("closed"), new_id("open")
     ended = utc_now() - timedelta(days=1)
-    await clocks_recorded(
-        notify,
-        infra,
-        topics,
-        [
-            case_state(closed, CaseStatus.OPEN, ended - timedelta(days=9), version=1, days=30),
-            case_state(closed, CaseStatus.CLOSED, ended, days=30),
-            case_state(still_open, CaseStatus.OPEN, ended),
-        ],
+    await record_clocks(
+        case_state(closed, CaseStatus.OPEN, ended - timedelta(days=9), version=1, days=30),
+        case_state(closed, CaseStatus.CLOSED, ended, days=30),
+        case_state(still_open, CaseStatus.OPEN, ended),
     )
     only_closed = await seed_supporter(notify.database, f"a.{closed}@example.org", "A", [closed])
     both = await seed_supporter(notify.database, f"b.{closed}@example.org", "B", [closed, still_open])
@@ -104,20 +113,15 @@ async def test_retention_forgets_a_closed_cases_supporters_at_its_time_and_not_b
 
 
 async def test_the_global_override_and_a_reopened_case_move_the_clock(
-    notify: RunningNotify, infra: Infra, topics: Topics, new_id: Callable[..., str]
+    notify: RunningNotify, record_clocks: RecordClocks, new_id: Callable[..., str]
 ) -> None:
     won, reopened = new_id("won"), new_id("reopened")
     ended = utc_now() - timedelta(days=2)
-    await clocks_recorded(
-        notify,
-        infra,
-        topics,
-        [
-            case_state(won, CaseStatus.WON, ended),
-            case_state(reopened, CaseStatus.CLOSED, ended, version=2),
-            case_state(reopened, CaseStatus.OPEN, ended + timedelta(hours=1), version=3),
-            case_state(reopened, CaseStatus.CLOSED, ended, version=1),  # a stale copy: ignored
-        ],
+    await record_clocks(
+        case_state(won, CaseStatus.WON, ended),
+        case_state(reopened, CaseStatus.CLOSED, ended, version=2),
+        case_state(reopened, CaseStatus.OPEN, ended + timedelta(hours=1), version=3),
+        case_state(reopened, CaseStatus.CLOSED, ended, version=1),  # a stale copy: ignored
     )
     winner = await seed_supporter(notify.database, f"w.{won}@example.org", "W", [won])
     await seed_supporter(notify.database, f"r.{won}@example.org", "R", [reopened])
@@ -132,15 +136,12 @@ async def test_the_global_override_and_a_reopened_case_move_the_clock(
 
 async def test_the_dry_run_command_reports_who_would_be_forgotten_and_forgets_no_one(
     notify: RunningNotify,
-    infra: Infra,
-    topics: Topics,
+    record_clocks: RecordClocks,
     new_id: Callable[..., str],
     service_env: dict[str, str],
 ) -> None:
     old = new_id("old")
-    await clocks_recorded(
-        notify, infra, topics, [case_state(old, CaseStatus.CLOSED, utc_now() - timedelta(days=200))]
-    )
+    await record_clocks(case_state(old, CaseStatus.CLOSED, utc_now() - timedelta(days=200)))
     key = await seed_supporter(notify.database, f"d.{old}@example.org", "D", [old])
     command = [sys.executable, "-m", "notify.retention", "--dry-run"]
     ran = await asyncio.to_thread(

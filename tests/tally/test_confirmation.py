@@ -10,6 +10,7 @@ from typing import Any
 from uuid import uuid4
 
 import asyncpg
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from tally.counter_store import PostgresCounterStore
 from tally.counting import InMemoryTally, SignatureLogRecord
@@ -43,7 +44,9 @@ def _batch(
 class _Tally:
     """A counter store, its metrics, and where the next batch of partition 0 starts."""
 
-    def __init__(self, pool: asyncpg.Pool[Any], topics: Topics) -> None:
+    def __init__(self, pool: asyncpg.Pool[Any], topics: Topics, database_url: str) -> None:
+        self.pool = pool
+        self.database_url = database_url
         self.registry = CollectorRegistry()
         self.metrics = TallyMetrics(self.registry)
         self.store = PostgresCounterStore(pool, self.metrics, topics.case_events, confirmation_expiry=_EXPIRY)
@@ -60,6 +63,38 @@ class _Tally:
     def confirmed(self) -> float:
         return self.metric("clameur_tally_signatures_confirmed_total")
 
+    async def counters(self, case_id: str) -> dict[tuple[str, str], int]:
+        return await counters(self.database_url, case_id)
+
+    async def no_drift(self, case_id: str) -> None:
+        assert await check_counters(self.pool, cases=[case_id]) == []
+
+
+@pytest.fixture
+def case_id(new_id: Any) -> str:
+    return str(new_id("nawal"))
+
+
+@pytest.fixture
+def tally(pool: asyncpg.Pool[Any], topics: Topics, infra: Any) -> _Tally:
+    """This module's tally: a counter store alone (over the conftest's running service)."""
+    return _Tally(pool, topics, infra.database_url)
+
+
+def _counts(
+    total: int | None = None,
+    countries: dict[str, int] | None = None,
+    actions: dict[str, int] | None = None,
+    pending: int | None = None,
+) -> dict[tuple[str, str], int]:
+    """The rows ``counters`` reads for a case: only the dimensions given."""
+    rows = {("total", ""): total} if total is not None else {}
+    rows.update({("country", country): n for country, n in (countries or {}).items()})
+    rows.update({("action", action): n for action, n in (actions or {}).items()})
+    if pending is not None:
+        rows[("pending", "")] = pending
+    return rows
+
 
 def _confirmed(case_id: str, email: str, at: datetime | None = None) -> SignatureConfirmed:
     return SignatureConfirmed(
@@ -67,27 +102,15 @@ def _confirmed(case_id: str, email: str, at: datetime | None = None) -> Signatur
     )
 
 
-async def _no_drift(pool: asyncpg.Pool[Any], case_id: str) -> None:
-    assert await check_counters(pool, cases=[case_id]) == []
-
-
-async def test_a_signature_awaiting_confirmation_is_pending_not_counted(
-    pool: asyncpg.Pool[Any], topics: Topics, new_id: Any, infra: Any
-) -> None:
-    case_id = new_id("nawal")
-    tally = _Tally(pool, topics)
+async def test_a_signature_awaiting_confirmation_is_pending_not_counted(tally: _Tally, case_id: str) -> None:
     await tally.apply(signature(case_id, "ada@example.org", awaits_confirmation=True))
-    assert await counters(infra.database_url, case_id) == {("pending", ""): 1}
-    state = await pool.fetchval("SELECT state FROM tally.signatures WHERE case_id = $1", case_id)
+    assert await tally.counters(case_id) == _counts(pending=1)
+    state = await tally.pool.fetchval("SELECT state FROM tally.signatures WHERE case_id = $1", case_id)
     assert state == "pending"
-    await _no_drift(pool, case_id)
+    await tally.no_drift(case_id)
 
 
-async def test_a_confirmation_counts_once_replayed_or_doubled(
-    pool: asyncpg.Pool[Any], topics: Topics, new_id: Any, infra: Any
-) -> None:
-    case_id = new_id("nawal")
-    tally = _Tally(pool, topics)
+async def test_a_confirmation_counts_once_replayed_or_doubled(tally: _Tally, case_id: str) -> None:
     pending = [
         signature(case_id, "ada@example.org", awaits_confirmation=True),
         signature(case_id, "ada@example.org", action=Action.LETTER, country="FR", awaits_confirmation=True),
@@ -102,21 +125,15 @@ async def test_a_confirmation_counts_once_replayed_or_doubled(
     # store counted two signatures in all, the first time.
     assert await tally.store.stored_offsets(tally.topic, [0]) == {0: 6}
     assert tally.confirmed() == 2
-    assert await counters(infra.database_url, case_id) == {
-        ("total", ""): 2,
-        ("country", "FR"): 2,
-        ("action", "signature"): 1,
-        ("action", "letter"): 1,
-        ("pending", ""): 1,
-    }
-    await _no_drift(pool, case_id)
+    assert await tally.counters(case_id) == _counts(2, {"FR": 2}, {"signature": 1, "letter": 1}, pending=1)
+    await tally.no_drift(case_id)
 
 
 async def test_concurrent_confirmations_from_two_instances_count_once(
     pool: asyncpg.Pool[Any], topics: Topics, new_id: Any, infra: Any
 ) -> None:
     case_id = new_id("nawal")
-    first, second = _Tally(pool, topics), _Tally(pool, topics)
+    first, second = _Tally(pool, topics, infra.database_url), _Tally(pool, topics, infra.database_url)
     await first.apply(*(signature(case_id, f"s{n}@example.org", awaits_confirmation=True) for n in range(20)))
     confirmations = [_confirmed(case_id, f"s{n}@example.org") for n in range(20)]
     # The same batch applied by two instances at once (a rebalance), each in its own transaction.
@@ -126,17 +143,13 @@ async def test_concurrent_confirmations_from_two_instances_count_once(
     )
     # Proof both applied the confirmations: together they counted each signature once.
     assert first.confirmed() + second.confirmed() == 20
-    found = await counters(infra.database_url, case_id)
+    found = await first.counters(case_id)
     assert found[("total", "")] == 20
     assert found[("pending", "")] == 0
-    await _no_drift(pool, case_id)
+    await first.no_drift(case_id)
 
 
-async def test_the_order_of_the_log_holds_inside_a_batch(
-    pool: asyncpg.Pool[Any], topics: Topics, new_id: Any, infra: Any
-) -> None:
-    case_id = new_id("nawal")
-    tally = _Tally(pool, topics)
+async def test_the_order_of_the_log_holds_inside_a_batch(tally: _Tally, case_id: str) -> None:
     await tally.apply(
         signature(case_id, "ada@example.org", awaits_confirmation=True),
         _confirmed(case_id, "ada@example.org"),  # after its signature: counts it
@@ -144,21 +157,11 @@ async def test_the_order_of_the_log_holds_inside_a_batch(
         signature(case_id, "bob@example.org", country="MA", awaits_confirmation=True),
         signature(case_id, "eve@example.org", country="BE", awaits_confirmation=True),
     )
-    assert await counters(infra.database_url, case_id) == {
-        ("total", ""): 2,
-        ("country", "FR"): 1,
-        ("country", "MA"): 1,
-        ("action", "signature"): 2,
-        ("pending", ""): 1,
-    }
-    await _no_drift(pool, case_id)
+    assert await tally.counters(case_id) == _counts(2, {"FR": 1, "MA": 1}, {"signature": 2}, pending=1)
+    await tally.no_drift(case_id)
 
 
-async def test_a_rejection_drops_only_pending_signatures(
-    pool: asyncpg.Pool[Any], topics: Topics, new_id: Any, infra: Any
-) -> None:
-    case_id = new_id("nawal")
-    tally = _Tally(pool, topics)
+async def test_a_rejection_drops_only_pending_signatures(tally: _Tally, case_id: str) -> None:
     await tally.apply(
         signature(case_id, "ada@example.org", awaits_confirmation=True),
         signature(case_id, "ada@example.org", action=Action.LETTER, awaits_confirmation=True),
@@ -172,13 +175,8 @@ async def test_a_rejection_drops_only_pending_signatures(
     await tally.apply(*rejections)
     await tally.apply(*rejections)  # a replay drops nothing more
     assert tally.metric("clameur_tally_pending_rejected_total") == 2
-    assert await counters(infra.database_url, case_id) == {
-        ("total", ""): 1,
-        ("country", "FR"): 1,
-        ("action", "signature"): 1,
-        ("pending", ""): 0,
-    }
-    await _no_drift(pool, case_id)
+    assert await tally.counters(case_id) == _counts(1, {"FR": 1}, {"signature": 1}, pending=0)
+    await tally.no_drift(case_id)
 
 
 async def test_expired_signatures_are_dropped_and_a_late_confirmation_counts_nothing(
@@ -186,7 +184,7 @@ async def test_expired_signatures_are_dropped_and_a_late_confirmation_counts_not
 ) -> None:
     case_id = new_id("nawal")
     now = datetime.now(UTC)
-    tally = _Tally(pool, topics)
+    tally = _Tally(pool, topics, infra.database_url)
     await tally.apply(
         signature(case_id, "old@example.org", awaits_confirmation=True, received_at=now - timedelta(days=31)),
         signature(
@@ -196,7 +194,7 @@ async def test_expired_signatures_are_dropped_and_a_late_confirmation_counts_not
     )
     # Without the job: a confirmation after the expiry counts nothing, by event times.
     await tally.apply(_confirmed(case_id, "late@example.org", now))
-    assert (await counters(infra.database_url, case_id))[("pending", "")] == 3
+    assert (await tally.counters(case_id))[("pending", "")] == 3
     expiry = PendingExpiry(pool, tally.metrics, expiry=_EXPIRY, grace=timedelta(0), interval_s=60)
     assert await expiry.run_once(now) == 2
     assert await expiry.run_once(now) == 0
@@ -205,13 +203,8 @@ async def test_expired_signatures_are_dropped_and_a_late_confirmation_counts_not
         _confirmed(case_id, "old@example.org", now), _confirmed(case_id, "new@example.org", now)
     )
     assert tally.confirmed() == 1
-    assert await counters(infra.database_url, case_id) == {
-        ("total", ""): 1,
-        ("country", "FR"): 1,
-        ("action", "signature"): 1,
-        ("pending", ""): 0,
-    }
-    await _no_drift(pool, case_id)
+    assert await tally.counters(case_id) == _counts(1, {"FR": 1}, {"signature": 1}, pending=0)
+    await tally.no_drift(case_id)
 
 
 async def test_an_erased_supporter_is_re_keyed_and_still_counts(
@@ -220,13 +213,13 @@ async def test_an_erased_supporter_is_re_keyed_and_still_counts(
     cases = [new_id("nawal"), new_id("atena")]
     email = f"{new_id('ada')}@example.org"  # the erasure reaches every case of the database
     key = supporter_key(email)
-    tally = _Tally(pool, topics)
+    tally = _Tally(pool, topics, infra.database_url)
     await tally.apply(
         *(signature(case_id, email) for case_id in cases),
         signature(cases[0], email, action=Action.LETTER, awaits_confirmation=True),
         signature(cases[0], "bob@example.org"),
     )
-    before = [await counters(infra.database_url, case_id) for case_id in cases]
+    before = [await tally.counters(case_id) for case_id in cases]
     domains = (
         "SELECT count(*) FROM tally.signatures WHERE case_id = ANY($1::text[]) AND email_domain IS NOT NULL"
     )
@@ -244,9 +237,9 @@ async def test_an_erased_supporter_is_re_keyed_and_still_counts(
     assert len({row["supporter_key"] for row in markers}) == 3  # unlinkable, even to each other
     # A domain only one supporter uses would name them: the erased rows keep none; bob's stays.
     assert await pool.fetchval(domains, cases) == 1
-    assert [await counters(infra.database_url, case_id) for case_id in cases] == before
+    assert [await tally.counters(case_id) for case_id in cases] == before
     for case_id in cases:
-        await _no_drift(pool, case_id)
+        await tally.no_drift(case_id)
 
 
 def test_the_in_memory_fold_follows_the_same_rules() -> None:

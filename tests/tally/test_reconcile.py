@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import uuid4
 
 import asyncpg
+import pytest
 from tally.counter_store import OFFSETS
 from tally.counting import CounterKey
 from tally.reconcile import check_counters, expected_counters, rebuild_counters
@@ -87,17 +89,35 @@ async def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedP
     )
 
 
+RunLog = Callable[..., Awaitable[None]]
+
+
+@pytest.fixture
+def run_log(
+    tally: Any, tally_settings: TallySettings, topics: Topics, infra: Any, pool: asyncpg.Pool[Any]
+) -> RunLog:
+    """Produce a log to signatures.v2 and run the tally until ``stored`` offsets are stored."""
+
+    async def run(log: list[Any], stored: int) -> None:
+        async with tally(tally_settings):
+            await produce(infra.kafka, topics.signatures, log)
+            await eventually(
+                lambda: _stored_at_least(pool, topics.signatures, stored), within=20, what="the log applied"
+            )
+
+    return run
+
+
+async def _stored_at_least(pool: asyncpg.Pool[Any], topic: str, expected: int) -> bool:
+    return sum((await OFFSETS.read(pool, topic)).values()) >= expected
+
+
 async def _total_is(infra: Any, case_id: str, expected: int) -> bool:
     return await total(infra.database_url, case_id) == expected
 
 
 async def test_reconcile_and_a_rebuild_agree_after_confirmations_rejections_and_erasure(
-    tally: Any,
-    tally_settings: TallySettings,
-    topics: Topics,
-    infra: Any,
-    pool: asyncpg.Pool[Any],
-    new_id: Any,
+    run_log: RunLog, topics: Topics, infra: Any, pool: asyncpg.Pool[Any], new_id: Any
 ) -> None:
     case_id = new_id("atena")
     emails = [f"{new_id('s')}@example.org" for _ in range(30)]
@@ -110,13 +130,7 @@ async def test_reconcile_and_a_rebuild_agree_after_confirmations_rejections_and_
         SupporterErased(erasure_id=uuid4(), supporter_key=supporter_key(emails[0])),
         SignatureConfirmed(case_id=case_id, supporter_key=supporter_key(emails[1])),  # again
     ]
-    async with tally(tally_settings):
-        await produce(infra.kafka, topics.signatures, log)
-        await eventually(
-            lambda: _stored_at_least(pool, topics.signatures, len(log) + 2),  # the erasure: 3 partitions
-            within=20,
-            what="the log applied",
-        )
+    await run_log(log, stored=len(log) + 2)  # the erasure: 3 partitions
     assert (await counters(infra.database_url, case_id))[("total", "")] == 30
     assert (await counters(infra.database_url, case_id))[("pending", "")] == 5
     assert await check_counters(pool, cases=[case_id]) == []
@@ -125,17 +139,8 @@ async def test_reconcile_and_a_rebuild_agree_after_confirmations_rejections_and_
     assert (rebuilt.drifts, rebuilt.counted) == ([], 30)
 
 
-async def _stored_at_least(pool: asyncpg.Pool[Any], topic: str, expected: int) -> bool:
-    return sum((await OFFSETS.read(pool, topic)).values()) >= expected
-
-
 async def test_one_fold_agrees_after_confirmations_erasure_overlapping_invalidations_and_a_restore(
-    tally: Any,
-    tally_settings: TallySettings,
-    topics: Topics,
-    infra: Any,
-    pool: asyncpg.Pool[Any],
-    new_id: Any,
+    run_log: RunLog, topics: Topics, infra: Any, pool: asyncpg.Pool[Any], new_id: Any
 ) -> None:
     """Confirmations, a rejection, an erasure of a supporter an invalidation holds, two
     invalidations over the same domain and the first revoked: the live counts, the recount
@@ -155,13 +160,7 @@ async def test_one_fold_agrees_after_confirmations_erasure_overlapping_invalidat
         revoked(first),  # bots[1:10] pass to `second`; bots[0], no domain left, counts again
         SignaturesRejected(case_id=case_id, supporter_key=supporter_key(bots[11])),
     ]
-    async with tally(tally_settings):
-        await produce(infra.kafka, topics.signatures, log)
-        await eventually(
-            lambda: _stored_at_least(pool, topics.signatures, len(log) + 2),  # the erasure: 3 partitions
-            within=20,
-            what="the log applied",
-        )
+    await run_log(log, stored=len(log) + 2)  # the erasure: 3 partitions
     held = await pool.fetch(
         "SELECT invalidation_id, count(*) AS n FROM tally.signatures WHERE case_id = $1 "
         "AND invalidation_id IS NOT NULL GROUP BY invalidation_id",
