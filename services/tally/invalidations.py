@@ -183,17 +183,17 @@ async def apply_invalidation(
     if known:
         return
     condition, parameters = filter_predicate(event.filter, 3)
-    taken = await connection.fetch(
+    taken, matched = await _moved(
+        connection,
         f"""
         UPDATE tally.signatures SET invalidation_id = $1
         WHERE case_id = $2 AND state = 'counted' AND invalidation_id IS NULL AND {condition}
         RETURNING supporter_key, country, action
         """,  # noqa: S608 - the condition holds only parameter placeholders
-        event.invalidation_id,
+        [event.invalidation_id, event.case_id, *parameters],
         event.case_id,
-        *parameters,
+        effects.uncount,
     )
-    matched = _moved(taken, event.case_id, effects.uncount)
     effects.invalidated += matched.matched
     await connection.execute(
         """
@@ -211,9 +211,7 @@ async def apply_invalidation(
         matched.by_country,
         matched.by_action,
     )
-    effects.notices += await _announce_invalidated(
-        connection, event, effects.case_events_topic, [row["supporter_key"] for row in taken]
-    )
+    effects.notices += await _announce_invalidated(connection, event, effects.case_events_topic, taken)
     logger.info("invalidation applied", extra={"case_id": event.case_id, "matched": matched.matched})
 
 
@@ -237,16 +235,17 @@ async def apply_revocation(connection: Connection, event: InvalidationRevoked, e
     if invalidation["revoked_at"] is not None:
         return
     await _hand_over(connection, event, invalidation["applied_seq"])
-    restored = await connection.fetch(
+    restored, matched = await _moved(
+        connection,
         """
         UPDATE tally.signatures SET invalidation_id = NULL
         WHERE case_id = $1 AND invalidation_id = $2
         RETURNING supporter_key, country, action
         """,
+        [event.case_id, event.invalidation_id],
         event.case_id,
-        event.invalidation_id,
+        effects.restore,
     )
-    matched = _moved(restored, event.case_id, effects.restore)
     effects.restored += matched.matched
     await connection.execute(
         """
@@ -261,9 +260,7 @@ async def apply_revocation(connection: Connection, event: InvalidationRevoked, e
         matched.by_country,
         matched.by_action,
     )
-    effects.notices += await _announce_restored(
-        connection, event, effects.case_events_topic, [row["supporter_key"] for row in restored]
-    )
+    effects.notices += await _announce_restored(connection, event, effects.case_events_topic, restored)
 
 
 async def _hand_over(connection: Connection, event: InvalidationRevoked, applied_seq: int) -> None:
@@ -341,16 +338,22 @@ async def _stage_notices(
     return await stage_many(connection, topic, notices)
 
 
-def _moved(
-    rows: Sequence[asyncpg.Record], case_id: str, move: Callable[[str, str, str, int], None]
-) -> Matched:
-    """Hand each (country, action) group of ``rows`` to ``move`` (out of or back into the
-    counts); returns what moved."""
+async def _moved(
+    connection: Connection,
+    update: str,
+    arguments: Sequence[Any],
+    case_id: str,
+    move: Callable[[str, str, str, int], None],
+) -> tuple[list[str], Matched]:
+    """Run ``update`` (an ``UPDATE tally.signatures`` of the case ``RETURNING supporter_key,
+    country, action``) and hand each (country, action) group of the rows it moved to
+    ``move`` (out of or back into the counts); returns their supporter keys and what moved."""
+    rows = await connection.fetch(update, *arguments)
     counts = Counter((row["country"], row["action"]) for row in rows)
     groups = [(country, action, count) for (country, action), count in counts.items()]
     for country, action, count in groups:
         move(case_id, country, action, count)
-    return matched_of(groups)
+    return [row["supporter_key"] for row in rows], matched_of(groups)
 
 
 # -- the admin API's reads and writes ------------------------------------------------------------
