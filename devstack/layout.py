@@ -16,6 +16,16 @@ CACHE = Path(os.environ.get("CLAMEUR_CACHE", ROOT / ".cache"))
 KAFKA_LIBS = CACHE / "kafka" / "libs"
 
 
+class _InHome:
+    """A path in a profile's home: ``run_dir = _InHome("run")`` is ``<home>/run``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, profile: Profile, owner: type[Profile] | None = None) -> Path:
+        return profile.home / self.name
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -37,34 +47,14 @@ class Profile:
     def home(self) -> Path:
         return CACHE / self.name
 
-    @property
-    def run_dir(self) -> Path:
-        return self.home / "run"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.home / "logs"
-
-    @property
-    def kafka_data(self) -> Path:
-        return self.home / "kafka"
-
-    @property
-    def postgres_data(self) -> Path:
-        return self.home / "postgres"
-
-    @property
-    def mail_dir(self) -> Path:
-        return self.home / "mail"
-
-    @property
-    def demo_cases(self) -> Path:
-        """The case ids of the last ``make demo``, which the demo page shows."""
-        return self.home / "demo-cases.json"
-
-    @property
-    def prometheus_data(self) -> Path:
-        return self.home / "prometheus"
+    run_dir = _InHome("run")
+    log_dir = _InHome("logs")
+    kafka_data = _InHome("kafka")
+    postgres_data = _InHome("postgres")
+    mail_dir = _InHome("mail")
+    demo_cases = _InHome("demo-cases.json")
+    """The case ids of the last ``make demo``, which the demo page shows."""
+    prometheus_data = _InHome("prometheus")
 
 
 DEV = Profile(
