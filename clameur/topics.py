@@ -26,34 +26,30 @@ class TopicSpec:
     config: dict[str, str]
 
 
+class _Topic:
+    """A topic of the set, named under its prefix: ``Topics("t1.").cases`` is ``t1.cases.v1``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, topics: Topics, owner: type[Topics] | None = None) -> str:
+        return f"{topics.prefix}{self.name}"
+
+
 @dataclass(frozen=True)
 class Topics:
     """Topic names; a prefix lets a test (or a second stack) use its own set."""
 
     prefix: str = ""
 
-    @property
-    def signatures(self) -> str:
-        """A case's actions and what happens to them; no personal data (kept forever)."""
-        return f"{self.prefix}signatures.v2"
-
-    @property
-    def contacts(self) -> str:
-        """How to write to a supporter (compacted; a tombstone erases)."""
-        return f"{self.prefix}contacts.v1"
-
-    @property
-    def suppressions(self) -> str:
-        """Addresses never to mail again, as keyed hashes (compacted, never erased)."""
-        return f"{self.prefix}suppressions.v1"
-
-    @property
-    def cases(self) -> str:
-        return f"{self.prefix}cases.v1"
-
-    @property
-    def case_events(self) -> str:
-        return f"{self.prefix}case-events.v1"
+    signatures = _Topic("signatures.v2")
+    """A case's actions and what happens to them; no personal data (kept forever)."""
+    contacts = _Topic("contacts.v1")
+    """How to write to a supporter (compacted; a tombstone erases)."""
+    suppressions = _Topic("suppressions.v1")
+    """Addresses never to mail again, as keyed hashes (compacted, never erased)."""
+    cases = _Topic("cases.v1")
+    case_events = _Topic("case-events.v1")
 
     @staticmethod
     def dlq(topic: str) -> str:
