@@ -10,7 +10,7 @@ import asyncio
 import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +132,21 @@ def own_database(server_dsn: str, name: str) -> Iterator[str]:
     finally:
         with suppress(Exception):
             asyncio.run(drop_database(server_dsn, name))
+
+
+@dataclass(frozen=True)
+class OwnStack:
+    """The three services' settings on a database of the test's own (the ``own_stack`` fixture)."""
+
+    database: str
+    database_url: str
+    env: dict[str, str]
+    smtp_port: int
+    log_dir: Path
+
+    def running(self) -> AbstractContextManager[dict[str, ServiceProcess]]:
+        """The services started on :attr:`env`; stopped on exit (the database stays to the end)."""
+        return running_stack(self.env, self.smtp_port, self.log_dir)
 
 
 def public_case(tally: str, case_id: str) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import os
 import re
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,13 +31,12 @@ from devstack.processes import poll
 from tests.conftest import TEST_ERASURE_BOUND_S, Infra
 from tests.e2e.stack import (
     ADMIN,
+    OwnStack,
     Supporter,
     case_document,
     confirmation_links,
     create_case,
     fetchval,
-    own_database,
-    running_stack,
     sealed_contact,
 )
 from tests.privacy import broker_data_dir, pg_dump_contains, topic_data_contains
@@ -70,33 +68,31 @@ def test_a_forgotten_supporter_is_nowhere_after_the_bound_nor_after_a_rebuild(
     how: str,
     infra: Infra,
     topics: Topics,
-    service_env: dict[str, str],
+    own_stack: Callable[..., OwnStack],
     smtp_sink: SmtpSink,
     new_id: Callable[..., str],
-    tmp_path: Path,
 ) -> None:
     supporter, case_id = Supporter.unique(), new_id("atena")
     disk = broker_data_dir(infra, topics.prefix)
-    name = f"clameur_e2e_{uuid.uuid4().hex[:8]}"
-    with own_database(infra.server_dsn, name) as database_url:
-        env = {**service_env, "CLAMEUR_DATABASE_URL": database_url, **HOW[how]}
-        with running_stack(env, smtp_sink.port, tmp_path) as services:
-            tally, notify = services["tally"].url, services["notify"].url
-            create_case(tally, case_id, confirmation="email")
-            links = _signed_and_mailed(services["intake"].url, notify, case_id, supporter, smtp_sink)
-            _prove_it_is_where_the_design_says(disk, topics, database_url, name, infra, supporter)
-            if how == "erased":
-                _confirm(links["confirm"], tally, case_id)
-            before = _counts(tally, case_id)
-            completes_at = FORGET[how](notify, database_url, supporter, links)
-            expected = before if how == "erased" else {"total": 0, "pending": 0}
-            wait_until(lambda: _counts(tally, case_id) == expected, timeout=30, what=f"counts {expected}")
-            _prove_it_is_nowhere(disk, topics, infra, name, supporter, completes_at)
-            assert _counts(tally, case_id) == expected, "the counts did not move with the erasure"
-            assert _counts(tally, case_id, admin=True) == expected
-        _prove_a_rebuild_does_not_bring_them_back(
-            env, infra, supporter, case_id, expected, erased=how != "expired"
-        )
+    own = own_stack(**HOW[how])
+    database_url, name = own.database_url, own.database
+    with own.running() as services:
+        tally, notify = services["tally"].url, services["notify"].url
+        create_case(tally, case_id, confirmation="email")
+        links = _signed_and_mailed(services["intake"].url, notify, case_id, supporter, smtp_sink)
+        _prove_it_is_where_the_design_says(disk, topics, database_url, name, infra, supporter)
+        if how == "erased":
+            _confirm(links["confirm"], tally, case_id)
+        before = _counts(tally, case_id)
+        completes_at = FORGET[how](notify, database_url, supporter, links)
+        expected = before if how == "erased" else {"total": 0, "pending": 0}
+        wait_until(lambda: _counts(tally, case_id) == expected, timeout=30, what=f"counts {expected}")
+        _prove_it_is_nowhere(disk, topics, infra, name, supporter, completes_at)
+        assert _counts(tally, case_id) == expected, "the counts did not move with the erasure"
+        assert _counts(tally, case_id, admin=True) == expected
+    _prove_a_rebuild_does_not_bring_them_back(
+        own.env, infra, supporter, case_id, expected, erased=how != "expired"
+    )
 
 
 def _signed_and_mailed(

@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,16 +24,14 @@ import httpx
 import pytest
 
 from clameur.topics import Topics
-from devstack.mailsink import SmtpSink
 from tests.conftest import TEST_ERASURE_BOUND_S, Infra
 from tests.e2e.stack import (
     ADMIN,
+    OwnStack,
     Supporter,
     case_document,
     create_case,
     fetchval,
-    own_database,
-    running_stack,
     sealed_contact,
 )
 from tests.privacy import broker_data_dir, topic_data_contains
@@ -44,57 +41,47 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_closed_case_s_supporters_are_forgotten_at_the_next_pass_and_not_before(
-    infra: Infra,
-    topics: Topics,
-    service_env: dict[str, str],
-    smtp_sink: SmtpSink,
-    new_id: Callable[..., str],
-    tmp_path: Path,
+    infra: Infra, topics: Topics, own_stack: Callable[..., OwnStack], new_id: Callable[..., str]
 ) -> None:
     closing, still_open = new_id("atena"), new_id("nawal")
     only_closing, only_open, both = Supporter.unique(), Supporter.unique(), Supporter.unique()
     disk = broker_data_dir(infra, topics.prefix)
-    with own_database(infra.server_dsn, f"clameur_e2e_{uuid.uuid4().hex[:8]}") as database_url:
-        env = {
-            **service_env,
-            "CLAMEUR_DATABASE_URL": database_url,
-            "CLAMEUR_RETENTION_DAYS": "0",
-            "CLAMEUR_RETENTION_INTERVAL_S": "3600",
-        }
-        with running_stack(env, smtp_sink.port, tmp_path) as services:
-            tally, intake = services["tally"].url, services["intake"].url
-            for case_id in (closing, still_open):
-                create_case(tally, case_id)
-            for supporter, case_ids in (
-                (only_closing, [closing]),
-                (only_open, [still_open]),
-                (both, [closing, still_open]),
-            ):
-                for case_id in case_ids:
-                    _sign(intake, case_id, supporter)
-            _until_held(database_url, [only_closing, only_open, both])
-            assert _dry_run(env)["due_supporters"] == 0, "both cases open: nobody is due"
+    own = own_stack(CLAMEUR_RETENTION_DAYS="0", CLAMEUR_RETENTION_INTERVAL_S="3600")
+    database_url, env = own.database_url, own.env
+    with own.running() as services:
+        tally, intake = services["tally"].url, services["intake"].url
+        for case_id in (closing, still_open):
+            create_case(tally, case_id)
+        for supporter, case_ids in (
+            (only_closing, [closing]),
+            (only_open, [still_open]),
+            (both, [closing, still_open]),
+        ):
+            for case_id in case_ids:
+                _sign(intake, case_id, supporter)
+        _until_held(database_url, [only_closing, only_open, both])
+        assert _dry_run(env)["due_supporters"] == 0, "both cases open: nobody is due"
 
-            _close(tally, closing, database_url)
-            report = _dry_run(env)
-            assert (report["due_supporters"], report["forgotten"], report["by_case"]) == (1, 0, {closing: 1})
-            held = [sealed_contact(database_url, s.key) for s in (only_closing, only_open, both)]
-            assert all(held), "due, reported, and not forgotten before the pass"
+        _close(tally, closing, database_url)
+        report = _dry_run(env)
+        assert (report["due_supporters"], report["forgotten"], report["by_case"]) == (1, 0, {closing: 1})
+        held = [sealed_contact(database_url, s.key) for s in (only_closing, only_open, both)]
+        assert all(held), "due, reported, and not forgotten before the pass"
 
-            _next_pass(services["notify"])
-            wait_until(
-                lambda: sealed_contact(database_url, only_closing.key) is None,
-                timeout=30,
-                what="the pass to forget the closed case's supporter",
-            )
-            forgotten_at = datetime.now(UTC)
-            erased = 'clameur_notify_retention_erased_total{reason="case_ended"}'
-            wait_until(lambda: _metric(services["notify"].url, erased) == 1.0, timeout=10, what=erased)
-            assert sealed_contact(database_url, only_open.key) is not None, "an open case's supporter is kept"
-            assert sealed_contact(database_url, both.key) is not None, "who follows an open case is kept"
-            assert _dry_run(env)["due_supporters"] == 0
-            _only_the_forgotten_left_the_disk(disk, topics, only_closing, [only_open, both], forgotten_at)
-            assert case_document(tally, closing)["total"] == 2, "their signatures still count"
+        _next_pass(services["notify"])
+        wait_until(
+            lambda: sealed_contact(database_url, only_closing.key) is None,
+            timeout=30,
+            what="the pass to forget the closed case's supporter",
+        )
+        forgotten_at = datetime.now(UTC)
+        erased = 'clameur_notify_retention_erased_total{reason="case_ended"}'
+        wait_until(lambda: _metric(services["notify"].url, erased) == 1.0, timeout=10, what=erased)
+        assert sealed_contact(database_url, only_open.key) is not None, "an open case's supporter is kept"
+        assert sealed_contact(database_url, both.key) is not None, "who follows an open case is kept"
+        assert _dry_run(env)["due_supporters"] == 0
+        _only_the_forgotten_left_the_disk(disk, topics, only_closing, [only_open, both], forgotten_at)
+        assert case_document(tally, closing)["total"] == 2, "their signatures still count"
 
 
 def _until_held(database_url: str, supporters: list[Supporter]) -> None:
