@@ -18,8 +18,8 @@ restart sends nothing again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import itertools
 import logging
 import os
 import random
@@ -62,6 +62,8 @@ class SendingOptions:
     idle_poll_s: float = 0.5
     flush_interval_s: float = 0.05
     flush_size: int = 200
+    news_every: int = 10
+    """While confirmations wait, one send in this many is news (see :class:`_Jobs`)."""
     crash_after_smtp: bool = False
     """Test only: SIGKILL this process right after the first accepted email."""
 
@@ -74,31 +76,55 @@ class _Job:
 
 
 class _Jobs:
-    """Claimed jobs waiting for a worker: confirmations and reminders first, then claim order.
+    """Claimed jobs waiting for a worker: confirmations and reminders first, news a share.
 
-    The claim already takes them first; this keeps a confirmation claimed while a batch of
-    news waits here from queueing behind it.  ``None`` (a worker's stop) comes last.
+    While confirmations wait, one job in ``news_every`` taken is news (when news waits):
+    a confirmation waits behind at most one news send in ``news_every``, and a mailing
+    still moves during a surge of signatures instead of waiting for its end.  With no
+    confirmation waiting, news takes every slot.  ``None`` (a worker's stop) comes last.
     """
 
-    def __init__(self) -> None:
-        self._queue: asyncio.PriorityQueue[tuple[int, int, _Job | None]] = asyncio.PriorityQueue()
-        self._order = itertools.count()
+    def __init__(self, news_every: int) -> None:
+        self._news_every = news_every
+        self._urgent: collections.deque[_Job] = collections.deque()
+        self._news: collections.deque[_Job] = collections.deque()
+        self._stops = 0
+        self._since_news = 0
+        # One token per job or stop put: ``get`` waits on it, then takes by the rule above.
+        self._tokens: asyncio.Queue[None] = asyncio.Queue()
 
     def put_nowait(self, job: _Job | None) -> None:
-        priority = 2 if job is None else 0 if job.news is None else 1
-        self._queue.put_nowait((priority, next(self._order), job))
+        if job is None:
+            self._stops += 1
+        elif job.news is None:
+            self._urgent.append(job)
+        else:
+            self._news.append(job)
+        self._tokens.put_nowait(None)
 
     async def get(self) -> _Job | None:
-        return (await self._queue.get())[2]
+        await self._tokens.get()
+        return self._take()
 
     def get_nowait(self) -> _Job | None:
-        return self._queue.get_nowait()[2]
+        self._tokens.get_nowait()
+        return self._take()
+
+    def _take(self) -> _Job | None:
+        if self._urgent and not (self._news and self._since_news >= self._news_every - 1):
+            self._since_news += 1
+            return self._urgent.popleft()
+        if self._news:
+            self._since_news = 0
+            return self._news.popleft()
+        self._stops -= 1
+        return None
 
     def qsize(self) -> int:
-        return self._queue.qsize()
+        return self._tokens.qsize()
 
     def empty(self) -> bool:
-        return self._queue.empty()
+        return self._tokens.empty()
 
 
 @dataclass
@@ -156,7 +182,7 @@ class Sender:
         self._stopping.set()
 
     async def run(self) -> None:
-        queue = _Jobs()
+        queue = _Jobs(self.options.news_every)
         workers = [asyncio.create_task(self._work(queue)) for _ in range(self.options.concurrency)]
         recorder = asyncio.create_task(self._record_continuously())
         try:
@@ -176,6 +202,8 @@ class Sender:
 
     async def _claim_continuously(self, queue: _Jobs) -> None:
         batch = self.options.claim_batch
+        # Each claim brings news for its share of the slots, however many confirmations are due.
+        news_at_least = -(-batch // self.options.news_every)
         while not self._stopping.is_set():
             if queue.qsize() >= batch:
                 # Workers set this as they take jobs: no busy polling while the queue is full.
@@ -184,7 +212,7 @@ class Sender:
                     await asyncio.wait_for(self._room.wait(), timeout=self.options.idle_poll_s)
                 continue
             try:
-                claimed = await self.ledger.claim(batch, self.options.lease_s)
+                claimed = await self.ledger.claim(batch, self.options.lease_s, news_at_least=news_at_least)
                 jobs = await self._triage(claimed)
             except _DATABASE_ERRORS as error:
                 logger.warning("claiming deliveries failed; retrying", extra={"error": type(error).__name__})
