@@ -34,13 +34,12 @@ NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 KEY = "a" * 64
 
 
+SENDER = SenderIdentity("news@clameur.example.org", "Clameur", "https://clameur.example.org")
+
+
 @pytest.fixture(scope="module")
 def renderer() -> MessageRenderer:
-    return MessageRenderer(
-        Templates(),
-        SenderIdentity("news@clameur.example.org", "Clameur", "https://clameur.example.org"),
-        TokenSigner("unit-test-secret"),
-    )
+    return MessageRenderer(Templates(), SENDER, TokenSigner("unit-test-secret"))
 
 
 def parse(data: bytes) -> EmailMessage:
@@ -250,12 +249,7 @@ EXPIRY_S = 30 * 86400
 
 @pytest.fixture(scope="module")
 def confirmations() -> ConfirmationRenderer:
-    return ConfirmationRenderer(
-        Templates(),
-        SenderIdentity("news@clameur.example.org", "Clameur", "https://clameur.example.org"),
-        ConfirmationSigner("unit-test-secret"),
-        EXPIRY_S,
-    )
+    return ConfirmationRenderer(Templates(), SENDER, ConfirmationSigner("unit-test-secret"), EXPIRY_S)
 
 
 def confirmation_links(message: EmailMessage) -> dict[str, str]:
