@@ -25,9 +25,10 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 from uuid import UUID
 
 import asyncpg
@@ -46,6 +47,7 @@ from notify.messages import (
     UnsendableEmail,
 )
 from notify.metrics import KINDS, NotifyMetrics
+from notify.progress import Marks
 from notify.retries import RateLimiter
 from notify.smtp import MailTransport, SendFailure
 
@@ -365,6 +367,14 @@ class Sender:
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
 
+class SupporterProgress(Protocol):
+    """How far the supporter list has read (:class:`notify.progress.ReadProgress`)."""
+
+    async def ends_now(self) -> Marks: ...
+
+    async def reached(self, marks: Marks) -> bool: ...
+
+
 class FanOut:
     """Turns each recorded event into delivery rows once the supporter list has caught up.
 
@@ -372,14 +382,16 @@ class FanOut:
     A milestone must reach everyone who signed before it, so an event is fanned out
     only when the supporter list has read ``signatures.v2`` up to where it ended after
     the event was recorded: every signature tally counted before emitting the event is
-    below that point.  ``grace_s`` also waits for signatures received just before the
-    event but still on their way to the broker.
+    below that point.  That point is marked once, when the event is first ready (the
+    end at each look would keep moving during a surge of signatures, and the mailing
+    wait for the surge's end).  ``grace_s`` also waits for signatures received just
+    before the event but still on their way to the broker.
     """
 
     def __init__(
         self,
         ledger: DeliveryLedger,
-        supporters_caught_up: Callable[[], Awaitable[bool]],
+        progress: SupporterProgress,
         *,
         grace_s: float,
         idle_poll_s: float,
@@ -388,11 +400,12 @@ class FanOut:
     ) -> None:
         self.ledger = ledger
         self.reminder_after_s = reminder_after_s
-        self.supporters_caught_up = supporters_caught_up
+        self.progress = progress
         self.grace = timedelta(seconds=grace_s)
         self.idle_poll_s = idle_poll_s
         self.clock = clock
         self._stopping = asyncio.Event()
+        self._marks: dict[UUID, Marks] = {}
 
     def stop(self) -> None:
         self._stopping.set()
@@ -416,12 +429,23 @@ class FanOut:
         events = await self.ledger.events_to_fan_out()
         now = self.clock()
         ready = [event for event in events if event.occurred_at + self.grace <= now]
-        if not ready or not await self.supporters_caught_up():
-            return False
+        # Marks of events fanned out elsewhere (another process) are dropped with them.
+        self._marks = {
+            event.event_id: self._marks[event.event_id] for event in ready if event.event_id in self._marks
+        }
+        if any(event.event_id not in self._marks for event in ready):
+            mark = await self.progress.ends_now()  # after these events were recorded
+            for event in ready:
+                self._marks.setdefault(event.event_id, mark)
+        fanned_out = False
         for event in ready:
+            if not await self.progress.reached(self._marks[event.event_id]):
+                continue
             inserted = await self.ledger.fan_out(event.event_id)
+            del self._marks[event.event_id]
+            fanned_out = True
             logger.info(
                 "case news fanned out",
                 extra={"event_id": str(event.event_id), "case_id": event.case_id, "deliveries": inserted},
             )
-        return True
+        return fanned_out
