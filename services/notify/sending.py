@@ -1,7 +1,8 @@
 """From recorded case news to emails: the fan-out loop and the sender loop.
 
 The sender claims due deliveries in batches (a lease each; confirmations and reminders
-before any news, so a large mailing never delays them), checks the unsubscription
+before any news, so a large mailing never delays them, with news one send in ten while
+confirmations wait, so a surge never stops a mailing), checks the unsubscription
 again (in the claim itself), renders, paces sends to the rate cap, sends over a pool
 of SMTP connections with bounded concurrency, and records outcomes in batches.
 
