@@ -15,8 +15,9 @@
 - :class:`Preferences` holds unsubscriptions (erasure: :mod:`notify.erasure`).
 
 Confirmations and reminders are claimed before any news (``priority`` 0 against 1), so
-a 100,000-recipient mailing never delays them.  Their event id is derived from (kind,
-case, supporter): each is written once.
+a 100,000-recipient mailing never delays them; a claim can also bring a few news however
+many confirmations are due, so the sender can give news its share during a surge.  Their
+event id is derived from (kind, case, supporter): each is written once.
 
 Delivery states: ``pending`` -> ``sending`` (claimed; ``next_attempt_at`` is the lease
 end) -> ``sent`` | ``failed`` | ``cancelled``, or back to ``pending`` with a later
@@ -322,12 +323,20 @@ class Outcomes:
 
 
 _CLAIM = """
-    WITH due AS (
+    WITH urgent AS (
         SELECT id FROM notify.deliveries
-        WHERE state IN ('pending', 'sending') AND next_attempt_at <= now()
-        ORDER BY priority, next_attempt_at
+        WHERE priority = 0 AND state IN ('pending', 'sending') AND next_attempt_at <= now()
+        ORDER BY next_attempt_at
         LIMIT $1
         FOR UPDATE SKIP LOCKED
+    ), news AS (
+        SELECT id FROM notify.deliveries
+        WHERE priority > 0 AND state IN ('pending', 'sending') AND next_attempt_at <= now()
+        ORDER BY priority, next_attempt_at
+        LIMIT GREATEST($3, $1 - (SELECT count(*) FROM urgent))
+        FOR UPDATE SKIP LOCKED
+    ), due AS (
+        SELECT id FROM urgent UNION ALL SELECT id FROM news
     ), claimed AS (
         UPDATE notify.deliveries d
         SET state = 'sending', attempts = d.attempts + 1,
@@ -426,22 +435,20 @@ class DeliveryLedger:
             )
             return int(status.rsplit(" ", 1)[-1])
 
-    async def claim(self, limit: int, lease_s: float) -> list[ClaimedDelivery]:
+    async def claim(self, limit: int, lease_s: float, *, news_at_least: int = 0) -> list[ClaimedDelivery]:
         """Take up to ``limit`` due deliveries for ``lease_s`` seconds, counting an attempt each.
 
         Due: pending with ``next_attempt_at`` passed, or sending with an expired lease;
-        confirmations and reminders first (priority 0), then news.  Concurrent claimers
+        confirmations and reminders first (priority 0), then news, with up to
+        ``news_at_least`` news however many confirmations are due (so up to ``limit +
+        news_at_least`` rows: the sender gives news a share of its slots).  Concurrent claimers
         skip each other's rows.  The supporter's contact (opened here), whether they
         unsubscribed, and whether their address is suppressed (by its hash, for this case
         or every case) are read in the same statement: the send-time check.  Unsubscribing
         stops news, not the confirmation of a new signature; a suppression stops every
         kind ("never mail this address again", whatever the reason).
         """
-        rows = await self.pool.fetch(
-            _CLAIM,
-            limit,
-            lease_s,
-        )
+        rows = await self.pool.fetch(_CLAIM, limit, lease_s, news_at_least)
         return [
             ClaimedDelivery(
                 id=row["id"],

@@ -25,7 +25,7 @@ import binascii
 import hashlib
 import re
 import unicodedata
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
@@ -242,18 +242,18 @@ class OutgoingEmail:
     data: bytes
 
 
-# What varies per supporter inside the bodies.  Templates use them as plain ``{{ name }}``
-# substitutions; a skeleton checks that (see ``_BodyTemplate.build``) before relying on it.
-_SLOTS = ("first_name", "unsubscribe_all_url", "unsubscribe_case_url")
+# What varies per supporter inside the bodies, by the kind of email.  Templates use them as
+# plain ``{{ name }}`` substitutions; a skeleton checks that (see ``_BodyTemplate.build``)
+# before relying on it.
+_NEWS_SLOTS = ("first_name", "unsubscribe_all_url", "unsubscribe_case_url")
+_CONFIRMATION_SLOTS = ("first_name", "confirm_url", "reject_url")
 _SLOT_MARK = "\u2063CLAMEURSLOT{}\u2063"  # invisible separators: no filter or escaping touches them
-_PROBES = (
-    {
-        "first_name": 'Zo\u00e9 <&> "d\'Arc"',
-        "unsubscribe_all_url": "https://probe.invalid/a?x=1&y=<2>",
-        "unsubscribe_case_url": "https://probe.invalid/c",
-    },
-    {"first_name": "", "unsubscribe_all_url": "u", "unsubscribe_case_url": "v"},
-)
+
+
+def _probes(slots: tuple[str, ...]) -> tuple[dict[str, str], ...]:
+    """Values a pre-rendered body must fill exactly as Jinja2 renders them: hostile, then empty."""
+    hostile = {slot: f'Zo\u00e9 <&> "d\'Arc" https://probe.invalid/{slot}?x=1&y=<2>' for slot in slots}
+    return hostile, dict.fromkeys(slots, "")
 
 
 @dataclass(frozen=True)
@@ -270,15 +270,17 @@ class _BodyTemplate:
     pieces: tuple[str, ...] | None
 
     @classmethod
-    def build(cls, templates: Templates, locale: str, name: str, context: Mapping[str, Any]) -> _BodyTemplate:
+    def build(
+        cls, templates: Templates, locale: str, name: str, context: Mapping[str, Any], slots: tuple[str, ...]
+    ) -> _BodyTemplate:
         escape_html = name.endswith(".html")
         marked = templates.render(
-            locale, name, {**context, **{slot: _SLOT_MARK.format(slot) for slot in _SLOTS}}
+            locale, name, {**context, **{slot: _SLOT_MARK.format(slot) for slot in slots}}
         )
         pieces: list[str] = []
         rest = marked
         while True:
-            positions = [(rest.find(_SLOT_MARK.format(slot)), slot) for slot in _SLOTS]
+            positions = [(rest.find(_SLOT_MARK.format(slot)), slot) for slot in slots]
             found = [(at, slot) for at, slot in positions if at >= 0]
             if not found:
                 pieces.append(rest)
@@ -287,7 +289,7 @@ class _BodyTemplate:
             pieces.extend((rest[:at], slot))
             rest = rest[at + len(_SLOT_MARK.format(slot)) :]
         body = cls(name, escape_html, tuple(pieces))
-        for probe in _PROBES:
+        for probe in _probes(slots):
             if body.fill(probe) != templates.render(locale, name, {**context, **probe}):
                 return cls(name, escape_html, None)
         return body
@@ -303,7 +305,12 @@ class _BodyTemplate:
 
 @dataclass(frozen=True)
 class _Skeleton:
-    """What one event's message shares across the supporters of one locale."""
+    """What one email shares across its supporters of one locale (one event, or one kind of ask).
+
+    The bytes are built once with the stdlib (``EmailMessage``, which folds and encodes
+    every shared header safely); :meth:`email` adds the per-supporter header lines and
+    the two bodies.
+    """
 
     template_locale: str
     head: bytes  # shared headers through the text part's headers, ending in a blank line
@@ -313,9 +320,92 @@ class _Skeleton:
     text: _BodyTemplate
     html: _BodyTemplate
 
+    @classmethod
+    def build(
+        cls,
+        templates: Templates,
+        sender: SenderIdentity,
+        shared: _SharedParts,
+    ) -> _Skeleton:
+        message = EmailMessage(policy=policy.SMTP)
+        message["From"] = Address(display_name=clean_display_text(sender.name), addr_spec=sender.address)
+        message["Subject"] = clean_display_text(
+            templates.render(shared.locale, f"{shared.templates}.subject.txt", shared.context),
+            MAX_SUBJECT_LENGTH,
+        )
+        for name, value in shared.headers:
+            message[name] = value
+        # RFC 3834: automatic mail; keeps vacation responders quiet.
+        message["Auto-Submitted"] = "auto-generated"
+        message.set_content(_TEXT_MARK, cte="quoted-printable")
+        message.add_alternative(_HTML_MARK, subtype="html", cte="quoted-printable")
+        # After the parts exist: set_content clears every Content-* header it finds.
+        message["Content-Language"] = shared.locale
+        serialised = message.as_bytes(policy=policy.SMTP)
+        head, rest = serialised.split(_TEXT_MARK.encode() + b"\r\n", 1)
+        middle, tail = rest.split(_HTML_MARK.encode() + b"\r\n", 1)
+        text, html = (
+            _BodyTemplate.build(
+                templates, shared.locale, f"{shared.templates}.{ext}", shared.context, shared.slots
+            )
+            for ext in ("txt", "html")
+        )
+        return cls(shared.locale, head, middle, tail, shared.context, text, html)
+
+    def email(self, templates: Templates, headers: bytes, slots: Mapping[str, str]) -> bytes:
+        """The whole message: ``headers`` (per-supporter lines), the shared ones, the filled bodies."""
+        text, html = (
+            body.fill(slots)
+            if body.pieces is not None
+            else templates.render(self.template_locale, body.name, {**self.context, **slots})
+            for body in (self.text, self.html)
+        )
+        return b"".join((headers, self.head, _qp(text), self.middle, _qp(html), self.tail))
+
+
+@dataclass(frozen=True)
+class _SharedParts:
+    """What a skeleton is made of: templates ``{templates}.subject.txt``, ``.txt``, ``.html``."""
+
+    locale: str
+    templates: str
+    context: dict[str, Any]
+    slots: tuple[str, ...]
+    headers: tuple[tuple[str, str], ...] = ()
+    """Shared headers beyond From, Subject, Auto-Submitted and the MIME ones."""
+
 
 _TEXT_MARK = "CLAMEURTEXTBODYMARK"
 _HTML_MARK = "CLAMEURHTMLBODYMARK"
+
+
+class _Skeletons:
+    """Skeletons cached by what they are built from, and the Date line cached per second."""
+
+    def __init__(self, templates: Templates, sender: SenderIdentity) -> None:
+        if not _HOSTNAME.match(sender.domain):
+            raise ValueError(f"the public URL's host {sender.domain!r} is not a usable domain")
+        if not _SAFE_ASCII_VALUE.match(sender.public_url) or any(c in sender.public_url for c in " <>\"'"):
+            raise ValueError("the public URL must be printable ASCII without spaces, quotes or <>")
+        Address(addr_spec=sender.address)  # raises on a malformed sender address
+        self.templates = templates
+        self.sender = sender
+        self._cache: LRUCache[tuple[object, ...], _Skeleton] = LRUCache(maxsize=256)
+        self._date: tuple[int, bytes] = (-1, b"")
+
+    def get(self, cache_key: tuple[object, ...], shared: Callable[[], _SharedParts]) -> _Skeleton:
+        found = self._cache.get(cache_key)
+        if found is None:
+            found = _Skeleton.build(self.templates, self.sender, shared())
+            self._cache[cache_key] = found
+        return found
+
+    def date_line(self, now: datetime) -> bytes:
+        """The Date header; built once per second (it has a resolution of one second)."""
+        second = int(now.timestamp())
+        if self._date[0] != second:
+            self._date = (second, _header_line("Date", format_datetime(now.astimezone(UTC), usegmt=True)))
+        return self._date[1]
 
 
 class MessageRenderer:
@@ -326,22 +416,19 @@ class MessageRenderer:
     """
 
     def __init__(self, templates: Templates, sender: SenderIdentity, signer: TokenSigner) -> None:
-        if not _HOSTNAME.match(sender.domain):
-            raise ValueError(f"the public URL's host {sender.domain!r} is not a usable domain")
-        if not _SAFE_ASCII_VALUE.match(sender.public_url) or any(c in sender.public_url for c in " <>\"'"):
-            raise ValueError("the public URL must be printable ASCII without spaces, quotes or <>")
-        Address(addr_spec=sender.address)  # raises on a malformed sender address
+        self._skeletons = _Skeletons(templates, sender)
         self.templates = templates
         self.sender = sender
         self.signer = signer
-        self._skeletons: LRUCache[tuple[UUID, str], _Skeleton] = LRUCache(maxsize=256)
-        self._date: tuple[int, bytes] = (-1, b"")
 
     def unsubscribe_url(self, request: UnsubscribeRequest) -> str:
         return f"{self.sender.public_url}/v1/unsubscribe/{self.signer.sign(request)}"
 
     def render(self, event: CaseNews, recipient: Recipient, now: datetime) -> OutgoingEmail:
-        skeleton = self._skeleton(event, recipient.locale)
+        skeleton = self._skeletons.get(
+            (event.event_id, normalise_locale(recipient.locale)),
+            lambda: self._shared(event, recipient.locale),
+        )
         envelope_to = _ascii_address(recipient.email)
         all_cases = UnsubscribeRequest(recipient.supporter_key, None, skeleton.template_locale)
         this_case = UnsubscribeRequest(recipient.supporter_key, event.case_id, skeleton.template_locale)
@@ -352,41 +439,19 @@ class MessageRenderer:
             "unsubscribe_all_url": one_click,
             "unsubscribe_case_url": self.unsubscribe_url(this_case),
         }
-        text = self._body(skeleton, skeleton.text, slots)
-        html = self._body(skeleton, skeleton.html, slots)
         identifier = message_id(event.event_id, recipient.supporter_key, self.sender.domain)
         headers = b"".join(
             (
                 _header_line("To", formataddr((first_name, envelope_to))),
-                self._date_line(now),
+                self._skeletons.date_line(now),
                 _header_line("Message-ID", identifier),
                 _header_line("List-Unsubscribe", f"<{one_click}>"),
             )
         )
-        data = b"".join((headers, skeleton.head, _qp(text), skeleton.middle, _qp(html), skeleton.tail))
+        data = skeleton.email(self.templates, headers, slots)
         return OutgoingEmail(self.sender.address, envelope_to, identifier, kind_of(event), data)
 
-    def _body(self, skeleton: _Skeleton, body: _BodyTemplate, slots: Mapping[str, str]) -> str:
-        if body.pieces is not None:
-            return body.fill(slots)
-        return self.templates.render(skeleton.template_locale, body.name, {**skeleton.context, **slots})
-
-    def _date_line(self, now: datetime) -> bytes:
-        """The Date header; built once per second (it has a resolution of one second)."""
-        second = int(now.timestamp())
-        if self._date[0] != second:
-            self._date = (second, _header_line("Date", format_datetime(now.astimezone(UTC), usegmt=True)))
-        return self._date[1]
-
-    def _skeleton(self, event: CaseNews, supporter_locale: str) -> _Skeleton:
-        cache_key = (event.event_id, normalise_locale(supporter_locale))
-        found = self._skeletons.get(cache_key)
-        if found is None:
-            found = self._build_skeleton(event, supporter_locale)
-            self._skeletons[cache_key] = found
-        return found
-
-    def _build_skeleton(self, event: CaseNews, supporter_locale: str) -> _Skeleton:
+    def _shared(self, event: CaseNews, supporter_locale: str) -> _SharedParts:
         locale = choose_locale(supporter_locale, event.default_locale, self.templates.locales)
         # Numbers follow the supporter's own locale when Babel knows it (fr-CH differs
         # from fr), else the template's.
@@ -405,28 +470,8 @@ class MessageRenderer:
         else:
             context["headline"] = localized_text(event.headline, supporter_locale, event.default_locale)
             context["message"] = localized_text(event.message, supporter_locale, event.default_locale)
-        kind = kind_of(event)
-        subject = clean_display_text(
-            self.templates.render(locale, f"{kind}.subject.txt", context), MAX_SUBJECT_LENGTH
-        )
-        message = EmailMessage(policy=policy.SMTP)
-        message["From"] = Address(
-            display_name=clean_display_text(self.sender.name), addr_spec=self.sender.address
-        )
-        message["Subject"] = subject
-        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        # RFC 3834: automatic mail; keeps vacation responders quiet.
-        message["Auto-Submitted"] = "auto-generated"
-        message.set_content(_TEXT_MARK, cte="quoted-printable")
-        message.add_alternative(_HTML_MARK, subtype="html", cte="quoted-printable")
-        # After the parts exist: set_content clears every Content-* header it finds.
-        message["Content-Language"] = locale
-        serialised = message.as_bytes(policy=policy.SMTP)
-        head, rest = serialised.split(_TEXT_MARK.encode() + b"\r\n", 1)
-        middle, tail = rest.split(_HTML_MARK.encode() + b"\r\n", 1)
-        text = _BodyTemplate.build(self.templates, locale, f"{kind}.txt", context)
-        html = _BodyTemplate.build(self.templates, locale, f"{kind}.html", context)
-        return _Skeleton(locale, head, middle, tail, context, text, html)
+        headers = (("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),)
+        return _SharedParts(locale, kind_of(event), context, _NEWS_SLOTS, headers)
 
 
 class ConfirmationRenderer:
@@ -434,14 +479,16 @@ class ConfirmationRenderer:
 
     The body holds two links, the token in the path (mail scanners strip query strings):
     ``{public_url}/v1/confirm/{token}`` and ``{public_url}/v1/reject/{token}``, each valid
-    ``expiry_s`` from ``now``.  A handful per second at most, so built whole with the
-    stdlib (safe folding of every header) rather than the news renderer's skeletons.
+    ``expiry_s`` from ``now``.  Built like news (a skeleton per kind and locale, the
+    per-supporter headers and bodies filled in): a surge asks a thousand supporters a
+    second.  No List-Unsubscribe: there is no list yet, and "It wasn't me" is the way out.
     Raises :class:`UnsendableEmail` when the address cannot be written safely.
     """
 
     def __init__(
         self, templates: Templates, sender: SenderIdentity, signer: ConfirmationSigner, expiry_s: float
     ) -> None:
+        self._skeletons = _Skeletons(templates, sender)
         self.templates = templates
         self.sender = sender
         self.signer = signer
@@ -460,44 +507,40 @@ class ConfirmationRenderer:
         news_only: bool = False,
     ) -> OutgoingEmail:
         """``news_only``: the signature already counts (a ``"none"`` case); ask only about news."""
-        locale = choose_locale(recipient.locale, FALLBACK_LOCALE, self.templates.locales)
+        skeleton = self._skeletons.get(
+            (kind, news_only, normalise_locale(recipient.locale)),
+            lambda: self._shared(kind, recipient.locale, news_only=news_only),
+        )
+        locale = skeleton.template_locale
         expires_at = int(now.timestamp() + self.expiry_s)
         key = recipient.supporter_key
         first_name = clean_display_text(recipient.first_name)
+        slots = {
+            "first_name": first_name,
+            "confirm_url": self.link(ConfirmationRequest("confirm", key, case_id, locale, expires_at)),
+            "reject_url": self.link(ConfirmationRequest("reject", key, case_id, locale, expires_at)),
+        }
+        envelope_to = _ascii_address(recipient.email)
+        identifier = message_id(_confirmation_id(kind, case_id), key, self.sender.domain)
+        headers = b"".join(
+            (
+                _header_line("To", formataddr((first_name, envelope_to))),
+                self._skeletons.date_line(now),
+                _header_line("Message-ID", identifier),
+            )
+        )
+        data = skeleton.email(self.templates, headers, slots)
+        return OutgoingEmail(self.sender.address, envelope_to, identifier, kind, data)
+
+    def _shared(self, kind: ConfirmationKind, supporter_locale: str, *, news_only: bool) -> _SharedParts:
+        locale = choose_locale(supporter_locale, FALLBACK_LOCALE, self.templates.locales)
         context = {
             "locale": locale,
             "reminder": kind == "reminder",
             "news_only": news_only,
-            "first_name": first_name,
-            "confirm_url": self.link(ConfirmationRequest("confirm", key, case_id, locale, expires_at)),
-            "reject_url": self.link(ConfirmationRequest("reject", key, case_id, locale, expires_at)),
             "expiry_days": max(1, round(self.expiry_s / 86400)),
         }
-        envelope_to = _ascii_address(recipient.email)
-        identifier = message_id(_confirmation_id(kind, case_id), key, self.sender.domain)
-        message = EmailMessage(policy=policy.SMTP)
-        message["From"] = Address(
-            display_name=clean_display_text(self.sender.name), addr_spec=self.sender.address
-        )
-        message["To"] = formataddr((first_name, envelope_to))
-        message["Subject"] = clean_display_text(
-            self.templates.render(locale, "confirmation.subject.txt", context), MAX_SUBJECT_LENGTH
-        )
-        message["Date"] = format_datetime(now.astimezone(UTC), usegmt=True)
-        message["Message-ID"] = identifier
-        message["Auto-Submitted"] = "auto-generated"
-        message.set_content(
-            self.templates.render(locale, "confirmation.txt", context), cte="quoted-printable"
-        )
-        message.add_alternative(
-            self.templates.render(locale, "confirmation.html", context),
-            subtype="html",
-            cte="quoted-printable",
-        )
-        message["Content-Language"] = locale
-        return OutgoingEmail(
-            self.sender.address, envelope_to, identifier, kind, message.as_bytes(policy=policy.SMTP)
-        )
+        return _SharedParts(locale, "confirmation", context, _CONFIRMATION_SLOTS)
 
 
 def _confirmation_id(kind: str, case_id: str) -> UUID:

@@ -2,13 +2,14 @@
 
 A milestone must reach everyone who signed before it, so :class:`notify.sending.FanOut`
 fans an event out only once the supporter list's stored offsets reach where the topic
-ended after the event was recorded (see its docstring).
+ended after the event was recorded (see its docstring): a mark taken once, not the end at
+each look, which a surge of signatures keeps moving out of reach.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Collection
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -51,23 +52,33 @@ class _StoresOffsets(Protocol):
     async def stored_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]: ...
 
 
-def supporters_caught_up(
-    ends: TopicEnds,
-    supporters: SupporterListApplier | _StoresOffsets,
-    *also: tuple[TopicEnds, _StoresOffsets],
-) -> Callable[[], Awaitable[bool]]:
-    """Whether the supporter list has stored offsets up to where ``ends.topic`` ends now.
+Marks = tuple[dict[int, int], ...]
+"""Offsets per partition, one mapping per topic a :class:`ReadProgress` follows."""
 
-    ``also``: more (topic, applier) pairs that must have caught up too (the contacts: a
-    milestone goes to a confirmed subscriber only once their contact is stored).
+
+class ReadProgress:
+    """How far the supporter list (and the stores it needs) has read its topics.
+
+    ``also``: more (topic, applier) pairs followed too (the contacts: a milestone goes to
+    a confirmed subscriber only once their contact is stored).
     """
 
-    async def caught_up() -> bool:
-        for topic_ends, applier in ((ends, supporters), *also):
-            end = await topic_ends.end_offsets()
-            stored = await applier.stored_offsets(topic_ends.topic, end.keys())
-            if not all(stored.get(partition, 0) >= offset for partition, offset in end.items()):
+    def __init__(
+        self,
+        ends: TopicEnds,
+        supporters: SupporterListApplier | _StoresOffsets,
+        *also: tuple[TopicEnds, _StoresOffsets],
+    ) -> None:
+        self._followed = ((ends, supporters), *also)
+
+    async def ends_now(self) -> Marks:
+        """Where each topic ends now."""
+        return tuple([await topic_ends.end_offsets() for topic_ends, _ in self._followed])
+
+    async def reached(self, marks: Marks) -> bool:
+        """Whether the stored offsets reach ``marks`` (taken by :meth:`ends_now`) on every topic."""
+        for (topic_ends, applier), mark in zip(self._followed, marks, strict=True):
+            stored = await applier.stored_offsets(topic_ends.topic, mark.keys())
+            if not all(stored.get(partition, 0) >= offset for partition, offset in mark.items()):
                 return False
         return True
-
-    return caught_up

@@ -44,7 +44,7 @@ from notify.erasure import Eraser
 from notify.ledger import CaseNewsApplier, DeliveryLedger, Preferences, SupporterListApplier
 from notify.messages import ConfirmationRenderer, MessageRenderer, SenderIdentity, Templates
 from notify.metrics import NotifyMetrics
-from notify.progress import TopicEnds, supporters_caught_up
+from notify.progress import ReadProgress, TopicEnds
 from notify.retention import CaseRetentionApplier, RetentionJob
 from notify.retries import RateLimiter
 from notify.sending import FanOut, Sender, SendingOptions
@@ -160,7 +160,7 @@ class Loops:
             self.ledger,
             # News waits for the suppressions too: a notify on a fresh database mails no one
             # suppressed before it has read them all.
-            supporters_caught_up(
+            ReadProgress(
                 connections.ends,
                 supporters,
                 (connections.contact_ends, contacts),

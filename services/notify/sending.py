@@ -1,7 +1,8 @@
 """From recorded case news to emails: the fan-out loop and the sender loop.
 
 The sender claims due deliveries in batches (a lease each; confirmations and reminders
-before any news, so a large mailing never delays them), checks the unsubscription
+before any news, so a large mailing never delays them, with news one send in ten while
+confirmations wait, so a surge never stops a mailing), checks the unsubscription
 again (in the claim itself), renders, paces sends to the rate cap, sends over a pool
 of SMTP connections with bounded concurrency, and records outcomes in batches.
 
@@ -18,16 +19,17 @@ restart sends nothing again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import itertools
 import logging
 import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 from uuid import UUID
 
 import asyncpg
@@ -46,6 +48,7 @@ from notify.messages import (
     UnsendableEmail,
 )
 from notify.metrics import KINDS, NotifyMetrics
+from notify.progress import Marks
 from notify.retries import RateLimiter
 from notify.smtp import MailTransport, SendFailure
 
@@ -62,6 +65,8 @@ class SendingOptions:
     idle_poll_s: float = 0.5
     flush_interval_s: float = 0.05
     flush_size: int = 200
+    news_every: int = 10
+    """While confirmations wait, one send in this many is news (see :class:`_Jobs`)."""
     crash_after_smtp: bool = False
     """Test only: SIGKILL this process right after the first accepted email."""
 
@@ -74,31 +79,55 @@ class _Job:
 
 
 class _Jobs:
-    """Claimed jobs waiting for a worker: confirmations and reminders first, then claim order.
+    """Claimed jobs waiting for a worker: confirmations and reminders first, news a share.
 
-    The claim already takes them first; this keeps a confirmation claimed while a batch of
-    news waits here from queueing behind it.  ``None`` (a worker's stop) comes last.
+    While confirmations wait, one job in ``news_every`` taken is news (when news waits):
+    a confirmation waits behind at most one news send in ``news_every``, and a mailing
+    still moves during a surge of signatures instead of waiting for its end.  With no
+    confirmation waiting, news takes every slot.  ``None`` (a worker's stop) comes last.
     """
 
-    def __init__(self) -> None:
-        self._queue: asyncio.PriorityQueue[tuple[int, int, _Job | None]] = asyncio.PriorityQueue()
-        self._order = itertools.count()
+    def __init__(self, news_every: int) -> None:
+        self._news_every = news_every
+        self._urgent: collections.deque[_Job] = collections.deque()
+        self._news: collections.deque[_Job] = collections.deque()
+        self._stops = 0
+        self._since_news = 0
+        # One token per job or stop put: ``get`` waits on it, then takes by the rule above.
+        self._tokens: asyncio.Queue[None] = asyncio.Queue()
 
     def put_nowait(self, job: _Job | None) -> None:
-        priority = 2 if job is None else 0 if job.news is None else 1
-        self._queue.put_nowait((priority, next(self._order), job))
+        if job is None:
+            self._stops += 1
+        elif job.news is None:
+            self._urgent.append(job)
+        else:
+            self._news.append(job)
+        self._tokens.put_nowait(None)
 
     async def get(self) -> _Job | None:
-        return (await self._queue.get())[2]
+        await self._tokens.get()
+        return self._take()
 
     def get_nowait(self) -> _Job | None:
-        return self._queue.get_nowait()[2]
+        self._tokens.get_nowait()
+        return self._take()
+
+    def _take(self) -> _Job | None:
+        if self._urgent and not (self._news and self._since_news >= self._news_every - 1):
+            self._since_news += 1
+            return self._urgent.popleft()
+        if self._news:
+            self._since_news = 0
+            return self._news.popleft()
+        self._stops -= 1
+        return None
 
     def qsize(self) -> int:
-        return self._queue.qsize()
+        return self._tokens.qsize()
 
     def empty(self) -> bool:
-        return self._queue.empty()
+        return self._tokens.empty()
 
 
 @dataclass
@@ -156,7 +185,7 @@ class Sender:
         self._stopping.set()
 
     async def run(self) -> None:
-        queue = _Jobs()
+        queue = _Jobs(self.options.news_every)
         workers = [asyncio.create_task(self._work(queue)) for _ in range(self.options.concurrency)]
         recorder = asyncio.create_task(self._record_continuously())
         try:
@@ -176,6 +205,8 @@ class Sender:
 
     async def _claim_continuously(self, queue: _Jobs) -> None:
         batch = self.options.claim_batch
+        # Each claim brings news for its share of the slots, however many confirmations are due.
+        news_at_least = -(-batch // self.options.news_every)
         while not self._stopping.is_set():
             if queue.qsize() >= batch:
                 # Workers set this as they take jobs: no busy polling while the queue is full.
@@ -184,7 +215,7 @@ class Sender:
                     await asyncio.wait_for(self._room.wait(), timeout=self.options.idle_poll_s)
                 continue
             try:
-                claimed = await self.ledger.claim(batch, self.options.lease_s)
+                claimed = await self.ledger.claim(batch, self.options.lease_s, news_at_least=news_at_least)
                 jobs = await self._triage(claimed)
             except _DATABASE_ERRORS as error:
                 logger.warning("claiming deliveries failed; retrying", extra={"error": type(error).__name__})
@@ -337,6 +368,14 @@ class Sender:
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
 
+class SupporterProgress(Protocol):
+    """How far the supporter list has read (:class:`notify.progress.ReadProgress`)."""
+
+    async def ends_now(self) -> Marks: ...
+
+    async def reached(self, marks: Marks) -> bool: ...
+
+
 class FanOut:
     """Turns each recorded event into delivery rows once the supporter list has caught up.
 
@@ -344,14 +383,16 @@ class FanOut:
     A milestone must reach everyone who signed before it, so an event is fanned out
     only when the supporter list has read ``signatures.v2`` up to where it ended after
     the event was recorded: every signature tally counted before emitting the event is
-    below that point.  ``grace_s`` also waits for signatures received just before the
-    event but still on their way to the broker.
+    below that point.  That point is marked once, when the event is first ready (the
+    end at each look would keep moving during a surge of signatures, and the mailing
+    wait for the surge's end).  ``grace_s`` also waits for signatures received just
+    before the event but still on their way to the broker.
     """
 
     def __init__(
         self,
         ledger: DeliveryLedger,
-        supporters_caught_up: Callable[[], Awaitable[bool]],
+        progress: SupporterProgress,
         *,
         grace_s: float,
         idle_poll_s: float,
@@ -360,11 +401,12 @@ class FanOut:
     ) -> None:
         self.ledger = ledger
         self.reminder_after_s = reminder_after_s
-        self.supporters_caught_up = supporters_caught_up
+        self.progress = progress
         self.grace = timedelta(seconds=grace_s)
         self.idle_poll_s = idle_poll_s
         self.clock = clock
         self._stopping = asyncio.Event()
+        self._marks: dict[UUID, Marks] = {}
 
     def stop(self) -> None:
         self._stopping.set()
@@ -388,12 +430,23 @@ class FanOut:
         events = await self.ledger.events_to_fan_out()
         now = self.clock()
         ready = [event for event in events if event.occurred_at + self.grace <= now]
-        if not ready or not await self.supporters_caught_up():
-            return False
+        # Marks of events fanned out elsewhere (another process) are dropped with them.
+        self._marks = {
+            event.event_id: self._marks[event.event_id] for event in ready if event.event_id in self._marks
+        }
+        if any(event.event_id not in self._marks for event in ready):
+            mark = await self.progress.ends_now()  # after these events were recorded
+            for event in ready:
+                self._marks.setdefault(event.event_id, mark)
+        fanned_out = False
         for event in ready:
+            if not await self.progress.reached(self._marks[event.event_id]):
+                continue
             inserted = await self.ledger.fan_out(event.event_id)
+            del self._marks[event.event_id]
+            fanned_out = True
             logger.info(
                 "case news fanned out",
                 extra={"event_id": str(event.event_id), "case_id": event.case_id, "deliveries": inserted},
             )
-        return True
+        return fanned_out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 import shutil
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -13,6 +14,8 @@ from uuid import UUID
 import pytest
 from notify.messages import (
     TEMPLATES_DIR,
+    ConfirmationKind,
+    ConfirmationRenderer,
     MessageRenderer,
     Recipient,
     SenderIdentity,
@@ -23,7 +26,7 @@ from notify.messages import (
     format_count,
     message_id,
 )
-from notify.tokens import TokenSigner
+from notify.tokens import ConfirmationAction, ConfirmationRequest, ConfirmationSigner, TokenSigner
 
 from clameur.events import MilestoneReached, VictoryDeclared
 
@@ -31,19 +34,27 @@ NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 KEY = "a" * 64
 
 
+SENDER = SenderIdentity("news@clameur.example.org", "Clameur", "https://clameur.example.org")
+
+
 @pytest.fixture(scope="module")
 def renderer() -> MessageRenderer:
-    return MessageRenderer(
-        Templates(),
-        SenderIdentity("news@clameur.example.org", "Clameur", "https://clameur.example.org"),
-        TokenSigner("unit-test-secret"),
-    )
+    return MessageRenderer(Templates(), SENDER, TokenSigner("unit-test-secret"))
 
 
 def parse(data: bytes) -> EmailMessage:
     parsed = email.message_from_bytes(data, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
     return parsed
+
+
+def parse_with_single_headers(data: bytes) -> EmailMessage:
+    """``data`` parsed, once its head is shown to hold no Bcc and no header twice."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    fields = [line.split(b":", 1)[0].lower() for line in head.split(b"\r\n") if line[:1] not in (b" ", b"\t")]
+    assert b"bcc" not in fields
+    assert len(fields) == len(set(fields)), "no header appears twice"
+    return parse(data)
 
 
 def text_of(message: EmailMessage, subtype: str = "plain") -> str:
@@ -138,26 +149,22 @@ def test_headers_carry_rfc_8058_one_click_and_a_stable_message_id(renderer: Mess
     assert other["Message-ID"] != first["Message-ID"]
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "Eve\r\nBcc: spy@evil.example",
-        "Eve\nBcc: spy@evil.example",
-        "Eve\rBcc: spy@evil.example",
-        "=?UTF-8?Q?Eve=0D=0ABcc:_spy@evil.example?=",
-        "=?utf-8?b?RXZlDQpCY2M6IHNweUBldmlsLmV4YW1wbGU=?=",
-        "Eve\u2028Bcc: spy@evil.example",
-        "Eve\x85Bcc: spy@evil.example",
-        "=?utf-8?q?=3D=3Futf-8=3Fq=3FEve=3D0D=3D0ABcc:_spy@evil.example=3F=3D?=",  # nested
-    ],
-)
+HOSTILE_NAMES = [
+    "Eve\r\nBcc: spy@evil.example",
+    "Eve\nBcc: spy@evil.example",
+    "Eve\rBcc: spy@evil.example",
+    "=?UTF-8?Q?Eve=0D=0ABcc:_spy@evil.example?=",
+    "=?utf-8?b?RXZlDQpCY2M6IHNweUBldmlsLmV4YW1wbGU=?=",
+    "Eve\u2028Bcc: spy@evil.example",
+    "Eve\x85Bcc: spy@evil.example",
+    "=?utf-8?q?=3D=3Futf-8=3Fq=3FEve=3D0D=3D0ABcc:_spy@evil.example=3F=3D?=",  # nested
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
 def test_a_name_with_crlf_or_an_encoded_newline_adds_no_header(renderer: MessageRenderer, name: str) -> None:
     data = renderer.render(nawal_milestone(), Recipient(KEY, "eve@example.org", name, "fr"), NOW).data
-    head = data.split(b"\r\n\r\n", 1)[0]
-    fields = [line.split(b":", 1)[0].lower() for line in head.split(b"\r\n") if line[:1] not in (b" ", b"\t")]
-    assert b"bcc" not in fields
-    assert len(fields) == len(set(fields)), "no header appears twice"
-    message = parse(data)
+    message = parse_with_single_headers(data)
     assert message["Bcc"] is None
     assert "\n" not in str(message["To"]) and "\r" not in str(message["To"])
     assert message["To"].addresses[0].addr_spec == "eve@example.org"
@@ -235,3 +242,98 @@ def test_common_and_unusual_addresses_are_accepted_alike() -> None:
     for address in ("a..b@example.org", ".a@example.org", "a@example..org"):
         with pytest.raises(UnsendableEmail):
             renderer.render(nawal_milestone(), Recipient(KEY, address, "Amina", "fr"), NOW)
+
+
+EXPIRY_S = 30 * 86400
+
+
+@pytest.fixture(scope="module")
+def confirmations() -> ConfirmationRenderer:
+    return ConfirmationRenderer(Templates(), SENDER, ConfirmationSigner("unit-test-secret"), EXPIRY_S)
+
+
+def confirmation_links(message: EmailMessage) -> dict[str, str]:
+    """The confirm and reject links of the text part, by action."""
+    found = re.findall(r"https://clameur\.example\.org/v1/(confirm|reject)/(\S+)", text_of(message))
+    return {action: f"https://clameur.example.org/v1/{action}/{token}" for action, token in found}
+
+
+@pytest.mark.parametrize(
+    ("kind", "news_only", "locale", "subject"),
+    [
+        ("confirmation", False, "fr-BE", "Merci de confirmer votre signature"),
+        ("reminder", False, "en", "Reminder: please confirm your signature"),
+        ("confirmation", True, "en", "Confirm that you want news of this case"),
+    ],
+)
+def test_a_confirmation_reads_as_its_templates_render_it_in_the_signers_language(
+    confirmations: ConfirmationRenderer, kind: ConfirmationKind, news_only: bool, locale: str, subject: str
+) -> None:
+    # Built from a skeleton per (kind, locale): the bodies must be what Jinja2 renders for
+    # this supporter, the name escaped in HTML, the token in the path of both links.
+    name = 'Zoé <b>"d\'Arc"</b> & co'
+    sent = confirmations.render(
+        kind, "nawal", Recipient(KEY, "zoe@example.org", name, locale), NOW, news_only=news_only
+    )
+    message = parse(sent.data)
+    template_locale = locale.split("-")[0]
+    assert message["Subject"] == subject
+    assert message["Content-Language"] == template_locale
+    links = confirmation_links(message)
+    assert set(links) == {"confirm", "reject"}
+    expires_at = int(NOW.timestamp()) + EXPIRY_S
+    actions: tuple[ConfirmationAction, ...] = ("confirm", "reject")
+    for action in actions:
+        token = links[action].rsplit("/", 1)[1]
+        expected = ConfirmationRequest(action, KEY, "nawal", template_locale, expires_at)
+        assert confirmations.signer.verify(token, action, NOW) == expected
+    context = {
+        "locale": template_locale,
+        "reminder": kind == "reminder",
+        "news_only": news_only,
+        "expiry_days": 30,
+        "first_name": name,
+        "confirm_url": links["confirm"],
+        "reject_url": links["reject"],
+    }
+    for subtype, template in (("plain", "confirmation.txt"), ("html", "confirmation.html")):
+        body = confirmations.templates.render(template_locale, template, context)
+        assert text_of(message, subtype).replace("\r\n", "\n") == body
+    assert "&lt;b&gt;" in text_of(message, "html")
+    assert sent.kind == kind and sent.envelope_to == "zoe@example.org"
+
+
+def test_a_confirmation_has_a_stable_message_id_and_no_list_headers(
+    confirmations: ConfirmationRenderer,
+) -> None:
+    amina = Recipient(KEY, "amina@example.org", "Amina", "fr")
+    first = parse(confirmations.render("confirmation", "nawal", amina, NOW).data)
+    later = parse(confirmations.render("confirmation", "nawal", amina, NOW.replace(hour=15)).data)
+    reminder = parse(confirmations.render("reminder", "nawal", amina, NOW).data)
+    other_case = parse(confirmations.render("confirmation", "leila", amina, NOW).data)
+    assert first["Message-ID"] == later["Message-ID"]
+    assert str(first["Message-ID"]).endswith("@clameur.example.org>")
+    assert len({first["Message-ID"], reminder["Message-ID"], other_case["Message-ID"]}) == 3
+    assert first["Date"].datetime == NOW
+    assert later["Date"].datetime == NOW.replace(hour=15)
+    # No list yet: "It wasn't me" is the way out, and news waits for the confirmation.
+    assert first["List-Unsubscribe"] is None and first["List-Unsubscribe-Post"] is None
+    assert str(first["From"]) == "Clameur <news@clameur.example.org>"
+    assert str(first["To"]) == "Amina <amina@example.org>"
+    assert first["Auto-Submitted"] == "auto-generated"
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_name_in_a_confirmation_adds_no_header(confirmations: ConfirmationRenderer, name: str) -> None:
+    data = confirmations.render(
+        "confirmation", "nawal", Recipient(KEY, "eve@example.org", name, "fr"), NOW
+    ).data
+    message = parse_with_single_headers(data)
+    assert message["Bcc"] is None
+    assert message["To"].addresses[0].addr_spec == "eve@example.org"
+    assert "spy@evil.example" not in str(message["To"].addresses[0].addr_spec)
+
+
+def test_a_confirmation_to_an_unwritable_address_is_unsendable(confirmations: ConfirmationRenderer) -> None:
+    with pytest.raises(UnsendableEmail):
+        confirmations.render("confirmation", "nawal", Recipient(KEY, "a@b@\r\nexample.org", "A", "fr"), NOW)
