@@ -41,6 +41,17 @@ class ClameurSettings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    # Admission control (clameur.admission, docs/operations.md "In a surge"): past a bound
+    # a request is answered 503 at once with a jittered Retry-After instead of queueing.
+    admission_enabled: bool = Field(default=True, description="false: no bound refuses (benchmarks only)")
+    admission_max_wait_s: float = Field(
+        default=0.05,
+        ge=0,
+        description="refuse while the event loop runs later than this (a new request's wait); 0: off",
+    )
+    admission_retry_after_min_s: int = Field(default=1, ge=1)
+    admission_retry_after_max_s: int = Field(default=5, ge=1)
+
     @model_validator(mode="after")
     def _refuse_dev_secrets_outside_dev(self) -> Self:
         if self.env == "production":
