@@ -26,6 +26,7 @@ import csv
 import random
 import secrets
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import orjson
 
+from bench import intake as intake_bench
 from bench.common import (
     ROOT,
     BenchError,
@@ -45,10 +47,10 @@ from bench.common import (
     millis,
     per_second,
     report,
-    run_wrk,
     say,
     scrape_workers,
     summed,
+    wait_until,
 )
 from bench.infra import (
     BenchRun,
@@ -60,15 +62,6 @@ from bench.infra import (
     publish_events,
     run_measured,
 )
-from bench.intake import (
-    INTAKE_FACTORY,
-    INTAKE_SETUP,
-    intake_env,
-    signatures_env,
-    start_uvicorn,
-    wait_case_known,
-)
-from bench.synthetic import COUNTRIES, FIRST_NAMES, LAST_NAMES
 from clameur.topics import Topics
 
 VEGETA = ROOT / ".cache" / "tools" / "bin" / "vegeta"
@@ -93,6 +86,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-workers", type=int, default=4000, help="vegeta's most requests in flight (its connections)"
     )
     parser.add_argument("--targets", type=int, default=200_000, help="unique signatures in the targets file")
+    parser.add_argument(
+        "--bound",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of the bounded intake, e.g. INTAKE_MAX_IN_FLIGHT=32 (CLAMEUR_ prefixed; repeatable)",
+    )
+    parser.add_argument("--modes", default=",".join(MODES), help="which intakes to run: bounded,unbounded")
     add_run_arguments(parser)
     return parser.parse_args(argv)
 
@@ -113,16 +114,7 @@ def write_targets(path: Path, url: str, *, run_id: str, targets: int) -> None:
     rng = random.Random(19)
     with path.open("wb") as out:
         for n in range(targets):
-            body = orjson.dumps(
-                {
-                    "first_name": rng.choice(FIRST_NAMES),
-                    "last_name": rng.choice(LAST_NAMES),
-                    "email": f"{run_id}.o{n}@gmail.com",
-                    "country": COUNTRIES[n % len(COUNTRIES)],
-                    "locale": "fr" if n % 2 else "en",
-                    "consent": {"updates": n % 4 == 0},
-                }
-            )
+            body = orjson.dumps(intake_bench.signer(rng, f"{run_id}.o{n}@gmail.com", n))
             ip = f"{rng.randint(11, 126)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
             target = {
                 "method": "POST",
@@ -251,6 +243,7 @@ class Served:
     targets: Path
     probes: Counter[int]
     seen_accepted: int = 0
+    others: list[Served] = field(default_factory=list)
     intake_accepted: float | None = None
     broker_refused: float = 0.0
     on_topic: int = 0
@@ -268,10 +261,16 @@ def _serve(run: BenchRun, mode: str, args: argparse.Namespace, case_id: str, top
     case = bench_case(case_id)
     asyncio.run(publish_events(run.infra.kafka, topics.cases, [(case.case_id, case)]))
     extra = {"CLAMEUR_ADMISSION_ENABLED": "true" if mode == "bounded" else "false"}
-    env = intake_env(run.infra, topic_prefix=topics.prefix, partner_key=secrets.token_hex(16), extra=extra)
-    child, base = start_uvicorn(run, f"intake-{mode}", INTAKE_FACTORY, env, args.workers)
+    if mode == "bounded":
+        extra.update(("CLAMEUR_" + name, value) for name, _, value in (b.partition("=") for b in args.bound))
+    env = intake_bench.intake_env(
+        run.infra, topic_prefix=topics.prefix, partner_key=secrets.token_hex(16), extra=extra
+    )
+    child, base = intake_bench.start_uvicorn(
+        run, f"intake-{mode}", intake_bench.INTAKE_FACTORY, env, args.workers
+    )
     child.wait_http(f"{base}/readyz", consecutive=4 * args.workers)
-    probes = wait_case_known(child, base, case.case_id, args.workers)
+    probes = intake_bench.wait_case_known(child, base, case.case_id, args.workers)
     targets = run.folder / f"targets-{mode}.jsonl"
     write_targets(
         targets, f"{base}/v1/cases/{case_id}/signatures", run_id=run.run_id + mode[0], targets=args.targets
@@ -282,13 +281,9 @@ def _serve(run: BenchRun, mode: str, args: argparse.Namespace, case_id: str, top
 def _wrk(
     served: Served, case_id: str, label: str, duration_s: float, run: BenchRun, args: argparse.Namespace
 ) -> WrkResult:
-    result = run_wrk(
-        served.base,
-        "signatures.lua",
-        connections=args.connections,
-        duration_s=duration_s,
-        env=signatures_env(case_id, run.run_id + served.mode[0] + label),
-        log=run.folder / "wrk.log",
+    load_id = run.run_id + served.mode[0] + label
+    result = intake_bench.load_signatures(
+        served.base, case_id, load_id, args.connections, duration_s, run.folder / "wrk.log"
     )
     served.seen_accepted += result.ok
     return result
@@ -298,6 +293,7 @@ def _open_loop(
     vegeta: Path, served: Served, multiple: float, rate: float, run: BenchRun, args: argparse.Namespace
 ) -> OpenLoop:
     out = run.folder / f"vegeta-{served.mode}-{multiple:g}x.bin"
+    _wait_idle(served, args)
     attack(vegeta, served.targets, rate=rate, args=args, out=out, log=run.folder / "vegeta.log")
     result = summarize(
         read_results(vegeta, out), mode=served.mode, multiple=multiple, aimed=rate, duration_s=args.duration
@@ -311,6 +307,24 @@ def _open_loop(
         f"errors {count(result.errors)}"
     )
     return result
+
+
+def _in_flight(served: Served, args: argparse.Namespace) -> float:
+    pages = scrape_workers(f"{served.base}/metrics", args.workers)
+    if pages is None:
+        return 0.0
+    return sum(by_label(summed(pages), "clameur_admission_in_flight", "lane").values())
+
+
+def _wait_idle(served: Served, args: argparse.Namespace) -> None:
+    """Until the intakes hold no request: the last run's backlog must not load the next."""
+    for one in served.others:
+
+        def idle(one: Served = one) -> bool:
+            return _in_flight(one, args) == 0
+
+        wait_until(f"{one.mode} idle", idle, timeout_s=60, every_s=0.5)
+    time.sleep(2)
 
 
 def _tally_up(run: BenchRun, served: Served, args: argparse.Namespace) -> None:
@@ -339,7 +353,13 @@ def measure(run: BenchRun, args: argparse.Namespace) -> OverloadResults:
     first = run.new_topics()
     second = asyncio.run(create_topics(run.infra.kafka, f"{run.prefix}off-"))
     try:
-        served = [_serve(run, MODES[0], args, case_id, first), _serve(run, MODES[1], args, case_id, second)]
+        modes = args.modes.split(",")
+        served = [
+            _serve(run, mode, args, case_id, topics)
+            for mode, topics in zip(modes, (first, second), strict=False)
+        ]
+        for one in served:
+            one.others = served
         for one in served:
             _wrk(one, case_id, "w", args.warmup, run, args)
         capacity = _wrk(served[0], case_id, "c", args.capacity_duration, run, args)
@@ -437,7 +457,8 @@ def report_rows(results: OverloadResults) -> tuple[list[Row], list[str]]:
 def write_report(results: OverloadResults, args: argparse.Namespace, facts: MachineFacts) -> int:
     rows, failures = report_rows(results)
     setup = [
-        f"two intakes, each `uvicorn --factory {INTAKE_FACTORY} --workers {args.workers}`, on their own "
+        f"two intakes, each `uvicorn --factory {intake_bench.INTAKE_FACTORY} --workers {args.workers}`, "
+        "on their own "
         'topics: `bounded` with the admission defaults (docs/operations.md, "In a surge"), '
         "`unbounded` with `CLAMEUR_ADMISSION_ENABLED=false` (today's behaviour before issue 19)",
         f"capacity: wrk, {args.connections} connections, {args.capacity_duration:.0f} s against `bounded` "
@@ -448,7 +469,7 @@ def write_report(results: OverloadResults, args: argparse.Namespace, facts: Mach
         "rate, so the offered rate is reported as measured); the two intakes take turns at each rate",
         f"targets: {count(args.targets)} unique signatures (one open case without confirmation), each "
         "with its own `X-Forwarded-For`, cycled when a run needs more",
-        INTAKE_SETUP,
+        intake_bench.INTAKE_SETUP,
         "latencies are vegeta's, from the request's scheduled send to its answer, per status: "
         "202 (admitted) and 503 (refused for load)",
         "the load generator, Kafka and both intakes share the machine's cores",

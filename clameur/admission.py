@@ -333,7 +333,7 @@ def install_admission(
     refusal should cost nothing the other middlewares would add.
     """
     metrics = AdmissionMetrics(registry, service)
-    low, high = settings.admission_retry_after_min_s, settings.admission_retry_after_max_s
+    low, high = settings.admission_retry_after_s
     admission = Admission(
         service,
         rules,
@@ -344,4 +344,5 @@ def install_admission(
     )
     metrics.watch(admission)
     app.add_middleware(AdmissionControl, admission=admission)
+    app.state.admission = admission  # for tests that look inside
     return admission

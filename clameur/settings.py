@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, PositiveInt, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clameur.topics import Topics
@@ -49,8 +49,9 @@ class ClameurSettings(BaseSettings):
         ge=0,
         description="refuse while the event loop runs later than this (a new request's wait); 0: off",
     )
-    admission_retry_after_min_s: int = Field(default=1, ge=1)
-    admission_retry_after_max_s: int = Field(default=5, ge=1)
+    admission_retry_after_s: tuple[PositiveInt, PositiveInt] = Field(
+        default=(1, 5), description="Retry-After of a refusal: whole seconds drawn from this range (JSON)"
+    )
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_outside_dev(self) -> Self:

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from clameur.admission import Admission, AdmissionControl, AdmissionMetrics, Lane, LoopLag, RetryAfter, Rule
-from tests.support import metric
+from tests.support import eventually, metric
 
 SIGN = Lane("signatures", 3, "The campaign is busy; retry.", cors=True)
 BULK = Lane("bulk", 1, "Too many bulk imports; retry.")
@@ -87,6 +87,14 @@ async def _held_body(gate: asyncio.Event) -> AsyncIterator[bytes]:
     yield b'{"first_name": "Camille"}'
 
 
+async def _until_in_flight(registry: CollectorRegistry, expected: int) -> None:
+    async def reached() -> bool:
+        scraped = generate_latest(registry).decode()
+        return metric(scraped, "clameur_admission_in_flight", lane="signatures") == expected
+
+    await eventually(reached, within=5, what=f"{expected} requests in flight")
+
+
 async def test_past_the_bound_a_request_is_refused_at_once_and_the_admitted_complete() -> None:
     app, registry, _ = _small_app(FakeLag())
     gate = asyncio.Event()
@@ -96,8 +104,7 @@ async def test_past_the_bound_a_request_is_refused_at_once_and_the_admitted_comp
             asyncio.create_task(client.post("/v1/cases/nawal/signatures", content=_held_body(gate)))
             for _ in range(SIGN.max_in_flight)
         ]
-        while metric(generate_latest(registry).decode(), "clameur_admission_in_flight", lane="signatures") < 3:
-            await asyncio.sleep(0.001)
+        await _until_in_flight(registry, SIGN.max_in_flight)
 
         started = time.perf_counter()
         refused = await asyncio.gather(
@@ -157,7 +164,7 @@ async def test_one_full_lane_does_not_refuse_another() -> None:
 
 async def test_a_late_event_loop_refuses_every_lane_but_never_health() -> None:
     lag = FakeLag(value=0.2)
-    app, registry, _ = _small_app(lag, max_wait_s=0.05)
+    app, _, _ = _small_app(lag, max_wait_s=0.05)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://intake.test") as client:
         late = await client.post("/v1/cases/nawal/signatures", json={})

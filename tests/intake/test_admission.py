@@ -89,7 +89,8 @@ async def test_bulk_imports_have_their_own_places(intake: Intake, nawal: str) ->
     json_type = {"content-type": "application/json", "authorization": "Bearer partner-secret"}
     overrides = {"intake_bulk_max_in_flight": 1, "partner_keys": {"partner-secret": "amnesty"}}
     async with intake(rate_limit_ip_burst=0, **overrides) as (_, client):
-        batch = asyncio.create_task(client.post(f"{url}/batch", content=_held(gate, {"signatures": [_signer(0)]}), headers=json_type))
+        held = _held(gate, {"signatures": [_signer(0)]})
+        batch = asyncio.create_task(client.post(f"{url}/batch", content=held, headers=json_type))
 
         async def full() -> bool:
             scraped = (await client.get("/metrics")).text
