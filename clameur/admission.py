@@ -101,9 +101,11 @@ class LoopLag:
     """How late the event loop runs: a request that arrives now waits about this long.
 
     A ticker sleeps ``interval_s`` again and again; what it overslept is the time a ready
-    callback waited for its turn.  :meth:`current` is the last sample, or, while the tick
-    is overdue, how overdue it is (a loop that is late right now is seen before its tick
-    runs).  Started lazily by the first request, stopped by the app's shutdown.
+    callback waited for its turn.  :meth:`current` is the smaller of the last two samples
+    (one long step, a bulk import's validation, then an idle loop, is no crowd), or, while
+    the tick is overdue, how overdue it is: in an overloaded loop one iteration runs the
+    callbacks of hundreds of requests, and those late in it see the lateness before the
+    tick does.  Started lazily by the first request, stopped by the app's shutdown.
     """
 
     def __init__(
@@ -117,11 +119,12 @@ class LoopLag:
         self._clock = clock
         self._observe = observe
         self._last = 0.0
+        self._sustained = 0.0
         self._due = float("inf")
         self._task: asyncio.Task[None] | None = None
 
     def current(self) -> float:
-        return max(self._last, self._clock() - self._due)
+        return max(self._sustained, self._clock() - self._due)
 
     def start(self) -> None:
         if self._task is None:
@@ -139,10 +142,11 @@ class LoopLag:
             started = self._clock()
             self._due = started + self.interval_s
             await asyncio.sleep(self.interval_s)
-            self._last = max(0.0, self._clock() - self._due)
+            sample = max(0.0, self._clock() - self._due)
             self._due = float("inf")
+            self._sustained, self._last = min(sample, self._last), sample
             if self._observe is not None:
-                self._observe(self._last)
+                self._observe(sample)
 
 
 class _LaneState:

@@ -45,7 +45,7 @@ class ClameurSettings(BaseSettings):
     # a request is answered 503 at once with a jittered Retry-After instead of queueing.
     admission_enabled: bool = Field(default=True, description="false: no bound refuses (benchmarks only)")
     admission_max_wait_s: float = Field(
-        default=0.05,
+        default=0.02,
         ge=0,
         description="refuse while the event loop runs later than this (a new request's wait); 0: off",
     )

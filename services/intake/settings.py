@@ -52,9 +52,7 @@ class IntakeSettings(ClameurSettings):
     # Admission control: requests held at once per process, past which a request is
     # answered 503 at once (docs/operations.md, "In a surge"; the loop-lag bound and the
     # Retry-After spread are the shared CLAMEUR_ADMISSION_* settings).  0: unbounded.
-    intake_max_in_flight: int = Field(
-        default=128, ge=0, description="widget signatures in flight per process"
-    )
+    intake_max_in_flight: int = Field(default=32, ge=0, description="widget signatures in flight per process")
     intake_bulk_max_in_flight: int = Field(default=4, ge=0, description="bulk imports in flight per process")
 
     # Durability: how long a request may wait for the broker's acknowledgement.
