@@ -150,10 +150,11 @@ class LoopLag:
 
 
 class _LaneState:
-    __slots__ = ("admitted", "body", "in_flight", "lane", "refused")
+    __slots__ = ("admitted", "body", "in_flight", "lane", "late_bound", "refused")
 
     def __init__(self, lane: Lane) -> None:
         self.lane = lane
+        self.late_bound = max(1, lane.max_in_flight // 4) if lane.max_in_flight else 0
         self.in_flight = 0
         self.admitted = 0
         self.refused = 0
@@ -200,11 +201,20 @@ class Admission:
         return None
 
     def admits(self, state: _LaneState) -> bool:
-        """Whether a request of this lane may start now (counted either way)."""
+        """Whether a request of this lane may start now (counted either way).
+
+        A late loop lowers a lane's bound to a quarter (at least 1), never to nothing: the
+        lag a crowd of refusals or a neighbour's CPU causes must not starve the work that
+        still fits (measured: refusing everything while late kept 2% of capacity at 4x).
+        """
+        if not self.enabled:
+            state.admitted += 1
+            return True
         bound = state.lane.max_in_flight
-        if self.enabled and (
-            (bound and state.in_flight >= bound) or (self.max_wait_s and self.lag.current() > self.max_wait_s)
-        ):
+        if bound and state.in_flight >= bound:
+            state.refused += 1
+            return False
+        if self.max_wait_s and state.in_flight >= state.late_bound and self.lag.current() > self.max_wait_s:
             state.refused += 1
             return False
         state.admitted += 1

@@ -162,16 +162,22 @@ async def test_one_full_lane_does_not_refuse_another() -> None:
     assert widget.status_code == 202
 
 
-async def test_a_late_event_loop_refuses_every_lane_but_never_health() -> None:
+async def test_a_late_event_loop_lowers_every_lane_to_a_quarter_but_never_refuses_health() -> None:
     lag = FakeLag(value=0.2)
-    app, _, _ = _small_app(lag, max_wait_s=0.05)
+    app, _, admission = _small_app(lag, max_wait_s=0.05)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://intake.test") as client:
+        first = await client.post("/v1/cases/nawal/signatures", json={})  # an idle lane still works
+        admission.lanes["signatures"].in_flight = 1  # a quarter of 3, at least 1: reached
+        admission.lanes["bulk"].in_flight = 0
         late = await client.post("/v1/cases/nawal/signatures", json={})
+        bulk = await client.post("/v1/cases/nawal/signatures/batch", json=[])
         health = await client.get("/healthz")
         lag.value = 0.01
         on_time = await client.post("/v1/cases/nawal/signatures", json={})
+    assert first.status_code == 202
     assert late.status_code == 503
+    assert bulk.status_code == 202
     assert health.status_code == 200
     assert on_time.status_code == 202
     assert lag.started >= 1
