@@ -3,8 +3,9 @@
 A surge beyond capacity must not become a queue that every request waits in until its
 client gives up.  Each lane (a group of routes: intake's signatures, tally's reads, its
 live streams, notify's pages) bounds the requests it holds in flight; and every lane
-refuses while the event loop is late, because in a single-threaded asyncio server that
-lateness is exactly how long a request that just arrived waits before its work starts.
+holds only a quarter of that while the event loop is late, because in a single-threaded
+asyncio server that lateness is how long a request that just arrived waits before its
+work starts.
 Past either bound the answer is a 503 with a jittered integer ``Retry-After`` and a
 problem body saying the campaign is busy, sent before the body is read, before routing,
 before anything that costs (no parsing, no broker).  Paths outside every lane (health,
