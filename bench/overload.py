@@ -447,6 +447,12 @@ def report_rows(results: OverloadResults) -> tuple[list[Row], list[str]]:
         rows += _run_rows(result, capacity)
     failures = []
     for served in results.served:
+        rows.append(
+            Row(
+                f"{served.mode}: the 503s by cause (whole run, intake's counters)",
+                f"for load {count(served.refused_for_load)}, for the broker {count(served.broker_refused)}",
+            )
+        )
         ok, evidence = exact(served)
         rows.append(Row(f"{served.mode}: every 202 on the broker, once", evidence, "exact", ok))
         if not ok:
