@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .cache/bootstrap.stamp
 
-.PHONY: up down reset status mail test test-fast check fmt bench bench-intake bench-tally bench-notify bench-confirmation demo reconcile rebuild bootstrap widget test-widget
+.PHONY: up down reset status mail test test-fast check fmt bench bench-intake bench-tally bench-notify bench-confirmation bench-overload demo reconcile rebuild bootstrap widget test-widget
 
 $(STAMP): pyproject.toml uv.lock scripts/bootstrap
 	@bash scripts/bootstrap
@@ -75,6 +75,11 @@ bench-notify: $(STAMP)
 # Issue 13: 1,000 signatures/s for 5 minutes that supporters confirm, during a 100,000-recipient mailing.
 bench-confirmation: $(STAMP)
 	@$(PY) -m bench.confirmation
+
+## bench-overload: intake at 1x, 2x, 4x its capacity, open loop (vegeta), admission bounds on and off
+bench-overload: $(STAMP)
+	@./scripts/install-vegeta
+	@$(PY) -m bench.overload
 
 ## widget: build the petition widget intake serves (widget/dist/widget.js) with the locked npm toolchain
 widget: $(STAMP)

@@ -617,7 +617,7 @@ generator, the broker, the database and the services share the same cores.
 """
 
 
-SECTIONS = ("intake", "tally", "notify", "pipeline", "confirmation")
+SECTIONS = ("intake", "tally", "notify", "pipeline", "confirmation", "overload")
 """The sections in the order a new docs/benchmarks.md lists them."""
 
 

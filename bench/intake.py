@@ -213,6 +213,14 @@ def signatures_env(case_id: str, run_id: str, rate: float = 0.0) -> dict[str, st
     return env
 
 
+def load_signatures(
+    base: str, case_id: str, load_id: str, connections: int, duration_s: float, log: Path
+) -> WrkResult:
+    """wrk's unique signatures (``bench/wrk/signatures.lua``) as fast as ``connections`` go."""
+    env = signatures_env(case_id, load_id)
+    return run_wrk(base, "signatures.lua", connections=connections, duration_s=duration_s, env=env, log=log)
+
+
 def intake_rejections(
     base: str, workers: int, probes: Counter[int]
 ) -> tuple[dict[str, float] | None, float | None]:
@@ -243,22 +251,24 @@ def describe_reasons(reasons: Mapping[str, float] | None) -> str:
 # -- bulk ---------------------------------------------------------------------------------------------
 
 
+def signer(rng: random.Random, email: str, n: int) -> dict[str, object]:
+    """The ``n``-th synthetic signer's fields: 30 countries, fr/en, a quarter consenting."""
+    return {
+        "first_name": rng.choice(FIRST_NAMES),
+        "last_name": rng.choice(LAST_NAMES),
+        "email": email,
+        "country": COUNTRIES[n % len(COUNTRIES)],
+        "locale": "fr" if n % 2 else "en",
+        "consent": {"updates": n % 4 == 0},
+    }
+
+
 def write_bulk_bodies(path: Path, *, run_id: str, bodies: int, size: int) -> None:
     """``bodies`` lines, each ``{"signatures": [...]}`` of ``size`` unique signatures."""
     rng = random.Random(11)
     with path.open("wb") as out:
         for body in range(bodies):
-            signatures = [
-                {
-                    "first_name": rng.choice(FIRST_NAMES),
-                    "last_name": rng.choice(LAST_NAMES),
-                    "email": f"{run_id}.bulk{body}.{n}@gmail.com",
-                    "country": COUNTRIES[n % len(COUNTRIES)],
-                    "locale": "fr" if n % 2 else "en",
-                    "consent": {"updates": n % 4 == 0},
-                }
-                for n in range(size)
-            ]
+            signatures = [signer(rng, f"{run_id}.bulk{body}.{n}@gmail.com", n) for n in range(size)]
             out.write(orjson.dumps({"signatures": signatures}) + b"\n")
 
 
@@ -360,13 +370,8 @@ def measure_reference(
 def _maximum(
     served: _Served, case_id: str, label: str, duration_s: float, run: BenchRun, args: argparse.Namespace
 ) -> WrkResult:
-    result = run_wrk(
-        served.base,
-        "signatures.lua",
-        connections=args.connections,
-        duration_s=duration_s,
-        env=signatures_env(case_id, served.run_id + label),
-        log=run.folder / "wrk.log",
+    result = load_signatures(
+        served.base, case_id, served.run_id + label, args.connections, duration_s, run.folder / "wrk.log"
     )
     if label != "w":
         say(

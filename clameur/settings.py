@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, PositiveInt, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clameur.topics import Topics
@@ -40,6 +40,18 @@ class ClameurSettings(BaseSettings):
     )
     log_level: str = "INFO"
     log_json: bool = True
+
+    # Admission control (clameur.admission, docs/operations.md "In a surge"): past a bound
+    # a request is answered 503 at once with a jittered Retry-After instead of queueing.
+    admission_enabled: bool = Field(default=True, description="false: no bound refuses (benchmarks only)")
+    admission_max_wait_s: float = Field(
+        default=0.02,
+        ge=0,
+        description="refuse while the event loop runs later than this (a new request's wait); 0: off",
+    )
+    admission_retry_after_s: tuple[PositiveInt, PositiveInt] = Field(
+        default=(1, 5), description="Retry-After of a refusal: whole seconds drawn from this range (JSON)"
+    )
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_outside_dev(self) -> Self:

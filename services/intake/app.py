@@ -13,11 +13,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from clameur.admission import install_admission
 from clameur.serving import tune_garbage_collection
 from clameur.web import HttpMetrics, HttpMetricsMiddleware, install_problem_handlers, operations_router
 from intake import openapi
 from intake.resources import Running, open_intake
-from intake.routes import signature_routes
+from intake.routes import admission_rules, signature_routes
 from intake.settings import IntakeSettings
 from intake.widget_script import load_widget_script, widget_router
 
@@ -41,6 +42,7 @@ def create_app(settings: IntakeSettings) -> FastAPI:
     app.include_router(operations_router(registry, running.readiness_checks()))
     app.include_router(widget_router(load_widget_script(settings.widget_script, settings.public_reads_url)))
     openapi.document(app)
+    install_admission(app, registry, "intake", settings, admission_rules(settings))
     return app
 
 

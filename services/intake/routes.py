@@ -11,10 +11,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
+from clameur.admission import Lane, Rule
 from intake import openapi
 from intake.direct_route import DirectRoute
 from intake.idempotency import StoredAnswer
 from intake.resources import Running
+from intake.settings import IntakeSettings
 
 SIGNATURES_ROUTE = "/v1/cases/{case_id}/signatures"
 BATCH_ROUTE = "/v1/cases/{case_id}/signatures/batch"
@@ -41,6 +43,29 @@ def signature_routes(running: Running) -> list[BaseRoute]:
         DirectRoute(SIGNATURES_ROUTE, sign, methods=["POST"], **openapi.SIGN),
         DirectRoute(SIGNATURES_ROUTE, sign_preflight, methods=["OPTIONS"], include_in_schema=False),
         DirectRoute(BATCH_ROUTE, sign_batch, methods=["POST"], **openapi.SIGN_BATCH),
+    ]
+
+
+def admission_rules(settings: IntakeSettings) -> list[Rule]:
+    """The bounded lanes: widget signatures, and partners' bulk imports apart (a bulk request
+    holds a thousand signatures' work; it must not take the widget's places).  Preflights,
+    the widget script, health and metrics are never refused."""
+    signatures = Lane(
+        "signatures",
+        settings.intake_max_in_flight,
+        "The campaign is busy: many people are signing at once. Your signature was not "
+        "recorded yet; please retry in a few seconds (Retry-After).",
+        cors=True,
+    )
+    bulk = Lane(
+        "bulk",
+        settings.intake_bulk_max_in_flight,
+        "The campaign is busy: too many bulk imports at once. Nothing of this batch was "
+        "recorded; retry it after Retry-After seconds.",
+    )
+    return [
+        Rule(signatures, frozenset({"POST"}), "/v1/cases/", "/signatures"),
+        Rule(bulk, frozenset({"POST"}), "/v1/cases/", "/signatures/batch"),
     ]
 
 

@@ -49,6 +49,12 @@ class IntakeSettings(ClameurSettings):
         description="uvicorn worker processes; rate limits and the idempotency window are per worker",
     )
 
+    # Admission control: requests held at once per process, past which a request is
+    # answered 503 at once (docs/operations.md, "In a surge"; the loop-lag bound and the
+    # Retry-After spread are the shared CLAMEUR_ADMISSION_* settings).  0: unbounded.
+    intake_max_in_flight: int = Field(default=32, ge=0, description="widget signatures in flight per process")
+    intake_bulk_max_in_flight: int = Field(default=4, ge=0, description="bulk imports in flight per process")
+
     # Durability: how long a request may wait for the broker's acknowledgement.
     broker_ack_timeout: float = Field(default=2.0, gt=0, le=30)
     broker_retry_after: int = Field(default=2, ge=1, description="Retry-After (s) on a 503")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from clameur.admission import Lane, Rule, install_admission
 from clameur.consumer import ConsumerMetrics
 from clameur.web import HttpMetrics, HttpMetricsMiddleware, install_problem_handlers, operations_router
 from notify.confirmation import ConfirmationPages, SupporterRejection, confirmation_router
@@ -69,7 +70,21 @@ def create_app(settings: NotifySettings) -> FastAPI:
             )
         )
     )
+    install_admission(app, registry, SERVICE, settings, _page_rules(settings))
     return app
+
+
+def _page_rules(settings: NotifySettings) -> list[Rule]:
+    """The pages a supporter opens from an email: one lane, bounded; the admin erasure API,
+    health and metrics are never refused."""
+    pages = Lane(
+        "pages",
+        settings.notify_pages_max_in_flight,
+        "Many supporters are using their links at once; nothing was changed yet. Please reload "
+        "this page in a few seconds: the link still works.",
+    )
+    methods = frozenset({"GET", "POST"})
+    return [Rule(pages, methods, prefix) for prefix in ("/v1/confirm/", "/v1/reject/", "/v1/unsubscribe/")]
 
 
 def _reject_supporter(eraser: Callable[[], Eraser]) -> SupporterRejection:

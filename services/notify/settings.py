@@ -75,6 +75,11 @@ class NotifySettings(ConfirmationSettings):
     public_url: str = Field(
         default="http://127.0.0.1:8003", description="base of the unsubscribe links in emails"
     )
+    notify_pages_max_in_flight: int = Field(
+        default=128,
+        ge=0,
+        description="confirmation and unsubscribe pages in flight per process (0: unbounded)",
+    )
     notify_sender_address: str = "news@clameur.localhost"
     notify_sender_name: str = "Clameur"
     notify_rate_per_s: float = Field(default=200.0, gt=0, description="emails per second, at most")

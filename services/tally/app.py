@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.middleware.cors import CORSMiddleware
 
+from clameur.admission import install_admission
 from clameur.consumer import BatchConsumer, BatchLimits, ConsumerMetrics
 from clameur.database import create_pool
 from clameur.kafka import create_producer
@@ -43,7 +44,7 @@ from tally.expiry import PendingExpiry
 from tally.invalidation_api import InvalidationPorts, admin_keys, invalidation_router
 from tally.metrics import SERVICE, TallyMetrics
 from tally.outbox import OutboxRelay
-from tally.public_api import public_router
+from tally.public_api import admission_rules, public_router
 from tally.settings import TallySettings
 from tally.views import CaseReader, PostgresCaseReader
 
@@ -85,6 +86,15 @@ def create_app(settings: TallySettings) -> FastAPI:
     app.include_router(operations_router(registry, readiness_checks(started)))
     app.add_middleware(CORSMiddleware, **_PUBLIC_READS_CORS)
     app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry, SERVICE))
+    install_admission(
+        app,
+        registry,
+        SERVICE,
+        settings,
+        admission_rules(
+            max_in_flight=settings.tally_reads_max_in_flight, max_streams=settings.tally_live_max_streams
+        ),
+    )
     return app
 
 

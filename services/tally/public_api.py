@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
+from clameur.admission import Lane, Rule
 from clameur.events import is_case_id
 from clameur.web import Problem
 from tally.views import CaseReader, CaseView, etag_matches, etag_of
@@ -62,6 +63,29 @@ def public_router(reader: Callable[[], CaseReader], *, max_age_s: int, live_inte
         )
 
     return router
+
+
+def admission_rules(*, max_in_flight: int, max_streams: int) -> list[Rule]:
+    """Two lanes: the short reads bounded by requests in flight, the live streams (each held
+    for minutes) by a cap on open streams.  The admin API is never refused."""
+    live = Lane(
+        "live",
+        max_streams,
+        "Too many people are following this campaign live right now; the widget will "
+        "reconnect after Retry-After seconds (the count is also at /v1/cases/{case_id}).",
+        cors=True,
+    )
+    reads = Lane(
+        "reads",
+        max_in_flight,
+        "Too many people are reading the campaign's counts at once; please retry in a few "
+        "seconds (Retry-After).",
+        cors=True,
+    )
+    return [
+        Rule(live, frozenset({"GET"}), "/v1/cases/", "/live"),
+        Rule(reads, frozenset({"GET", "HEAD"}), "/v1/cases", not_suffixes=("/live",)),
+    ]
 
 
 async def _find(reader: CaseReader, case_id: str) -> CaseView:

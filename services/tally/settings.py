@@ -39,6 +39,10 @@ class TallySettings(ConfirmationSettings):
     tally_live_interval_s: float = Field(
         default=0.5, gt=0, description="a live (SSE) stream looks for a new count this often"
     )
+    # Admission control (clameur.admission): each lane apart, so a crowd on the live
+    # streams never makes the counts time out, nor the other way round.  0: unbounded.
+    tally_reads_max_in_flight: int = Field(default=256, ge=0, description="public count reads in flight")
+    tally_live_max_streams: int = Field(default=2000, ge=0, description="open live (SSE) streams per process")
     tally_publish: bool = Field(
         default=True,
         description=(
