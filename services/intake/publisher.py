@@ -2,7 +2,8 @@
 
 Each accepted action is a ``SignatureAccepted`` on ``signatures.v2`` (key: case id, kept
 forever, no personal data) and, when notify will write to the supporter, a ``Contact`` on
-the compacted ``contacts.v1`` (key: supporter key, the producer's default partitioner).
+the compacted ``contacts.v1`` (key: supporter key, on :func:`clameur.topics.contact_partition`'s
+partition, where notify's tombstone goes too).
 
 :class:`KafkaSignaturePublisher` owns one idempotent ``acks=all`` producer for both topics
 (a lane per partition of each) and three promises:
@@ -36,6 +37,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from clameur.events import Contact, SignatureAccepted
 from clameur.retry import Backoff, RetryPolicy
+from clameur.topics import contact_partition
 from intake.producer_internals import sender_stopped, stop_sender
 
 logger = logging.getLogger(__name__)
@@ -247,9 +249,9 @@ class KafkaSignaturePublisher:
                 self._producer = producer
                 self._lanes = _TopicLanes(
                     PartitionLanes(producer, self.topic, self.timings.ack_timeout),
-                    # Every supporter key is new: remembering their partitions would only churn.
+                    # Where erasure's tombstone goes too (compaction works per partition).
                     PartitionLanes(
-                        producer, self.contacts_topic, self.timings.ack_timeout, remember_keys=False
+                        producer, self.contacts_topic, self.timings.ack_timeout, placement=contact_partition
                     ),
                 )
                 logger.info("producer connected", extra={"topic": self.topic})
@@ -321,9 +323,11 @@ class PartitionLanes:
     sequence number is given when the batch is drained, as for ``send``); a record's
     partition is the default partitioner's (murmur2 of the key), so one case keeps one
     partition and its order; a lane sends one batch after another, in arrival order.
+    The murmur2 is pure Python, so each key's partition is remembered (a case id comes
+    back thousands of times).
 
-    ``remember_keys``: remember each key's partition (a case id comes back thousands of
-    times); off for keys seen about once (supporter keys), where the memo would only churn.
+    ``placement``: instead, the topic's own rule (key, sorted partitions) -> partition,
+    for keys seen about once (supporter keys), where a memo would only churn.
     """
 
     # What ``create_producer`` leaves the producer with; a key's partition is computed
@@ -331,12 +335,17 @@ class PartitionLanes:
     _partitioner = DefaultPartitioner()
 
     def __init__(
-        self, producer: AIOKafkaProducer, topic: str, ack_timeout: float, *, remember_keys: bool = True
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        ack_timeout: float,
+        *,
+        placement: Callable[[bytes, Sequence[int]], int] | None = None,
     ) -> None:
         self._producer = producer
         self._topic = topic
         self._ack_timeout = ack_timeout
-        self._remember_keys = remember_keys
+        self._placement = placement
         self._lanes: dict[int, _Lane] = {}
         self._partitions: set[int] | None = None
         self._ordered: list[int] = []
@@ -363,8 +372,8 @@ class PartitionLanes:
         return partition_of
 
     def _partition(self, key: bytes) -> int:
-        if not self._remember_keys:
-            return int(self._partitioner(key, self._ordered, self._ordered))
+        if self._placement is not None:
+            return self._placement(key, self._ordered)
         partition = self._partition_of.get(key)
         if partition is None:
             if len(self._partition_of) >= _MAX_KEYS_REMEMBERED:
