@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
 import secrets
@@ -54,6 +55,7 @@ from bench.common import (
     by_label,
     count,
     free_port,
+    listener_pid,
     millis,
     per_second,
     report,
@@ -62,6 +64,7 @@ from bench.common import (
     scrape_workers,
     summed,
     total,
+    tree_cpu_seconds,
     uvicorn_argv,
     wait_until,
 )
@@ -423,6 +426,10 @@ def measure_reference(
 def _maximum(
     served: _Served, case_id: str, label: str, duration_s: float, run: BenchRun, args: argparse.Namespace
 ) -> WrkResult:
+    """One wrk run at ``--connections``, with the CPU the intake and the broker spent meanwhile."""
+    broker = listener_pid(int(run.infra.kafka.rpartition(":")[2]))
+    intake_before = tree_cpu_seconds(served.child.pid)
+    broker_before = tree_cpu_seconds(broker) if broker is not None else None
     result = run_wrk(
         served.base,
         "signatures.lua",
@@ -431,12 +438,24 @@ def _maximum(
         env=signatures_env(case_id, served.run_id + label),
         log=run.folder / "wrk.log",
     )
+    broker_cpu = None
+    if broker is not None and broker_before is not None:
+        broker_cpu = tree_cpu_seconds(broker) - broker_before
+    result = dataclasses.replace(
+        result, server_cpu_s=tree_cpu_seconds(served.child.pid) - intake_before, broker_cpu_s=broker_cpu
+    )
     if label != "w":
         say(
             f"{served.name} on {case_id} at {args.connections} connections: "
-            f"{result.ok_per_s:,.0f} accepted/s, p99 {millis(result.p99_s)}"
+            f"{result.ok_per_s:,.0f} accepted/s, p99 {millis(result.p99_s)}, "
+            f"CPU per 202: intake {_micros(result.cpu_us_per_ok(result.server_cpu_s))}, "
+            f"broker {_micros(result.cpu_us_per_ok(result.broker_cpu_s))}"
         )
     return result
+
+
+def _micros(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f} µs"
 
 
 @dataclass(frozen=True)
@@ -599,6 +618,10 @@ def report_rows(results: IntakeResults, args: argparse.Namespace) -> tuple[list[
     c = args.connections
     rows = [
         *_maximum_rows(plain.peak, confirming.peak, ref, c),
+        Row(
+            "CPU per accepted signature at the maximum, intake / broker",
+            f"like for like {_cpu(plain.peak)}; confirmation case {_cpu(confirming.peak)}",
+        ),
         Row(f"latency at {c} connections, p50 / p99, {PLAIN}", _latency(plain.peak)),
         Row(f"latency at {c} connections, p50 / p99, {CONFIRMING}", _latency(confirming.peak)),
         Row(
@@ -636,6 +659,18 @@ def report_rows(results: IntakeResults, args: argparse.Namespace) -> tuple[list[
     if plain.baseline is not None and confirming.baseline is not None:
         rows[4:4] = baseline_rows(plain, confirming, args)
     return rows, exact and plain_exact
+
+
+def _cpu(result: WrkResult) -> str:
+    intake = _micros(result.cpu_us_per_ok(result.server_cpu_s))
+    return f"{intake} / {_micros(result.cpu_us_per_ok(result.broker_cpu_s))}"
+
+
+def _cpu_growth(side: CaseSide) -> str:
+    """Today's intake CPU per signature against the baseline's, as a change in percent."""
+    today = side.peak.cpu_us_per_ok(side.peak.server_cpu_s)
+    before = side.baseline.cpu_us_per_ok(side.baseline.server_cpu_s) if side.baseline else None
+    return "n/a" if today is None or not before else f"{today / before - 1:+.0%}"
 
 
 def _latency(result: WrkResult) -> str:
@@ -695,6 +730,12 @@ def baseline_rows(plain: CaseSide, confirming: CaseSide, args: argparse.Namespac
             f"accepted signatures/s of {rev} (same run, same load; it writes one record either way)",
             f"beside like for like {described(plain.baseline)}; "
             f"beside the confirmation case {described(confirming.baseline)}",
+        ),
+        Row(
+            f"CPU per accepted signature of {rev} at the maximum, intake / broker",
+            f"beside like for like {_cpu(plain.baseline)}; beside the confirmation case "
+            f"{_cpu(confirming.baseline)} (today's intake per signature: {_cpu_growth(plain)} like for "
+            f"like, {_cpu_growth(confirming)} on the confirmation case)",
         ),
         Row(
             f"ratio to {rev}, {PLAIN}: the cost of protection",
