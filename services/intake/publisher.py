@@ -6,7 +6,7 @@ the compacted ``contacts.v1`` (key: supporter key, on :func:`clameur.topics.cont
 partition, where notify's tombstone goes too).
 
 :class:`KafkaSignaturePublisher` owns one idempotent ``acks=all`` producer for both topics
-(a lane per partition of each) and three promises:
+(a lane per partition of each, sent in rounds shared by both) and three promises:
 
 - **bounded**: :meth:`publish` returns once every record (signatures and contacts alike)
   is acknowledged, or raises
