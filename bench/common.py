@@ -160,6 +160,14 @@ class WrkResult:
     statuses: dict[int, int] = field(default_factory=dict)
     accepted_items: int = 0
     """Bulk only: the sum of ``accepted`` over the 202 answers."""
+    server_cpu_s: float | None = None
+    """CPU seconds the server's processes spent during the run, when the bench measured it."""
+    broker_cpu_s: float | None = None
+    """CPU seconds the Kafka broker spent during the run, when the bench measured it."""
+
+    def cpu_us_per_ok(self, seconds: float | None) -> float | None:
+        """``seconds`` (one of the CPU times above) per 2xx answer, in microseconds."""
+        return None if seconds is None or not self.ok else seconds / self.ok * 1e6
 
     @property
     def ok(self) -> int:
@@ -249,6 +257,41 @@ def parse_wrk_result(raw: Mapping[str, Any]) -> WrkResult:
 
 
 # -- child processes ------------------------------------------------------------------------------
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of ``pid`` and of its descendants now alive (Linux ``/proc``).
+
+    A process's ``stat`` holds the time of all its threads; a child that ended is not seen.
+    """
+    seconds = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue  # ended meanwhile
+        # After the command's ")": state is field 3, utime field 14, stime field 15.
+        seconds += (int(stat[11]) + int(stat[12])) / _CLOCK_TICKS
+        pending += [int(child) for child in children]
+    return seconds
+
+
+def listener_pid(port: int) -> int | None:
+    """The process listening on TCP ``port`` of this machine (``ss``), or None."""
+    try:
+        listing = subprocess.run(
+            ["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"pid=(\d+)", listing)
+    return int(found.group(1)) if found else None
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -2,10 +2,11 @@
 
 Each accepted action is a ``SignatureAccepted`` on ``signatures.v2`` (key: case id, kept
 forever, no personal data) and, when notify will write to the supporter, a ``Contact`` on
-the compacted ``contacts.v1`` (key: supporter key, the producer's default partitioner).
+the compacted ``contacts.v1`` (key: supporter key, on :func:`clameur.topics.contact_partition`'s
+partition, where notify's tombstone goes too).
 
 :class:`KafkaSignaturePublisher` owns one idempotent ``acks=all`` producer for both topics
-(a lane per partition of each) and three promises:
+(a lane per partition of each, sent in rounds shared by both) and three promises:
 
 - **bounded**: :meth:`publish` returns once every record (signatures and contacts alike)
   is acknowledged, or raises
@@ -32,10 +33,12 @@ from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from clameur.events import Contact, SignatureAccepted
 from clameur.retry import Backoff, RetryPolicy
+from clameur.topics import contact_partition
 from intake.producer_internals import sender_stopped, stop_sender
 
 logger = logging.getLogger(__name__)
@@ -245,11 +248,17 @@ class KafkaSignaturePublisher:
                 self._failing_since = None
                 self._probing = False
                 self._producer = producer
+                # One round for both topics: a signature's and its contact's batches leave together.
+                rounds = ProducerRounds(producer, self.timings.ack_timeout)
                 self._lanes = _TopicLanes(
-                    PartitionLanes(producer, self.topic, self.timings.ack_timeout),
-                    # Every supporter key is new: remembering their partitions would only churn.
+                    PartitionLanes(producer, self.topic, self.timings.ack_timeout, rounds=rounds),
+                    # Where erasure's tombstone goes too (compaction works per partition).
                     PartitionLanes(
-                        producer, self.contacts_topic, self.timings.ack_timeout, remember_keys=False
+                        producer,
+                        self.contacts_topic,
+                        self.timings.ack_timeout,
+                        placement=contact_partition,
+                        rounds=rounds,
                     ),
                 )
                 logger.info("producer connected", extra={"topic": self.topic})
@@ -309,21 +318,25 @@ async def _stop_quietly(producer: AIOKafkaProducer, within: float) -> None:
 
 
 class PartitionLanes:
-    """Records of concurrent requests sent together: one producer batch per partition at a time.
+    """Records of concurrent requests sent together: one producer batch per partition and round.
 
     ``producer.send`` costs a future, a lookup and a partitioner call per record; at
     thousands of requests a second that was a quarter of intake's CPU.  Here each
-    partition has a lane: records wait in it while the lane's previous batch is on its way,
-    then all of them leave as one batch (``producer.send_batch``), and everyone waiting on
-    that batch is answered by its single acknowledgement.
+    partition has a lane: records wait in it while the producer's current round is on its
+    way, then all of them leave as one batch (``producer.send_batch``), and everyone
+    waiting on that batch is answered by its single acknowledgement.  The lanes of one
+    producer share its :class:`ProducerRounds`, so the signatures' and the contacts' batches
+    leave together (see there).
 
     The promises are the producer's own: the batch is idempotent and ``acks=all`` (the
     sequence number is given when the batch is drained, as for ``send``); a record's
     partition is the default partitioner's (murmur2 of the key), so one case keeps one
     partition and its order; a lane sends one batch after another, in arrival order.
+    The murmur2 is pure Python, so each key's partition is remembered (a case id comes
+    back thousands of times).
 
-    ``remember_keys``: remember each key's partition (a case id comes back thousands of
-    times); off for keys seen about once (supporter keys), where the memo would only churn.
+    ``placement``: instead, the topic's own rule (key, sorted partitions) -> partition,
+    for keys seen about once (supporter keys), where a memo would only churn.
     """
 
     # What ``create_producer`` leaves the producer with; a key's partition is computed
@@ -331,13 +344,18 @@ class PartitionLanes:
     _partitioner = DefaultPartitioner()
 
     def __init__(
-        self, producer: AIOKafkaProducer, topic: str, ack_timeout: float, *, remember_keys: bool = True
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        ack_timeout: float,
+        *,
+        placement: Callable[[bytes, Sequence[int]], int] | None = None,
+        rounds: ProducerRounds | None = None,
     ) -> None:
         self._producer = producer
         self._topic = topic
-        self._ack_timeout = ack_timeout
-        self._remember_keys = remember_keys
-        self._lanes: dict[int, _Lane] = {}
+        self._placement = placement
+        self._rounds = rounds if rounds is not None else ProducerRounds(producer, ack_timeout)
         self._partitions: set[int] | None = None
         self._ordered: list[int] = []
         self._partition_of: dict[bytes, int] = {}
@@ -363,8 +381,8 @@ class PartitionLanes:
         return partition_of
 
     def _partition(self, key: bytes) -> int:
-        if not self._remember_keys:
-            return int(self._partitioner(key, self._ordered, self._ordered))
+        if self._placement is not None:
+            return self._placement(key, self._ordered)
         partition = self._partition_of.get(key)
         if partition is None:
             if len(self._partition_of) >= _MAX_KEYS_REMEMBERED:
@@ -379,38 +397,91 @@ class PartitionLanes:
 
         Callers share the future: await it through :func:`asyncio.shield`.
         """
-        lane = self._lanes.get(partition)
+        return self._rounds.add(self._topic, partition, key, value)
+
+
+_MAX_KEYS_REMEMBERED = 100_000
+
+
+class ProducerRounds:
+    """One producer's records in rounds: every partition's batch of a round is handed over at once.
+
+    The producer keeps one request in flight per broker and, once it is answered, sends
+    the batches that are ready.  Lanes that each sent their next batch when their own
+    acknowledgement came back fell out of step: the first to hand one over started the
+    next request alone, the others waited a whole round trip for the one after (with a
+    contact on six partitions per signature, most requests carried one or two batches of
+    the seven).  Here a round starts when the previous one is answered, and hands every
+    batch waiting, of every topic and partition, to the producer before it yields: they
+    leave in one request per broker.
+
+    Each partition of a round keeps its own acknowledgement, so a batch the broker
+    refuses fails only the records of that partition; a partition's records fail with
+    ``TimeoutError`` ``ack_timeout`` seconds after its round began collecting them.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, ack_timeout: float) -> None:
+        self._producer = producer
+        self._ack_timeout = ack_timeout
+        self._waiting: dict[tuple[str, int], _Lane] = {}
+        self._sender: asyncio.Task[None] | None = None
+
+    def add(self, topic: str, partition: int, key: bytes, value: bytes) -> asyncio.Future[None]:
+        """Queue one record for the next round; see :meth:`PartitionLanes.add`."""
+        lane = self._waiting.get((topic, partition))
         if lane is None:
-            lane = self._lanes[partition] = _Lane()
-        if not lane.records:
-            # A new round: its records get TimeoutError if not acknowledged in time.
+            lane = self._waiting[(topic, partition)] = _Lane()
+            # Its records get TimeoutError if not acknowledged in time.
             asyncio.get_running_loop().call_later(self._ack_timeout, _expire, lane.acked)
         lane.records.append((key, value))
-        if lane.sender is None:
-            lane.sender = asyncio.create_task(self._send(partition, lane))
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send())
         return lane.acked
 
-    async def _send(self, partition: int, lane: _Lane) -> None:
+    async def _send(self) -> None:
         try:
-            while lane.records:
-                records, acked = lane.records, lane.acked
-                lane.records, lane.acked = [], _ack_future()
-                # ``acked`` may be done already: its round timed out (see ``_expire``).
+            while self._waiting:
+                round_, self._waiting = self._waiting, {}
                 try:
-                    await self._send_records(partition, records)
+                    await self._send_round(round_)
                 except asyncio.CancelledError:
-                    _settle(acked, BrokerUnavailable("the producer is stopping"))
+                    for lane in round_.values():
+                        _settle(lane.acked, BrokerUnavailable("the producer is stopping"))
                     raise
-                except Exception as exc:  # noqa: BLE001 - handed to every waiter; publish() decides
-                    _settle(acked, exc)
-                else:
-                    _settle(acked, None)
         finally:
-            lane.sender = None
+            self._sender = None
 
-    async def _send_records(self, partition: int, records: list[tuple[bytes, bytes]]) -> None:
-        # Send every batch of the round first, then wait: one lane, one round in flight.
-        delivered = []
+    async def _send_round(self, round_: dict[tuple[str, int], _Lane]) -> None:
+        # Every batch of the round is handed over before any is awaited (first batches
+        # first: a partition's second batch waits for its first to be drained).
+        handed: list[tuple[int, str, int, BatchBuilder, _Lane]] = []
+        for (topic, partition), lane in round_.items():
+            try:
+                batches = self._batches(lane.records)
+            except ValueError as exc:
+                _settle(lane.acked, exc)
+                continue
+            handed += [(index, topic, partition, batch, lane) for index, batch in enumerate(batches)]
+        handed.sort(key=lambda item: item[0])
+        delivered: list[tuple[_Lane, asyncio.Future[object]]] = []
+        for _, topic, partition, batch, lane in handed:
+            if lane.acked.done():
+                continue  # an earlier batch of its partition failed, or the round timed out
+            try:
+                delivered.append((lane, await self._producer.send_batch(batch, topic, partition=partition)))
+            except Exception as exc:  # noqa: BLE001 - handed to the partition's waiters; publish() decides
+                _settle(lane.acked, exc)
+        outcomes = await asyncio.gather(*(future for _, future in delivered), return_exceptions=True)
+        for (lane, _), outcome in zip(delivered, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                _settle(lane.acked, outcome)
+        # ``acked`` may be done already: its round timed out (see ``_expire``).
+        for lane in round_.values():
+            _settle(lane.acked, None)
+
+    def _batches(self, records: list[tuple[bytes, bytes]]) -> list[BatchBuilder]:
+        """``records`` in closed producer batches; ``ValueError`` if one record fits in none."""
+        batches = []
         while records:
             batch = self._producer.create_batch()
             taken = 0
@@ -420,23 +491,19 @@ class PartitionLanes:
                 taken += 1
             if taken == 0:
                 raise ValueError("a record is larger than a producer batch")
-            # Closed: the accumulator sends it at once (no linger; the lane gathered).
+            # Closed: the accumulator sends it at once (no linger; the round gathered).
             batch.close()
-            delivered.append(await self._producer.send_batch(batch, self._topic, partition=partition))
+            batches.append(batch)
             records = records[taken:]
-        await asyncio.gather(*delivered)
-
-
-_MAX_KEYS_REMEMBERED = 100_000
+        return batches
 
 
 class _Lane:
-    __slots__ = ("acked", "records", "sender")
+    __slots__ = ("acked", "records")
 
     def __init__(self) -> None:
         self.records: list[tuple[bytes, bytes]] = []
         self.acked: asyncio.Future[None] = _ack_future()
-        self.sender: asyncio.Task[None] | None = None
 
 
 def _ack_future() -> asyncio.Future[None]:

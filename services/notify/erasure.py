@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clameur.events import SupporterErased, Suppression, utc_now
 from clameur.kafka import partitions_of
-from clameur.topics import Topics
+from clameur.topics import Topics, send_contact_record
 from clameur.web import Problem, bearer_guard
 from notify.contacts import ContactCipher
 from notify.ledger import _SUPPORTER_LIST_LOCK
@@ -162,7 +162,7 @@ class Eraser:
         erasure_id = uuid4()
         if suppression is not None:
             await publish_suppression(self._producer, self._topics.suppressions, suppression)
-        await self._producer.send_and_wait(self._topics.contacts, None, key=supporter_key.encode())
+        await send_contact_record(self._producer, self._topics.contacts, supporter_key.encode(), None)
         if reason in ("erased", "rejected"):
             await self._announce(SupporterErased(erasure_id=erasure_id, supporter_key=supporter_key))
         async with self.pool.acquire() as connection, connection.transaction():

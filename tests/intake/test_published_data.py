@@ -10,9 +10,9 @@ import pytest
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from clameur.events import decode_contact, decode_signature
-from clameur.kafka import kafka_admin
+from clameur.kafka import kafka_admin, partitions_of
 from clameur.supporters import SupporterKeys
-from clameur.topics import Topics
+from clameur.topics import Topics, contact_partition
 from tests.conftest import TEST_SECRET, Infra
 from tests.intake.conftest import SIGNER, Intake, case_state, publish_cases
 from tests.support import eventually, metric, read_topic
@@ -66,6 +66,9 @@ async def test_the_signature_holds_no_personal_data_and_the_contact_no_more_than
 
     [contact_record] = await read_topic(infra.kafka, topics.contacts, at_least=1)
     assert contact_record.key == signature.supporter_key.encode()
+    # Where notify's tombstone goes too: compaction supersedes only within a partition.
+    partitions = sorted(await partitions_of(infra.kafka, topics.contacts))
+    assert contact_record.partition == contact_partition(contact_record.key, partitions)
     for typed in (b"Daemilast", b"ZP-9137", b"referrer-of-atena", b"free-atena"):
         assert typed not in contact_record.value, typed
     contact = decode_contact(contact_record.value)

@@ -29,7 +29,7 @@ from clameur.events import (
     decode_signature_log_event,
 )
 from clameur.kafka import create_producer
-from clameur.topics import Topics
+from clameur.topics import Topics, contact_partition
 from tests.conftest import Infra
 from tests.intake.conftest import case_state
 from tests.support import read_topic
@@ -117,19 +117,32 @@ def _partitioner(lanes: PartitionLanes) -> Callable[[bytes], int]:
     return partition_of
 
 
+_KEYS = [f"case-{n}".encode() for n in range(200)] + [b"nawal-benaissa", b"a", b"ab" * 32]
+
+
 def test_partitions_are_the_default_partitioners_even_when_partitions_are_added() -> None:
     producer = _MetadataOnly(set(range(6)))
     remembering = PartitionLanes(producer, "signatures.v2", 2.0)
-    # contacts.v1: supporter keys are each new, so their partitions are not remembered.
-    forgetting = PartitionLanes(producer, "contacts.v1", 2.0, remember_keys=False)
-    keys = [f"case-{n}".encode() for n in range(200)] + [b"nawal-benaissa", b"a", b"ab" * 32]
     for count in (6, 6, 12, 1):
         producer.client.cluster.partitions = set(range(count))
         expected = DefaultPartitioner()
-        for lanes in (remembering, forgetting):
-            partition_of = _partitioner(lanes)
-            for key in keys:
-                assert partition_of(key) == expected(key, list(range(count)), list(range(count)))
+        partition_of = _partitioner(remembering)
+        for key in _KEYS:
+            assert partition_of(key) == expected(key, list(range(count)), list(range(count)))
+
+
+def test_placed_lanes_follow_the_topics_own_rule_even_when_partitions_are_added() -> None:
+    producer = _MetadataOnly(set(range(6)))
+    # contacts.v1: the partition notify's tombstone goes to as well.
+    placed = PartitionLanes(producer, "contacts.v1", 2.0, placement=contact_partition)
+    spread = set()
+    for count in (6, 6, 12, 1):
+        producer.client.cluster.partitions = set(range(count))
+        partition_of = _partitioner(placed)
+        for key in _KEYS:
+            assert partition_of(key) == contact_partition(key, list(range(count)))
+            spread.add(partition_of(key))
+    assert spread == set(range(12)), "every partition gets keys"
 
 
 async def test_concurrent_signatures_share_batches_keep_their_partition_and_order(

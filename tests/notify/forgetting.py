@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from clameur.events import Contact, utc_now
 from clameur.kafka import create_producer
-from clameur.topics import Topics
+from clameur.topics import Topics, send_contact_record
 from tests.conftest import TEST_ERASURE_BOUND_S, TEST_SECRET
 
 if TYPE_CHECKING:
@@ -130,8 +130,8 @@ async def publish_contacts(kafka: str, topics: Topics, contacts: Iterable[Contac
     await producer.start()
     try:
         for written in contacts:
-            await producer.send_and_wait(
-                topics.contacts, written.to_json(), key=written.supporter_key.encode()
+            await send_contact_record(
+                producer, topics.contacts, written.supporter_key.encode(), written.to_json()
             )
     finally:
         await producer.stop()

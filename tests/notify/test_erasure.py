@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from clameur.events import SupporterErased, decode_signature_log_event, utc_now
 from clameur.kafka import create_producer, partitions_of
-from clameur.topics import CONTACTS_TICK_KEY, Topics
+from clameur.topics import CONTACTS_TICK_KEY, Topics, contact_partition
 from clameur.web import install_problem_handlers
 from tests.conftest import TEST_ADMIN_TOKEN, TEST_ERASURE_BOUND_S, TEST_SECRET, Infra
 from tests.notify.conftest import RunningNotify, scrape
@@ -65,6 +65,9 @@ async def test_erasure_tombstones_the_contact_announces_to_every_partition_delet
         r for r in await read_topic(infra.kafka, topics.contacts, at_least=1) if r.key == key.encode()
     ]
     assert [r.value for r in contacts] == [None]  # a tombstone
+    # On the partition intake writes the contact to: compaction supersedes within a partition.
+    contact_partitions = sorted(await partitions_of(infra.kafka, topics.contacts))
+    assert [r.partition for r in contacts] == [contact_partition(key.encode(), contact_partitions)]
     partitions = await partitions_of(infra.kafka, topics.signatures)
     assert len(partitions) == 3
     announced = await read_topic(infra.kafka, topics.signatures, at_least=len(partitions))
