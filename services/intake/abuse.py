@@ -21,6 +21,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 Clock = Callable[[], float]
 
 
@@ -111,6 +113,46 @@ class ClientAddresses:
                 except ValueError:
                     return peer  # garbage from a trusted proxy: fall back to the proxy
         return peer
+
+
+FORWARDED_FOR = b"x-forwarded-for"
+
+
+def joined_forwarded_for(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` with repeated ``X-Forwarded-For`` lines joined into one, in their order.
+
+    RFC 7230 (3.2.2) lets a recipient combine repeated fields so.  Some proxies add a
+    line of their own rather than append to the client's: reading only the first line
+    would then believe the client-written one, whatever the trusted proxies.  The joined
+    line stands where the first one stood; a request with at most one is returned as is.
+    """
+    forwarded = [value for name, value in headers if name == FORWARDED_FOR]
+    if len(forwarded) < 2:
+        return headers
+    joined: list[tuple[bytes, bytes]] = []
+    placed = False
+    for name, value in headers:
+        if name != FORWARDED_FOR:
+            joined.append((name, value))
+        elif not placed:
+            joined.append((FORWARDED_FOR, b", ".join(forwarded)))
+            placed = True
+    return joined
+
+
+class ForwardedForJoined:
+    """ASGI middleware: each request reaches the app with one ``X-Forwarded-For`` at most."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            joined = joined_forwarded_for(headers)
+            if joined is not headers:
+                scope = {**scope, "headers": joined}
+        await self.app(scope, receive, send)
 
 
 class DomainLimits:

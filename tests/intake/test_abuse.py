@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from intake.abuse import ClientAddresses, DomainLimits, RateLimit, TokenBuckets, retry_after
+from intake.abuse import (
+    ClientAddresses,
+    DomainLimits,
+    RateLimit,
+    TokenBuckets,
+    joined_forwarded_for,
+    retry_after,
+)
 
 
 class Clock:
@@ -78,3 +85,19 @@ def test_the_socket_peer_is_the_client_unless_a_trusted_proxy_forwards() -> None
     assert addresses.client_ip("10.1.2.3", "garbage") == "10.1.2.3"
     assert addresses.client_ip(None, None) == "unknown"
     assert ClientAddresses([]).client_ip("127.0.0.1", "198.51.100.7") == "127.0.0.1"
+
+
+def test_repeated_forwarded_for_lines_are_joined_in_their_order() -> None:
+    headers = [
+        (b"host", b"intake.test"),
+        (b"x-forwarded-for", b"192.0.2.66"),
+        (b"content-type", b"application/json"),
+        (b"x-forwarded-for", b"203.0.113.9"),
+    ]
+    assert joined_forwarded_for(headers) == [
+        (b"host", b"intake.test"),
+        (b"x-forwarded-for", b"192.0.2.66, 203.0.113.9"),
+        (b"content-type", b"application/json"),
+    ]
+    single = headers[:2]
+    assert joined_forwarded_for(single) is single
