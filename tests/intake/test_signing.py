@@ -367,6 +367,9 @@ async def test_not_ready_until_the_broker_answers(service_env: dict[str, str], n
         not_ready = await client.get("/readyz")
         assert not_ready.status_code == 503
         assert set(not_ready.json()["checks"]) == {"cases", "broker"}
+        assert "broker" in not_ready.json()["down"]
+        # The client's error names the unreachable address; the answer does not.
+        assert settings.kafka not in not_ready.text and "Error" not in not_ready.text
         early = await client.post(f"/v1/cases/{nawal}/signatures", json=SIGNER)
         assert early.status_code == 503
         assert early.headers["retry-after"]
