@@ -1,0 +1,59 @@
+"""The public dev secret and admin token are refused off loopback, whatever CLAMEUR_ENV says."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from clameur.exposure import is_loopback
+from clameur.settings import DEV_ADMIN_TOKEN, DEV_SECRET, ClameurSettings
+from tests.conftest import TEST_ADMIN_TOKEN, TEST_SECRET
+
+
+def _settings(**fields: Any) -> ClameurSettings:
+    return ClameurSettings(**{"secret": TEST_SECRET, "admin_token": TEST_ADMIN_TOKEN, **fields})
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),  # noqa: S104 - the address under test
+        ("::", False),
+        ("10.1.2.3", False),
+        ("intake.internal", False),
+        ("", False),
+    ],
+)
+def test_only_loopback_addresses_count_as_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize("env", ["dev", "test"])
+def test_the_dev_secret_is_refused_off_loopback_in_any_environment(env: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        _settings(env=env, host="0.0.0.0", secret=DEV_SECRET)  # noqa: S104 - as in a container
+    message = str(refused.value)
+    assert "CLAMEUR_SECRET is the public development value" in message
+    assert "'0.0.0.0' (CLAMEUR_HOST)" in message and "openssl rand -hex 32" in message
+
+
+def test_the_dev_admin_token_is_refused_off_loopback() -> None:
+    with pytest.raises(ValidationError, match="CLAMEUR_ADMIN_TOKEN is the public development value"):
+        _settings(env="dev", host="10.1.2.3", admin_token=DEV_ADMIN_TOKEN)
+
+
+def test_the_dev_values_still_serve_a_developer_on_loopback() -> None:
+    for host in ("127.0.0.1", "::1", "localhost"):
+        settings = ClameurSettings(env="dev", host=host, secret=DEV_SECRET, admin_token=DEV_ADMIN_TOKEN)
+        assert settings.secret.get_secret_value() == DEV_SECRET
+
+
+def test_real_values_listen_anywhere() -> None:
+    assert _settings(env="dev", host="0.0.0.0").host == "0.0.0.0"  # noqa: S104 - as in a container
