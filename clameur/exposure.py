@@ -1,15 +1,20 @@
-"""What a service refuses to start with once it can be reached from outside its machine.
+"""What a service refuses to start with once others can reach it or what it reaches.
 
-The dev secret and admin token are public (they are in this repository).  They are
+Off loopback: the dev secret and admin token are public (they are in this repository).  They are
 safe only while nothing but the machine itself can reach the service, so they are
 refused whenever the service listens on anything other than loopback, whatever
 ``CLAMEUR_ENV`` says: a container started with ``CLAMEUR_ENV=dev`` on ``0.0.0.0`` is
 as open as production.
+
+In production: a Postgres connection that is not TLS with the server's certificate and
+name checked (``sslmode=verify-full``), because signatures and contacts cross it.  (The
+SMTP rule is notify's: ``notify.settings``.)
 """
 
 from __future__ import annotations
 
 import ipaddress
+from urllib.parse import parse_qs, urlsplit
 
 LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
 
@@ -39,3 +44,18 @@ def refuse_dev_values_off_loopback(host: str, values: dict[str, tuple[str, str]]
                 f"(CLAMEUR_HOST), which is not loopback: set {name} to a long random value "
                 "(for example `openssl rand -hex 32`), or listen on 127.0.0.1"
             )
+
+
+def refuse_postgres_without_verified_tls(dsn: str) -> None:
+    """Raise ``ValueError`` unless the DSN (a URL) asks for ``sslmode=verify-full``.
+
+    ``require`` and ``verify-ca`` encrypt but accept a server of any name (or any
+    certificate): a network attacker in the middle still reads every row.
+    """
+    modes = parse_qs(urlsplit(dsn).query).get("sslmode", [])
+    if modes[-1:] != ["verify-full"]:
+        raise ValueError(
+            "CLAMEUR_DATABASE_URL must use TLS with the server's certificate and name checked in "
+            "production: add ?sslmode=verify-full to the URL (and sslrootcert=<CA file> when the "
+            "server's CA is a private one)"
+        )

@@ -11,7 +11,7 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from clameur.exposure import refuse_dev_values_off_loopback
+from clameur.exposure import refuse_dev_values_off_loopback, refuse_postgres_without_verified_tls
 from clameur.topics import Topics
 
 DEV_SECRET = "dev-secret-not-for-production"  # noqa: S105 - refused outside dev
@@ -51,6 +51,7 @@ class ClameurSettings(BaseSettings):
                         f"{name} is too short for production: use at least {MIN_SECRET_LENGTH} random "
                         "characters (for example `openssl rand -hex 32`)"
                     )
+            refuse_postgres_without_verified_tls(self.database_url)
         refuse_dev_values_off_loopback(
             self.host,
             {

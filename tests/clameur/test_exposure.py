@@ -57,3 +57,35 @@ def test_the_dev_values_still_serve_a_developer_on_loopback() -> None:
 
 def test_real_values_listen_anywhere() -> None:
     assert _settings(env="dev", host="0.0.0.0").host == "0.0.0.0"  # noqa: S104 - as in a container
+
+
+PRODUCTION: dict[str, Any] = {
+    "env": "production",
+    "secret": "s" * 64,
+    "admin_token": "a" * 48,
+    "database_url": "postgresql://clameur@db.example.org:5432/clameur?sslmode=verify-full",
+}
+
+
+def test_production_starts_with_a_verified_tls_connection_to_postgres() -> None:
+    settings = ClameurSettings(**PRODUCTION)
+    assert settings.database_url.endswith("sslmode=verify-full")
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://clameur@db.example.org:5432/clameur",
+        "postgresql://clameur@db.example.org:5432/clameur?sslmode=require",
+        "postgresql://clameur@db.example.org:5432/clameur?sslmode=verify-ca",
+        "postgresql://clameur@db.example.org/clameur?sslmode=verify-full&sslmode=prefer",
+    ],
+)
+def test_production_refuses_postgres_without_verified_tls(dsn: str) -> None:
+    with pytest.raises(ValidationError, match=r"add \?sslmode=verify-full"):
+        ClameurSettings(**{**PRODUCTION, "database_url": dsn})
+
+
+def test_outside_production_postgres_may_be_plain() -> None:
+    plain = "postgresql://clameur@127.0.0.1:5433/clameur"
+    assert _settings(env="test", database_url=plain).database_url == plain

@@ -132,6 +132,12 @@ def test_secret_in_the_repository_holds_only_placeholders() -> None:
     assert "must be replaced" in (K8S / "secret.yaml").read_text()
 
 
+def test_the_secret_shows_the_tls_production_requires() -> None:
+    values = _one("Secret", "clameur-secrets")["stringData"]
+    assert values["CLAMEUR_DATABASE_URL"].endswith("?sslmode=verify-full")
+    assert values["CLAMEUR_SMTP_URL"].startswith("smtps://")
+
+
 @pytest.mark.parametrize("name", SERVICES)
 def test_the_committed_placeholders_stop_every_service(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     # Applied as committed, the pods refuse to start rather than run on REPLACE-ME.
