@@ -36,8 +36,8 @@ def create_app(settings: NotifySettings) -> FastAPI:
         metrics=NotifyMetrics(registry),
         consumer_metrics=ConsumerMetrics(registry, SERVICE),
         templates=Templates(),
-        signer=TokenSigner(settings.secret.get_secret_value()),
-        confirmation_signer=ConfirmationSigner(settings.secret.get_secret_value()),
+        signer=TokenSigner(*settings.token_masters),
+        confirmation_signer=ConfirmationSigner(*settings.token_masters),
         cipher=ContactCipher(settings.secret.get_secret_value()),
         preferences=Preferences(),
     )

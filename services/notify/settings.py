@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from clameur.retry import RetryPolicy
-from clameur.settings import ConfirmationSettings
+from clameur.settings import MIN_SECRET_LENGTH, ConfirmationSettings
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,10 @@ class NotifySettings(ConfirmationSettings):
     )
     public_url: str = Field(
         default="http://127.0.0.1:8003", description="base of the unsubscribe links in emails"
+    )
+    token_secrets: list[SecretStr] = Field(
+        default_factory=list,
+        description="master secrets of link tokens, newest (signing) first; empty: CLAMEUR_SECRET alone",
     )
     notify_sender_address: str = "news@clameur.localhost"
     notify_sender_name: str = "Clameur"
@@ -170,7 +174,23 @@ class NotifySettings(ConfirmationSettings):
             raise ValueError("CLAMEUR_PUBLIC_URL must be https:// in production (RFC 8058 links)")
         if self.env == "production":
             _refuse_smtp_without_tls(self.smtp)
+            if any(len(secret) < MIN_SECRET_LENGTH for secret in self.token_masters):
+                raise ValueError(
+                    f"CLAMEUR_TOKEN_SECRETS: each secret needs at least {MIN_SECRET_LENGTH} random "
+                    "characters in production (for example `openssl rand -hex 32`)"
+                )
         return self
+
+    @property
+    def token_masters(self) -> tuple[str, ...]:
+        """The master secrets of link tokens, newest first: the first signs, all verify.
+
+        Only tokens rotate: supporter keys, suppression hashes and sealed contacts stay
+        under ``CLAMEUR_SECRET`` (docs/operations.md, "Rotating the token key").
+        """
+        if not self.token_secrets:
+            return (self.secret.get_secret_value(),)
+        return tuple(secret.get_secret_value() for secret in self.token_secrets)
 
     @property
     def smtp(self) -> SmtpEndpoint:
