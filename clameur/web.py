@@ -175,25 +175,6 @@ def token_matches(presented: str | None, expected: str) -> bool:
     return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
 
 
-def bearer_guard(token: str, *, realm: str = "clameur-admin") -> Callable[[Request], Awaitable[None]]:
-    """A route dependency that lets a request through only with ``Authorization: Bearer <token>``.
-
-    A missing or wrong token gets the same answer (401 with ``WWW-Authenticate``, RFC 6750),
-    so a caller learns nothing about which it was.
-    """
-
-    async def require_bearer(request: Request) -> None:
-        if not token_matches(bearer_token(request.headers.get("authorization")), token):
-            raise Problem(
-                401,
-                "This is the operators' API: send the admin token as `Authorization: Bearer <token>`"
-                " (CLAMEUR_ADMIN_TOKEN).",
-                headers={"WWW-Authenticate": f'Bearer realm="{realm}"'},
-            )
-
-    return require_bearer
-
-
 ReadinessCheck = Callable[[], Awaitable[None]]
 """Raises when a dependency (broker, database) cannot be reached."""
 

@@ -12,11 +12,12 @@ from collections.abc import Callable
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from clameur.admin import AdminDoor
 from clameur.consumer import ConsumerMetrics
 from clameur.web import HttpMetrics, HttpMetricsMiddleware, install_problem_handlers, operations_router
 from notify.confirmation import ConfirmationPages, SupporterRejection, confirmation_router
 from notify.contacts import ContactCipher
-from notify.erasure import Eraser, ErasureDesk, erasure_router, reject_supporter
+from notify.erasure import ERASURE_ACTIONS, Eraser, ErasureDesk, erasure_router, reject_supporter
 from notify.ledger import Preferences
 from notify.messages import Templates
 from notify.metrics import NotifyMetrics
@@ -57,7 +58,8 @@ def create_app(settings: NotifySettings) -> FastAPI:
             UnsubscribePages(parts.signer, parts.templates, parts.preferences, parts.metrics, eraser)
         )
     )
-    app.include_router(erasure_router(ErasureDesk(secret, admin_token, eraser)))
+    door = AdminDoor(registry, SERVICE, admin_token, ERASURE_ACTIONS)
+    app.include_router(erasure_router(ErasureDesk(secret, door, eraser)))
     app.include_router(
         confirmation_router(
             ConfirmationPages(
