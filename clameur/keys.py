@@ -10,6 +10,11 @@ and no value signed for one purpose verifies for another.
 | ``token`` | notify | confirmation, rejection and unsubscribe links |
 | ``suppression`` | notify | suppression entries: who must never be mailed again, without the address |
 | ``contact-at-rest`` | notify | encrypting the emails and first names notify keeps in Postgres |
+
+Only ``token`` may come from other master secrets as well, the rotation list
+``CLAMEUR_TOKEN_SECRETS`` (docs/operations.md, "Rotating the token key").  The others
+must stay on ``CLAMEUR_SECRET``: supporter keys and suppression hashes are stored and
+compared forever, and sealed contacts must still open.
 """
 
 from __future__ import annotations

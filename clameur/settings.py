@@ -11,6 +11,7 @@ from typing import Literal, Self
 from pydantic import Field, PositiveInt, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from clameur.exposure import refuse_dev_values_off_loopback, refuse_postgres_without_verified_tls
 from clameur.topics import Topics
 
 DEV_SECRET = "dev-secret-not-for-production"  # noqa: S105 - refused outside dev
@@ -62,6 +63,14 @@ class ClameurSettings(BaseSettings):
                         f"{name} is too short for production: use at least {MIN_SECRET_LENGTH} random "
                         "characters (for example `openssl rand -hex 32`)"
                     )
+            refuse_postgres_without_verified_tls(self.database_url)
+        refuse_dev_values_off_loopback(
+            self.host,
+            {
+                "CLAMEUR_SECRET": (self.secret.get_secret_value(), DEV_SECRET),
+                "CLAMEUR_ADMIN_TOKEN": (self.admin_token.get_secret_value(), DEV_ADMIN_TOKEN),
+            },
+        )
         if self.env != "dev":
             if self.secret.get_secret_value() == DEV_SECRET:
                 raise ValueError(

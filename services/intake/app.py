@@ -17,6 +17,7 @@ from clameur.admission import install_admission
 from clameur.serving import tune_garbage_collection
 from clameur.web import HttpMetrics, HttpMetricsMiddleware, install_problem_handlers, operations_router
 from intake import openapi
+from intake.abuse import ForwardedForJoined
 from intake.resources import Running, open_intake
 from intake.routes import admission_rules, signature_routes
 from intake.settings import IntakeSettings
@@ -39,6 +40,8 @@ def create_app(settings: IntakeSettings) -> FastAPI:
     app.state.intake = running  # the running resources, for tests that look inside
     install_problem_handlers(app)
     app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry, "intake"))
+    if settings.trusted_proxies:
+        app.add_middleware(ForwardedForJoined)
     app.include_router(operations_router(registry, running.readiness_checks()))
     app.include_router(widget_router(load_widget_script(settings.widget_script, settings.public_reads_url)))
     openapi.document(app)

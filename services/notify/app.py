@@ -12,12 +12,13 @@ from collections.abc import Callable
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from clameur.admin import AdminDoor
 from clameur.admission import Lane, Rule, install_admission
 from clameur.consumer import ConsumerMetrics
 from clameur.web import HttpMetrics, HttpMetricsMiddleware, install_problem_handlers, operations_router
 from notify.confirmation import ConfirmationPages, SupporterRejection, confirmation_router
 from notify.contacts import ContactCipher
-from notify.erasure import Eraser, ErasureDesk, erasure_router, reject_supporter
+from notify.erasure import ERASURE_ACTIONS, Eraser, ErasureDesk, erasure_router, reject_supporter
 from notify.ledger import Preferences
 from notify.messages import Templates
 from notify.metrics import NotifyMetrics
@@ -37,8 +38,8 @@ def create_app(settings: NotifySettings) -> FastAPI:
         metrics=NotifyMetrics(registry),
         consumer_metrics=ConsumerMetrics(registry, SERVICE),
         templates=Templates(),
-        signer=TokenSigner(settings.secret.get_secret_value()),
-        confirmation_signer=ConfirmationSigner(settings.secret.get_secret_value()),
+        signer=TokenSigner(*settings.token_masters),
+        confirmation_signer=ConfirmationSigner(*settings.token_masters),
         cipher=ContactCipher(settings.secret.get_secret_value()),
         preferences=Preferences(),
     )
@@ -58,7 +59,8 @@ def create_app(settings: NotifySettings) -> FastAPI:
             UnsubscribePages(parts.signer, parts.templates, parts.preferences, parts.metrics, eraser)
         )
     )
-    app.include_router(erasure_router(ErasureDesk(secret, admin_token, eraser)))
+    door = AdminDoor(registry, SERVICE, admin_token, ERASURE_ACTIONS)
+    app.include_router(erasure_router(ErasureDesk(secret, door, eraser)))
     app.include_router(
         confirmation_router(
             ConfirmationPages(

@@ -42,10 +42,11 @@ from cryptography.exceptions import InvalidTag
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from clameur.admin import AdminDoor
 from clameur.events import SupporterErased, Suppression, utc_now
 from clameur.kafka import partitions_of
 from clameur.topics import Topics, send_contact_record
-from clameur.web import Problem, bearer_guard
+from clameur.web import Problem
 from notify.contacts import ContactCipher
 from notify.ledger import _SUPPORTER_LIST_LOCK
 from notify.metrics import NotifyMetrics
@@ -288,10 +289,14 @@ class ErasureAnswer(BaseModel):
     )
 
 
+ERASURE_ACTIONS = ("supporter_erased",)
+"""The audit's names of what these routes do (``clameur_admin_actions_total``'s ``action``)."""
+
+
 @dataclass(frozen=True)
 class ErasureDesk:
     secret: str
-    admin_token: str
+    door: AdminDoor
     eraser: Callable[[], Eraser]
     """The running eraser (it exists while the lifespan runs)."""
 
@@ -300,7 +305,7 @@ def erasure_router(desk: ErasureDesk) -> APIRouter:
     router = APIRouter()
 
     # A dependency runs before the body is validated: no validation answers to strangers.
-    @router.post("/v1/admin/supporters/erase", dependencies=[Depends(bearer_guard(desk.admin_token))])
+    @router.post("/v1/admin/supporters/erase", dependencies=[Depends(desk.door.guard())])
     async def erase(body: ErasureRequest) -> ErasureAnswer:
         try:
             key = supporter_key(desk.secret, body.email)
@@ -318,6 +323,8 @@ def erasure_router(desk: ErasureDesk) -> APIRouter:
                 "The erasure could not be published to Kafka; nothing was deleted yet. "
                 "Try again: erasure is idempotent.",
             ) from None
+        # By its erasure id: the email asked for is exactly what must not be written down.
+        desk.door.record("supporter_erased", str(done.erasure_id))
         rows = done.erased
         return ErasureAnswer(
             erasure_id=done.erasure_id,

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from clameur.retry import RetryPolicy
-from clameur.settings import ConfirmationSettings
+from clameur.settings import MIN_SECRET_LENGTH, ConfirmationSettings
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class SmtpEndpoint:
 def parse_smtp_url(url: str) -> SmtpEndpoint:
     """``smtp://host:port``, ``smtps://user:pass@host:port``, ``smtp://host:587?starttls=true``.
 
-    ``starttls`` accepts ``true``, ``false`` or ``auto``; plain ``smtp://`` defaults to no
+    ``starttls`` accepts ``true`` (or ``required``: no STARTTLS, no mail), ``false`` or
+    ``auto`` (upgrade if offered, so a man in the middle can strip it); plain ``smtp://`` defaults to no
     STARTTLS (a local sink), ``smtps://`` is TLS from the first byte.  Raises ``ValueError``
     with a readable message on anything else.
     """
@@ -43,12 +44,12 @@ def parse_smtp_url(url: str) -> SmtpEndpoint:
     query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
     start_tls: bool | None = False
     flag = query.get("starttls", "false").lower()
-    if flag in ("true", "1", "yes"):
+    if flag in ("true", "required", "1", "yes"):
         start_tls = True
     elif flag == "auto":
         start_tls = None
     elif flag not in ("false", "0", "no"):
-        raise ValueError("CLAMEUR_SMTP_URL's starttls flag must be true, false or auto")
+        raise ValueError("CLAMEUR_SMTP_URL's starttls flag must be true (required), false or auto")
     if use_tls and start_tls:
         raise ValueError("CLAMEUR_SMTP_URL: smtps:// is already TLS; drop ?starttls")
     if use_tls:
@@ -62,6 +63,19 @@ def parse_smtp_url(url: str) -> SmtpEndpoint:
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
     )
+
+
+def _refuse_smtp_without_tls(endpoint: SmtpEndpoint) -> None:
+    """Production mails over TLS: from the first byte, or a STARTTLS the server must grant.
+
+    ``starttls=auto`` is refused too: a server (or a man in the middle) that does not
+    offer the upgrade would get every address and message in clear.
+    """
+    if not (endpoint.use_tls or endpoint.start_tls is True):
+        raise ValueError(
+            "CLAMEUR_SMTP_URL must use TLS in production: smtps://user:pass@host:465, or "
+            "smtp://user:pass@host:587?starttls=required"
+        )
 
 
 class NotifySettings(ConfirmationSettings):
@@ -79,6 +93,10 @@ class NotifySettings(ConfirmationSettings):
         default=128,
         ge=0,
         description="confirmation and unsubscribe pages in flight per process (0: unbounded)",
+    )
+    token_secrets: list[SecretStr] = Field(
+        default_factory=list,
+        description="master secrets of link tokens, newest (signing) first; empty: CLAMEUR_SECRET alone",
     )
     notify_sender_address: str = "news@clameur.localhost"
     notify_sender_name: str = "Clameur"
@@ -159,7 +177,25 @@ class NotifySettings(ConfirmationSettings):
             raise ValueError("CLAMEUR_NOTIFY_CRASH_AFTER_SMTP is honoured only with CLAMEUR_ENV=test")
         if self.env == "production" and not self.public_url.startswith("https://"):
             raise ValueError("CLAMEUR_PUBLIC_URL must be https:// in production (RFC 8058 links)")
+        if self.env == "production":
+            _refuse_smtp_without_tls(self.smtp)
+            if any(len(secret) < MIN_SECRET_LENGTH for secret in self.token_masters):
+                raise ValueError(
+                    f"CLAMEUR_TOKEN_SECRETS: each secret needs at least {MIN_SECRET_LENGTH} random "
+                    "characters in production (for example `openssl rand -hex 32`)"
+                )
         return self
+
+    @property
+    def token_masters(self) -> tuple[str, ...]:
+        """The master secrets of link tokens, newest first: the first signs, all verify.
+
+        Only tokens rotate: supporter keys, suppression hashes and sealed contacts stay
+        under ``CLAMEUR_SECRET`` (docs/operations.md, "Rotating the token key").
+        """
+        if not self.token_secrets:
+            return (self.secret.get_secret_value(),)
+        return tuple(secret.get_secret_value() for secret in self.token_secrets)
 
     @property
     def smtp(self) -> SmtpEndpoint:

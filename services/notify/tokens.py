@@ -9,6 +9,11 @@ Confirm and reject ("It wasn't me"): :class:`ConfirmationSigner`, under the ``to
 derived from ``CLAMEUR_SECRET`` (``clameur.keys``), a token scoped to one supporter and
 one case, with its action (a confirm token never rejects) and an expiry (30 days by
 default): the link goes in the URL's path, where mail scanners leave it whole.
+
+Rotation: both signers take the signing secret and then the previous ones, newest
+first (``CLAMEUR_TOKEN_SECRETS``, docs/operations.md "Rotating the token key").  The
+first signs; every one verifies, so a link already sent keeps working until its secret
+is removed from the list.
 """
 
 from __future__ import annotations
@@ -61,8 +66,10 @@ class UnsubscribeRequest:
 class TokenSigner:
     """Makes and checks unsubscribe tokens; one instance per app, built from the secret."""
 
-    def __init__(self, secret: str) -> None:
-        self._serializer = URLSafeSerializer(secret, salt=SALT)
+    def __init__(self, secret: str, *previous: str) -> None:
+        """``secret`` signs; it and each of ``previous`` (newest first) verify."""
+        # itsdangerous takes its keys oldest first and signs with the last one.
+        self._serializer = URLSafeSerializer([*reversed(previous), secret], salt=SALT)
         # Every email carries two tokens: sign with the serializer's own derived key and
         # HMAC, made once, instead of building a signer (and deriving the key) per token.
         signer = self._serializer.make_signer()
@@ -116,8 +123,10 @@ class ConfirmationRequest:
 class ConfirmationSigner:
     """Makes and checks confirm / reject tokens under the derived ``token`` key."""
 
-    def __init__(self, secret: str) -> None:
-        self._serializer = URLSafeSerializer(derive_key(secret, Purpose.TOKEN), salt=CONFIRMATION_SALT)
+    def __init__(self, secret: str, *previous: str) -> None:
+        """``secret`` signs; it and each of ``previous`` (newest first) verify."""
+        keys = [derive_key(master, Purpose.TOKEN) for master in (*reversed(previous), secret)]
+        self._serializer = URLSafeSerializer(keys, salt=CONFIRMATION_SALT)
 
     def sign(self, request: ConfirmationRequest) -> str:
         payload = {

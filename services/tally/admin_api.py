@@ -1,7 +1,8 @@
 """The operators' API: create, edit, declare victory, close.  Bearer token, constant-time.
 
 401 with ``WWW-Authenticate`` without the right bearer token (missing or wrong: the
-same answer, :func:`clameur.web.bearer_guard`), 404 unknown case, 409 duplicate id
+same answer, :class:`clameur.admin.AdminDoor`, which also logs and counts each action
+done and answers 429 after a burst of wrong tokens), 404 unknown case, 409 duplicate id
 or a change the case's status forbids, 422 invalid fields: all problem+json.
 """
 
@@ -12,35 +13,29 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from pydantic import SecretStr
 from starlette.responses import JSONResponse
 
-from clameur.events import is_case_id
-from clameur.web import Problem, bearer_guard
+from clameur.admin import AdminDoor
+from clameur.events import CaseState, is_case_id
+from clameur.web import Problem
 from tally import cases
 from tally.case_store import CaseStore, Change, DuplicateCase, UnknownCase
 from tally.cases import CaseConflict, CaseCreate, CasePatch, InvalidCase, VictoryRequest
 from tally.views import CaseReader, CaseView
 
+CASE_ACTIONS = ("case_created", "case_changed", "victory_declared", "case_closed")
+"""The audit's names of what these routes do (``clameur_admin_actions_total``'s ``action``)."""
+
 
 def admin_router(
-    store: Callable[[], CaseStore], token: SecretStr, reader: Callable[[], CaseReader] | None = None
+    store: Callable[[], CaseStore], door: AdminDoor, reader: Callable[[], CaseReader] | None = None
 ) -> APIRouter:
     """The operators' routes; ``store()`` and ``reader()`` give the running app's at each request."""
-    guard = bearer_guard(token.get_secret_value())
-    router = APIRouter(prefix="/v1/admin/cases", dependencies=[Depends(guard)])
+    router = APIRouter(prefix="/v1/admin/cases", dependencies=[Depends(door.guard())])
 
-    async def change(case_id: str, change: Change) -> JSONResponse:
-        if not is_case_id(case_id):
-            raise Problem(404, f"There is no case {case_id!r}.")
-        try:
-            state = await store().change(case_id, change)
-        except UnknownCase:
-            raise Problem(404, f"There is no case {case_id!r}.") from None
-        except CaseConflict as conflict:
-            raise Problem(409, str(conflict)) from None
-        except InvalidCase as invalid:
-            raise _invalid(invalid) from None
+    async def change(case_id: str, action: str, change: Change) -> JSONResponse:
+        state = await _changed(store(), case_id, change)
+        door.record(action, case_id)
         return JSONResponse(cases.case_document(state))
 
     @router.post("", status_code=201)
@@ -54,6 +49,7 @@ def admin_router(
             raise Problem(
                 409, f"A case with the id {request.id!r} exists already; pick another id."
             ) from None
+        door.record("case_created", state.case_id)
         return JSONResponse(
             cases.case_document(state), status_code=201, headers={"Location": f"/v1/cases/{state.case_id}"}
         )
@@ -67,19 +63,37 @@ def admin_router(
 
     @router.patch("/{case_id}")
     async def edit(case_id: str, patch: CasePatch) -> JSONResponse:
-        return await change(case_id, lambda state, _total, now: cases.patched(state, patch, now))
+        return await change(
+            case_id, "case_changed", lambda state, _total, now: cases.patched(state, patch, now)
+        )
 
     @router.post("/{case_id}/victory")
     async def victory(case_id: str, request: VictoryRequest) -> JSONResponse:
         return await change(
-            case_id, lambda state, total, now: cases.declared_victory(state, request, total, now)
+            case_id,
+            "victory_declared",
+            lambda state, total, now: cases.declared_victory(state, request, total, now),
         )
 
     @router.post("/{case_id}/close")
     async def close(case_id: str) -> JSONResponse:
-        return await change(case_id, lambda state, _total, now: cases.closed(state, now))
+        return await change(case_id, "case_closed", lambda state, _total, now: cases.closed(state, now))
 
     return router
+
+
+async def _changed(store: CaseStore, case_id: str, change: Change) -> CaseState:
+    """The case after ``change``; its refusals as problems (404, 409, 422)."""
+    if not is_case_id(case_id):
+        raise Problem(404, f"There is no case {case_id!r}.")
+    try:
+        return await store.change(case_id, change)
+    except UnknownCase:
+        raise Problem(404, f"There is no case {case_id!r}.") from None
+    except CaseConflict as conflict:
+        raise Problem(409, str(conflict)) from None
+    except InvalidCase as invalid:
+        raise _invalid(invalid) from None
 
 
 def admin_document(view: CaseView) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.middleware.cors import CORSMiddleware
 
+from clameur.admin import AdminDoor
 from clameur.admission import install_admission
 from clameur.consumer import BatchConsumer, BatchLimits, ConsumerMetrics
 from clameur.database import create_pool
@@ -36,12 +37,17 @@ from clameur.web import (
     install_problem_handlers,
     operations_router,
 )
-from tally.admin_api import admin_router
+from tally.admin_api import CASE_ACTIONS, admin_router
 from tally.case_store import CaseStore, PostgresCaseStore
 from tally.counter_store import PostgresCounterStore
 from tally.counting import SignatureLogRecord, decode_log_record
 from tally.expiry import PendingExpiry
-from tally.invalidation_api import InvalidationPorts, admin_keys, invalidation_router
+from tally.invalidation_api import (
+    INVALIDATION_ACTIONS,
+    InvalidationPorts,
+    invalidation_router,
+    supporter_keys_of,
+)
 from tally.metrics import SERVICE, TallyMetrics
 from tally.outbox import OutboxRelay
 from tally.public_api import admission_rules, public_router
@@ -79,10 +85,13 @@ def create_app(settings: TallySettings) -> FastAPI:
             live_interval_s=settings.tally_live_interval_s,
         )
     )
-    app.include_router(
-        admin_router(lambda: started.tally.cases, settings.admin_token, lambda: started.tally.reader)
+    door = AdminDoor(
+        registry, SERVICE, settings.admin_token.get_secret_value(), (*CASE_ACTIONS, *INVALIDATION_ACTIONS)
     )
-    app.include_router(invalidation_router(lambda: started.tally.invalidations, *admin_keys(settings)))
+    app.include_router(admin_router(lambda: started.tally.cases, door, lambda: started.tally.reader))
+    app.include_router(
+        invalidation_router(lambda: started.tally.invalidations, door, supporter_keys_of(settings))
+    )
     app.include_router(operations_router(registry, readiness_checks(started)))
     app.add_middleware(CORSMiddleware, **_PUBLIC_READS_CORS)
     app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry, SERVICE))

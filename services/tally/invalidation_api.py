@@ -11,7 +11,7 @@ that stores the offsets (:mod:`tally.invalidations`; docs/adr/0005).  The route 
 waits, at most ``wait_s``, for that to happen, and answers with what was applied (201);
 if it takes longer, 202 with a ``Location`` to GET it.  A revocation goes the same way.
 
-Errors, all problem+json: 401 without the admin token (:func:`clameur.web.bearer_guard`),
+Errors, all problem+json: 401 without the admin token (:class:`clameur.admin.AdminDoor`),
 404 unknown case or invalidation, 422 an empty filter (it would take out everything), an
 unknown filter field (a typo must not widen the filter), or a field of the wrong type
 (named in ``errors``).  Email addresses of the filter are turned into supporter keys at
@@ -41,13 +41,13 @@ from pydantic import (
 )
 from starlette.responses import JSONResponse
 
+from clameur.admin import ADMIN_TOKEN_NAME, AdminDoor
 from clameur.events import InvalidationFilter, InvalidationRequested, InvalidationRevoked, is_case_id
 from clameur.settings import ClameurSettings
 from clameur.supporters import SupporterKeys
-from clameur.web import Problem, bearer_guard
+from clameur.web import Problem
 from tally import invalidations
 
-ADMIN_TOKEN_NAME = "admin"  # noqa: S105 - a name, not a secret
 """Who an invalidation is requested by: the name of the token that asked.  There is one
 admin token today; a token per operator will name its holder here."""
 
@@ -140,11 +140,15 @@ def operator_name() -> str:
     return ADMIN_TOKEN_NAME
 
 
+INVALIDATION_ACTIONS = ("invalidation_created", "invalidation_revoked")
+"""The audit's names of what these routes do (``clameur_admin_actions_total``'s ``action``)."""
+
+
 def invalidation_router(
-    ports: Callable[[], InvalidationPorts], token: str, keys: SupporterKeys, *, wait_s: float = 10.0
+    ports: Callable[[], InvalidationPorts], door: AdminDoor, keys: SupporterKeys, *, wait_s: float = 10.0
 ) -> APIRouter:
     """The invalidation routes; ``ports()`` gives the running app's pool and relay at each request."""
-    router = APIRouter(prefix="/v1/admin/cases", dependencies=[Depends(bearer_guard(token))])
+    router = APIRouter(prefix="/v1/admin/cases", dependencies=[Depends(door.guard())])
 
     async def known_case(case_id: str) -> InvalidationPorts:
         running = ports()
@@ -157,7 +161,7 @@ def invalidation_router(
         case_id: str, body: InvalidationRequest, by: Annotated[str, Depends(operator_name)]
     ) -> JSONResponse:
         return await _invalidate(
-            await known_case(case_id), case_id, body, event_filter(body.filter, keys), by, wait_s
+            await known_case(case_id), door, case_id, body, event_filter(body.filter, keys), by, wait_s
         )
 
     @router.get("/{case_id}/invalidations")
@@ -174,13 +178,14 @@ def invalidation_router(
     async def revoke(
         case_id: str, invalidation_id: UUID, by: Annotated[str, Depends(operator_name)]
     ) -> JSONResponse:
-        return await _revoke(await known_case(case_id), case_id, invalidation_id, by, wait_s)
+        return await _revoke(await known_case(case_id), door, case_id, invalidation_id, by, wait_s)
 
     return router
 
 
 async def _invalidate(
     running: InvalidationPorts,
+    door: AdminDoor,
     case_id: str,
     body: InvalidationRequest,
     invalidation_filter: InvalidationFilter,
@@ -205,6 +210,7 @@ async def _invalidate(
         requested_by=by,
     )
     await invalidations.request(running.pool, running.signatures_topic, event)
+    door.record("invalidation_created", str(event.invalidation_id), by=by, case_id=case_id)
     running.wake_relay()
     document = await _within(
         wait_s, lambda: invalidations.applied(running.pool, case_id, event.invalidation_id)
@@ -213,7 +219,7 @@ async def _invalidate(
 
 
 async def _revoke(
-    running: InvalidationPorts, case_id: str, invalidation_id: UUID, by: str, wait_s: float
+    running: InvalidationPorts, door: AdminDoor, case_id: str, invalidation_id: UUID, by: str, wait_s: float
 ) -> JSONResponse:
     """The revocation through the log and what it gave back; revoked already: the same answer again."""
     document = await _applied(running, case_id, invalidation_id)
@@ -221,6 +227,7 @@ async def _revoke(
         return JSONResponse(document)
     event = InvalidationRevoked(invalidation_id=invalidation_id, case_id=case_id, revoked_by=by)
     await invalidations.request(running.pool, running.signatures_topic, event)
+    door.record("invalidation_revoked", str(invalidation_id), by=by, case_id=case_id)
     running.wake_relay()
 
     async def revoked() -> dict[str, Any] | None:
@@ -267,8 +274,6 @@ def _answer(
     return JSONResponse(document, status_code=status, headers={"Location": location})
 
 
-def admin_keys(settings: ClameurSettings) -> tuple[str, SupporterKeys]:
-    """The admin token and the supporter keys of these settings: the router's two secrets."""
-    return settings.admin_token.get_secret_value(), SupporterKeys.from_master(
-        settings.secret.get_secret_value()
-    )
+def supporter_keys_of(settings: ClameurSettings) -> SupporterKeys:
+    """The supporter keys of these settings (for the filter's emails)."""
+    return SupporterKeys.from_master(settings.secret.get_secret_value())

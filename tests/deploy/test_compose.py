@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
+from clameur.settings import DEV_ADMIN_TOKEN, DEV_SECRET, ClameurSettings
 from tests.support import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -127,6 +129,30 @@ def test_required_secrets_cannot_fall_back_to_a_default() -> None:
     text = COMPOSE_FILE.read_text()
     for secret in REQUIRED_SECRETS:
         assert not re.search(rf"\$\{{{secret}:?-", text), f"{secret} must have no default anywhere"
+
+
+def _interpolated(value: str, given: dict[str, str]) -> str:
+    """``value`` as compose would pass it: ``${NAME:-default}`` and ``${NAME:?message}`` filled."""
+
+    def fill(found: re.Match[str]) -> str:
+        name, kind, rest = found.group(1), found.group(2), found.group(3)
+        if name in given:
+            return given[name]
+        assert kind == ":-", f"{name} has no default and the test gave none"
+        return rest
+
+    return re.sub(r"\$\{(\w+)(:[-?])([^}]*)\}", fill, value)
+
+
+@pytest.mark.parametrize("env", ["dev", "production"])
+def test_a_dev_secret_given_to_compose_stops_the_service(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
+    # Compose listens on 0.0.0.0 inside the container: the public dev values must not pass,
+    # not even with CLAMEUR_ENV left at its dev default.
+    given = {"CLAMEUR_SECRET": DEV_SECRET, "CLAMEUR_ADMIN_TOKEN": DEV_ADMIN_TOKEN, "CLAMEUR_ENV": env}
+    for name, value in _environment(_services()["intake"]).items():
+        monkeypatch.setenv(name, _interpolated(value, given))
+    with pytest.raises(ValidationError, match="CLAMEUR_SECRET"):
+        ClameurSettings()
 
 
 def test_published_ports_are_bound_to_localhost() -> None:

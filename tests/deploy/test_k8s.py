@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
+from clameur.settings import ClameurSettings
 from clameur.topics import Topics
 from tests.support import ROOT
 
@@ -128,6 +130,27 @@ def test_secret_in_the_repository_holds_only_placeholders() -> None:
     for key, value in values.items():
         assert "REPLACE-ME" in value, f"{key} must be a placeholder: real secrets never go in git"
     assert "must be replaced" in (K8S / "secret.yaml").read_text()
+
+
+def test_the_secret_shows_the_tls_production_requires() -> None:
+    values = _one("Secret", "clameur-secrets")["stringData"]
+    assert values["CLAMEUR_DATABASE_URL"].endswith("?sslmode=verify-full")
+    assert values["CLAMEUR_SMTP_URL"].startswith("smtps://")
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_the_committed_placeholders_stop_every_service(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    # Applied as committed, the pods refuse to start rather than run on REPLACE-ME.
+    environment = {
+        **_one("ConfigMap", "clameur-config")["data"],
+        **_one("Secret", "clameur-secrets")["stringData"],
+    }
+    for variable in _container(_one("Deployment", name)).get("env", []):
+        environment[variable["name"]] = variable["value"]
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, str(value))
+    with pytest.raises(ValidationError, match=r"CLAMEUR_(SECRET|ADMIN_TOKEN|DATABASE_URL)"):
+        ClameurSettings()
 
 
 def test_every_workload_gets_every_design_variable() -> None:

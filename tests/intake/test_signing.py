@@ -223,6 +223,25 @@ async def test_rate_limits_per_client_ip(intake: Intake, nawal: str) -> None:
     assert metric(metrics, "clameur_intake_rejections_total", reason="rate_limit") == 1
 
 
+async def test_a_forged_repeated_forwarded_for_does_not_choose_the_bucket(intake: Intake, nawal: str) -> None:
+    # The client writes a line of its own; the trusted proxy adds another with the real
+    # peer.  Read first-line-only, each forged value would be a fresh bucket.
+    url = f"/v1/cases/{nawal}/signatures"
+
+    def forged(fake: str, real: str) -> list[tuple[str, str]]:
+        return [("X-Forwarded-For", fake), ("X-Forwarded-For", real)]
+
+    async with intake(rate_limit_ip_burst=1, rate_limit_ip_per_second=0.1, trusted_proxies=["127.0.0.1"]) as (
+        _,
+        client,
+    ):
+        first = await client.post(url, json=SIGNER, headers=forged("192.0.2.1", "203.0.113.9"))
+        second = await client.post(url, json=SIGNER, headers=forged("192.0.2.2", "203.0.113.9"))
+        # The same forged value from another real client is another bucket.
+        other = await client.post(url, json=SIGNER, headers=forged("192.0.2.2", "198.51.100.7"))
+    assert [first.status_code, second.status_code, other.status_code] == [202, 429, 202]
+
+
 async def test_forwarded_for_is_ignored_from_an_untrusted_peer(intake: Intake, nawal: str) -> None:
     url = f"/v1/cases/{nawal}/signatures"
     async with intake(rate_limit_ip_burst=1, rate_limit_ip_per_second=0.1) as (_, client):
@@ -348,6 +367,9 @@ async def test_not_ready_until_the_broker_answers(service_env: dict[str, str], n
         not_ready = await client.get("/readyz")
         assert not_ready.status_code == 503
         assert set(not_ready.json()["checks"]) == {"cases", "broker"}
+        assert "broker" in not_ready.json()["down"]
+        # The client's error names the unreachable address; the answer does not.
+        assert settings.kafka not in not_ready.text and "Error" not in not_ready.text
         early = await client.post(f"/v1/cases/{nawal}/signatures", json=SIGNER)
         assert early.status_code == 503
         assert early.headers["retry-after"]

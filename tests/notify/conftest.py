@@ -93,9 +93,17 @@ async def pool(infra: Infra) -> AsyncIterator[asyncpg.Pool[Any]]:
 
 
 @pytest.fixture
-async def notify(notify_env: dict[str, str], infra: Infra) -> AsyncIterator[RunningNotify]:
+def notify_overrides() -> dict[str, Any]:
+    """Settings by field name on top of ``notify_env`` (a module overrides this fixture)."""
+    return {}
+
+
+@pytest.fixture
+async def notify(
+    notify_env: dict[str, str], notify_overrides: dict[str, Any], infra: Infra
+) -> AsyncIterator[RunningNotify]:
     """Notify in this process (lifespan and all), with an HTTP client and a database pool."""
-    settings = settings_from(NotifySettings, notify_env)
+    settings = settings_from(NotifySettings, notify_env, **notify_overrides)
     app = create_app(settings)
     database = await asyncpg.create_pool(infra.database_url, min_size=1, max_size=2)
     assert database is not None

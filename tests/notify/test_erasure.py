@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import asyncpg
 import httpx
+import pytest
 from fastapi import FastAPI
 from notify.contacts import ContactCipher
 from notify.erasure import Eraser, ErasureDesk, erasure_router
@@ -15,6 +17,7 @@ from notify.ledger import _SUPPORTER_LIST_LOCK
 from notify.metrics import NotifyMetrics
 from prometheus_client import CollectorRegistry
 
+from clameur.admin import AdminDoor
 from clameur.events import SupporterErased, decode_signature_log_event, utc_now
 from clameur.kafka import create_producer, partitions_of
 from clameur.topics import CONTACTS_TICK_KEY, Topics, contact_partition
@@ -76,6 +79,33 @@ async def test_erasure_tombstones_the_contact_announces_to_every_partition_delet
     assert all(isinstance(e, SupporterErased) and e.supporter_key == key for _, e in events)
     assert len({e.erasure_id for _, e in events if isinstance(e, SupporterErased)}) == 1
     assert metric(await scrape(notify.client), "clameur_notify_erasures_total", reason="erased") == 1
+
+
+async def test_an_erasure_is_audited_by_its_erasure_id_never_by_the_email(
+    notify: RunningNotify, new_id: Callable[..., str], caplog: pytest.LogCaptureFixture
+) -> None:
+    email = f"dina.{new_id('dina')}@example.org"
+    key = await seed_supporter(notify.database, email, "Dina", [new_id()])
+    with caplog.at_level(logging.INFO):
+        stranger = await notify.client.post(
+            "/v1/admin/supporters/erase", json={"email": email}, headers={"authorization": "Bearer wrong"}
+        )
+        answer = await notify.client.post(
+            "/v1/admin/supporters/erase", json={"email": email}, headers=admin(notify)
+        )
+    assert (stranger.status_code, answer.status_code) == (401, 200)
+    (line,) = [record for record in caplog.records if record.getMessage() == "admin action"]
+    assert (line.__dict__["action"], line.__dict__["target"]) == (
+        "supporter_erased",
+        answer.json()["erasure_id"],
+    )
+    assert line.__dict__["token_name"] == "admin" and line.__dict__["at"]
+    for record in caplog.records:
+        described = f"{record.getMessage()} {record.__dict__}".lower()
+        assert email.lower() not in described and key not in described, record
+    scraped = await scrape(notify.client)
+    assert metric(scraped, "clameur_admin_actions_total", service="notify", action="supporter_erased") == 1
+    assert metric(scraped, "clameur_admin_auth_failures_total", service="notify") == 1
 
 
 async def test_erasure_twice_answers_the_second_time_with_nothing_left_to_erase(
@@ -178,7 +208,15 @@ async def test_an_erasure_kafka_does_not_acknowledge_answers_503_and_deletes_not
         )
         app = FastAPI()
         install_problem_handlers(app)
-        app.include_router(erasure_router(ErasureDesk(TEST_SECRET, TEST_ADMIN_TOKEN, lambda: eraser)))
+        app.include_router(
+            erasure_router(
+                ErasureDesk(
+                    TEST_SECRET,
+                    AdminDoor(CollectorRegistry(), "notify", TEST_ADMIN_TOKEN, ()),
+                    lambda: eraser,
+                )
+            )
+        )
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="https://clameur.example.org") as client:
             answer = await client.post(

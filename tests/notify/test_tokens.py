@@ -79,3 +79,29 @@ def test_a_confirmation_token_is_scoped_signed_and_expires() -> None:
     with pytest.raises(InvalidToken):
         # Signed with the master secret itself, not the derived token key: refused.
         TokenSigner("secret").verify(token)
+
+
+def test_after_a_rotation_the_newest_secret_signs_and_the_previous_ones_verify() -> None:
+    request = UnsubscribeRequest("k" * 64, "nawal", "fr")
+    before = TokenSigner("secret-one").sign(request)
+    rotated = TokenSigner("secret-two", "secret-one")
+    assert rotated.verify(before) == request  # a link already sent still works
+    fresh = rotated.sign(request)
+    assert TokenSigner("secret-two").verify(fresh) == request  # signed with the newest
+    with pytest.raises(InvalidToken):
+        TokenSigner("secret-one").verify(fresh)
+    with pytest.raises(InvalidToken):
+        TokenSigner("secret-three", "secret-two").verify(before)  # "secret-one" removed
+
+
+def test_confirmation_links_survive_a_rotation_until_their_secret_is_removed() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    request = ConfirmationRequest(
+        "reject", "k" * 64, "nawal", "fr", int((now + timedelta(days=3)).timestamp())
+    )
+    before = ConfirmationSigner("secret-one").sign(request)
+    assert ConfirmationSigner("secret-two", "secret-one").verify(before, "reject", now) == request
+    fresh = ConfirmationSigner("secret-two", "secret-one").sign(request)
+    assert ConfirmationSigner("secret-two").verify(fresh, "reject", now) == request
+    with pytest.raises(InvalidToken):
+        ConfirmationSigner("secret-three", "secret-two").verify(before, "reject", now)

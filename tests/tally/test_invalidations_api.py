@@ -18,12 +18,13 @@ from tally.metrics import TallyMetrics
 from tally.reconcile import check_counters, rebuild_counters
 from tally.settings import TallySettings
 
+from clameur.admin import AdminDoor
 from clameur.events import SupportersInvalidated, decode_case_event, decode_signature_log_event
 from clameur.supporters import SupporterKeys
 from clameur.topics import Topics
 from clameur.web import install_problem_handlers
 from tests.conftest import TEST_ADMIN_TOKEN, TEST_SECRET
-from tests.support import eventually, read_topic
+from tests.support import eventually, metric, read_topic
 from tests.tally.helpers import ADMIN, case_body, counters, produce, total
 from tests.tally.invalidation_support import batch, bot_wave, expected_counts, nonzero, people, signed
 
@@ -92,6 +93,13 @@ async def test_a_dry_run_then_a_real_run_then_a_restore_through_the_log(
         again = await client.delete(f"{url}/{applied['id']}", headers=ADMIN)
         assert again.status_code == 200 and again.json() == restored.json()  # idempotent
         assert await counters(infra.database_url, case_id) == expected_counts([*bots, *humans])
+        scraped = (await client.get("/metrics")).text
+    # Audited: the real run and the revocation once each (not the dry run, not the repeat).
+    audited = {
+        action: metric(scraped, "clameur_admin_actions_total", service="tally", action=action)
+        for action in ("invalidation_created", "invalidation_revoked")
+    }
+    assert audited == {"invalidation_created": 1, "invalidation_revoked": 1}
 
 
 async def test_emails_are_matched_by_their_canonical_key_and_kept_nowhere(
@@ -170,7 +178,11 @@ async def test_a_request_not_applied_in_time_is_a_202_whose_location_shows_it_on
     app = FastAPI()
     install_problem_handlers(app)
     ports = InvalidationPorts(pool, topics.signatures, lambda: None)
-    app.include_router(invalidation_router(lambda: ports, TEST_ADMIN_TOKEN, _KEYS, wait_s=0.3))
+    app.include_router(
+        invalidation_router(
+            lambda: ports, AdminDoor(CollectorRegistry(), "tally", TEST_ADMIN_TOKEN, ()), _KEYS, wait_s=0.3
+        )
+    )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tally") as client:
         request = CaseCreate.model_validate(case_body(case_id))
         await PostgresCaseStore(pool, topics).create(new_case(request, datetime.now(UTC)))
