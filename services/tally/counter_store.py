@@ -146,9 +146,11 @@ WITH confirmed AS (
     FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS c(case_id, supporter_key, earliest)
     WHERE s.case_id = c.case_id AND s.supporter_key = c.supporter_key AND s.state = 'pending'
       AND s.received_at >= c.earliest - $4::interval
-    RETURNING s.case_id, s.country, s.action
+    RETURNING s.case_id, s.country, s.action, date_trunc('milliseconds', c.earliest) AS confirmed_at
 )
-SELECT case_id, country, action, count(*) AS signatures FROM confirmed GROUP BY case_id, country, action
+SELECT case_id, country, action, confirmed_at, count(*) AS signatures
+FROM confirmed
+GROUP BY GROUPING SETS ((case_id, country, action), (confirmed_at))
 """
 
 _REJECT = """
@@ -211,7 +213,8 @@ class BatchEffects:
     ``deltas`` are added to the counters once, at the end of the batch (with the
     milestones they cross).  ``counted`` holds newly counted signatures by (case,
     country, action), ``by_receipt`` those counted at once by millisecond of receipt
-    (their latency), ``signatures`` how many the batch held, ``new_signatures`` every
+    (their latency), ``by_confirmation`` those a confirmation counted by millisecond of the
+    confirmation (theirs), ``signatures`` how many the batch held, ``new_signatures`` every
     signature row inserted (counted or pending), ``notices`` the outbox rows steps staged
     (the relay is woken for them).
     """
@@ -221,6 +224,7 @@ class BatchEffects:
     deltas: Counter[CounterKey] = field(default_factory=Counter)
     counted: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     by_receipt: list[tuple[datetime, int]] = field(default_factory=list)
+    by_confirmation: list[tuple[datetime, int]] = field(default_factory=list)
     signatures: int = 0
     new_signatures: int = 0
     confirmed: int = 0
@@ -307,7 +311,11 @@ async def apply_confirmations(
     keys = [key for _, key in first]
     await connection.execute(_RECORD_CONFIRMED, cases, keys, list(first.values()))
     rows = await connection.fetch(_COUNT_CONFIRMED, cases, keys, list(earliest.values()), effects.expiry)
-    for case_id, country, action, count in rows:
+    for case_id, country, action, confirmed_at, count in rows:
+        # GROUPING SETS: a row has the (case, country, action) group, or the millisecond.
+        if case_id is None:
+            effects.by_confirmation.append((confirmed_at, count))
+            continue
         effects.count(case_id, country, action, count)
         effects.pend(case_id, -count)
         effects.confirmed += count
@@ -522,6 +530,9 @@ class PostgresCounterStore:
             # Signatures received in the same millisecond share one latency.
             latency = max(0.0, (committed - received_at).total_seconds())
             observe_many(metrics.accept_to_counted, latency, count)
+        for confirmed_at, count in effects.by_confirmation:
+            latency = max(0.0, (committed - confirmed_at).total_seconds())
+            observe_many(metrics.confirmation_to_counted, latency, count)
         metrics.signatures_confirmed.inc(effects.confirmed)
         metrics.pending_rejected.inc(effects.rejected)
         metrics.signatures_erased.inc(effects.erased)

@@ -315,6 +315,8 @@ async def test_a_batch_of_signatures_and_confirmations_mixed_counts_as_the_log_s
     assert expected[("country", "FR")] == 3
     assert await tally.counters(case_id) == expected
     assert tally.confirmed() == expected[("total", "")] - 2  # early and s299's letter counted at insert
+    # Each signature a confirmation counted has its latency from the click.
+    assert tally.metric("clameur_tally_confirmation_to_counted_seconds_count") == tally.confirmed()
     await tally.no_drift(case_id)
 
 
