@@ -1,10 +1,11 @@
 """The Postgres side of counting: one transaction per batch, set-based SQL.
 
 A batch of signatures.v2 is applied in log order, in one transaction with its offsets:
-runs of consecutive signatures by the set-based path below, every other event by its
-step in :data:`EVENT_STEPS` (confirmation, rejection, erasure, invalidation and its
-revocation: :mod:`tally.invalidations`).  Counter changes of every step gather in one
-:class:`BatchEffects` and are written once, at the end, with the milestones they cross.
+runs of consecutive signatures and confirmations by the set-based paths below (a
+:class:`LogRun`), every other event by its step in :data:`EVENT_STEPS` (rejection,
+erasure, invalidation and its revocation: :mod:`tally.invalidations`).  Counter changes
+of every step gather in one :class:`BatchEffects` and are written once, at the end, with
+the milestones they cross.
 
 Per batch, whatever its size: one COPY of the signatures into a temporary table and one
 INSERT from it (``ON CONFLICT DO NOTHING RETURNING`` says which are new, grouped by
@@ -30,10 +31,10 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 import asyncpg
 
@@ -125,19 +126,31 @@ FROM inserted
 GROUP BY GROUPING SETS ((state, case_id, country, action), (state, date_trunc('milliseconds', received_at)))
 """
 
-# The supporter confirmed: (case, supporter) is recorded once, and their pending rows
-# received within the expiry before the confirmation (by event times: a replay agrees)
-# turn counted.  The row's state changes once: a replayed, doubled or concurrent
-# confirmation finds no pending row left (a concurrent one waits on the row lock, then
-# re-reads the state).
-_CONFIRM = """
+# The confirmations of a run, set-based: each (case, supporter) is recorded once, in key
+# order (two instances briefly sharing a partition wait on each other's first common key,
+# never deadlock), then their pending rows received within the expiry before the earliest
+# confirmation (by event times: a replay agrees) turn counted, grouped by Postgres into
+# counts.  The row's state changes once: a replayed, doubled or concurrent confirmation
+# finds no pending row left (a concurrent one waited for the other's commit on the
+# recorded key, and its UPDATE reads the committed state).
+_RECORD_CONFIRMED = """
+INSERT INTO tally.confirmed_supporters (case_id, supporter_key, confirmed_at)
+SELECT case_id, supporter_key, confirmed_at
+FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS c(case_id, supporter_key, confirmed_at)
+ORDER BY case_id, supporter_key
+ON CONFLICT (case_id, supporter_key) DO NOTHING
+"""
+_COUNT_CONFIRMED = """
 WITH confirmed AS (
-    INSERT INTO tally.confirmed_supporters (case_id, supporter_key, confirmed_at) VALUES ($1, $2, $3)
-    ON CONFLICT (case_id, supporter_key) DO NOTHING
+    UPDATE tally.signatures AS s SET state = 'counted', counted_at = now()
+    FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS c(case_id, supporter_key, earliest)
+    WHERE s.case_id = c.case_id AND s.supporter_key = c.supporter_key AND s.state = 'pending'
+      AND s.received_at >= c.earliest - $4::interval
+    RETURNING s.case_id, s.country, s.action, date_trunc('milliseconds', c.earliest) AS confirmed_at
 )
-UPDATE tally.signatures SET state = 'counted', counted_at = now()
-WHERE case_id = $1 AND supporter_key = $2 AND state = 'pending' AND received_at >= $3 - $4::interval
-RETURNING country, action
+SELECT case_id, country, action, confirmed_at, count(*) AS signatures
+FROM confirmed
+GROUP BY GROUPING SETS ((case_id, country, action), (confirmed_at))
 """
 
 _REJECT = """
@@ -200,7 +213,8 @@ class BatchEffects:
     ``deltas`` are added to the counters once, at the end of the batch (with the
     milestones they cross).  ``counted`` holds newly counted signatures by (case,
     country, action), ``by_receipt`` those counted at once by millisecond of receipt
-    (their latency), ``signatures`` how many the batch held, ``new_signatures`` every
+    (their latency), ``by_confirmation`` those a confirmation counted by millisecond of the
+    confirmation (theirs), ``signatures`` how many the batch held, ``new_signatures`` every
     signature row inserted (counted or pending), ``notices`` the outbox rows steps staged
     (the relay is woken for them).
     """
@@ -210,6 +224,7 @@ class BatchEffects:
     deltas: Counter[CounterKey] = field(default_factory=Counter)
     counted: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     by_receipt: list[tuple[datetime, int]] = field(default_factory=list)
+    by_confirmation: list[tuple[datetime, int]] = field(default_factory=list)
     signatures: int = 0
     new_signatures: int = 0
     confirmed: int = 0
@@ -277,15 +292,33 @@ async def insert_signatures(connection: Connection, first: int, end: int, effect
             effects.pend(case_id, count)
 
 
-async def apply_confirmed(connection: Connection, event: SignatureConfirmed, effects: BatchEffects) -> None:
-    """Count the supporter's pending signatures of the case (within the expiry); record them confirmed."""
-    rows = await connection.fetch(
-        _CONFIRM, event.case_id, event.supporter_key, event.occurred_at, effects.expiry
-    )
-    for country, action in rows:
-        effects.count(event.case_id, country, action, 1)
-    effects.pend(event.case_id, -len(rows))
-    effects.confirmed += len(rows)
+async def apply_confirmations(
+    connection: Connection, confirmations: Sequence[SignatureConfirmed], effects: BatchEffects
+) -> None:
+    """Count the confirmed supporters' pending signatures (within the expiry); record them confirmed.
+
+    Two statements for the whole run, whatever its size.  A supporter confirmed twice in
+    the run is recorded with the first confirmation's time, and counts what either would
+    have: what was received within the expiry before the earliest.
+    """
+    first: dict[tuple[str, str], datetime] = {}
+    earliest: dict[tuple[str, str], datetime] = {}
+    for confirmation in confirmations:
+        supporter = (confirmation.case_id, confirmation.supporter_key)
+        first.setdefault(supporter, confirmation.occurred_at)
+        earliest[supporter] = min(earliest.get(supporter, confirmation.occurred_at), confirmation.occurred_at)
+    cases = [case_id for case_id, _ in first]
+    keys = [key for _, key in first]
+    await connection.execute(_RECORD_CONFIRMED, cases, keys, list(first.values()))
+    rows = await connection.fetch(_COUNT_CONFIRMED, cases, keys, list(earliest.values()), effects.expiry)
+    for case_id, country, action, confirmed_at, count in rows:
+        # GROUPING SETS: a row has the (case, country, action) group, or the millisecond.
+        if case_id is None:
+            effects.by_confirmation.append((confirmed_at, count))
+            continue
+        effects.count(case_id, country, action, count)
+        effects.pend(case_id, -count)
+        effects.confirmed += count
 
 
 async def apply_rejected(connection: Connection, event: SignaturesRejected, effects: BatchEffects) -> None:
@@ -301,59 +334,87 @@ async def apply_erased(connection: Connection, event: SupporterErased, effects: 
 
 
 EVENT_STEPS: dict[type, EventStep] = {
-    SignatureConfirmed: apply_confirmed,
     SignaturesRejected: apply_rejected,
     SupporterErased: apply_erased,
     InvalidationRequested: apply_invalidation,
     InvalidationRevoked: apply_revocation,
 }
-"""The apply step of each event type of signatures.v2 other than ``SignatureAccepted``."""
+"""The apply step of each event type of signatures.v2 other than ``SignatureAccepted`` and
+``SignatureConfirmed`` (applied by runs: :class:`LogRun`)."""
 
 
-class SignatureRun(NamedTuple):
-    """Consecutive signatures of a batch: positions ``[first, end)``."""
+@dataclass
+class LogRun:
+    """Consecutive signatures and confirmations of a batch, at positions ``[first, end)``.
+
+    Its signatures are staged (with their positions), its confirmations kept in log order.
+    No signature of a run follows a confirmation of its supporter in the run (such a
+    signature starts the next run), so applying the run's signatures, then its
+    confirmations, has the effect of applying them one by one in log order: a
+    confirmation finds every signature of its supporter the log put before it, and a
+    signature finds the confirmations of the runs before.
+    """
 
     first: int
-    end: int
+    end: int = 0
+    signatures: int = 0
+    confirmations: list[SignatureConfirmed] = field(default_factory=list)
+    confirmed: set[tuple[str, str]] = field(default_factory=set)
+
+    def confirm(self, confirmation: SignatureConfirmed) -> None:
+        self.confirmations.append(confirmation)
+        self.confirmed.add((confirmation.case_id, confirmation.supporter_key))
+
+
+def _stage_row(s: CountedSignature, n: int) -> tuple[Any, ...]:
+    return (
+        s.case_id,
+        s.supporter_key,
+        s.action,  # a StrEnum: written as its value
+        s.signature_id,
+        s.country,
+        s.locale,
+        s.received_at,
+        "pending" if s.awaits_confirmation else "counted",
+        s.email_domain,
+        s.widget,
+        s.page_url,
+        s.partner,
+        n,
+    )
 
 
 def log_segments(
     records: list[SignatureLogRecord],
-) -> tuple[list[tuple[Any, ...]], list[SignatureRun | SignatureLogRecord]]:
+) -> tuple[list[tuple[Any, ...]], list[LogRun | SignatureLogRecord]]:
     """One pass over the batch: the stage rows of its signatures, and the batch in log order
-    (runs of consecutive signatures, every other event alone)."""
+    (runs of signatures and confirmations, every other event alone)."""
     rows: list[tuple[Any, ...]] = []
-    segments: list[SignatureRun | SignatureLogRecord] = []
-    run_start: int | None = None
+    segments: list[LogRun | SignatureLogRecord] = []
+    run: LogRun | None = None
     for n, record in enumerate(records):
+        if isinstance(record, SignatureConfirmed):
+            run = run or LogRun(n)
+            run.confirm(record)
+            continue
         if not isinstance(record, _SIGNATURES):
-            if run_start is not None:
-                segments.append(SignatureRun(run_start, n))
-                run_start = None
+            if run is not None:
+                run.end = n
+                segments.append(run)
+                run = None
             segments.append(record)
             continue
-        if run_start is None:
-            run_start = n
         s = record if type(record) is CountedSignature else counted(record)
-        rows.append(
-            (
-                s.case_id,
-                s.supporter_key,
-                s.action,  # a StrEnum: written as its value
-                s.signature_id,
-                s.country,
-                s.locale,
-                s.received_at,
-                "pending" if s.awaits_confirmation else "counted",
-                s.email_domain,
-                s.widget,
-                s.page_url,
-                s.partner,
-                n,
-            )
-        )
-    if run_start is not None:
-        segments.append(SignatureRun(run_start, len(records)))
+        if run is not None and (s.case_id, s.supporter_key) in run.confirmed:
+            run.end = n
+            segments.append(run)
+            run = None
+        run = run or LogRun(n)
+        run.signatures += 1
+        rows.append(_stage_row(s, n))
+    if run is not None:
+        run.end = len(records)
+        segments.append(run)
     return rows, segments
 
 
@@ -428,13 +489,17 @@ class PostgresCounterStore:
     async def _apply_in_order(
         self,
         connection: Connection,
-        segments: list[SignatureRun | SignatureLogRecord],
+        segments: list[LogRun | SignatureLogRecord],
         effects: BatchEffects,
     ) -> None:
-        """Each run of signatures, each other event by its step, in log order; then the counters."""
+        """Each run (its signatures, then its confirmations), each other event by its step, in
+        log order; then the counters."""
         for segment in segments:
-            if isinstance(segment, SignatureRun):
-                await insert_signatures(connection, segment.first, segment.end, effects)
+            if isinstance(segment, LogRun):
+                if segment.signatures:
+                    await insert_signatures(connection, segment.first, segment.end, effects)
+                if segment.confirmations:
+                    await apply_confirmations(connection, segment.confirmations, effects)
                 continue
             step = EVENT_STEPS.get(type(segment))
             if step is None:
@@ -465,6 +530,9 @@ class PostgresCounterStore:
             # Signatures received in the same millisecond share one latency.
             latency = max(0.0, (committed - received_at).total_seconds())
             observe_many(metrics.accept_to_counted, latency, count)
+        for confirmed_at, count in effects.by_confirmation:
+            latency = max(0.0, (committed - confirmed_at).total_seconds())
+            observe_many(metrics.confirmation_to_counted, latency, count)
         metrics.signatures_confirmed.inc(effects.confirmed)
         metrics.pending_rejected.inc(effects.rejected)
         metrics.signatures_erased.inc(effects.erased)

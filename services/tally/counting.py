@@ -482,6 +482,11 @@ class InMemoryTally:
         waiting = self.pending.pop(supporter, {})
         oldest = confirmation.occurred_at - self.expiry
         self._count([signature for signature in waiting.values() if signature.received_at >= oldest])
+        # Those received before the expiry stay pending, as their rows do: a confirmation
+        # that occurred earlier (another instance's, later in the log) still counts them.
+        older = {action: s for action, s in waiting.items() if s.received_at < oldest}
+        if older:
+            self.pending[supporter] = older
 
     def _count(self, new: Sequence[Countable]) -> None:
         self.counted.update(supporter_action(signature) for signature in new)

@@ -79,6 +79,13 @@ class TallyMetrics:
             registry=registry,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
         )
+        self.confirmation_to_counted = Histogram(
+            "clameur_tally_confirmation_to_counted_seconds",
+            "From a SignatureConfirmed's occurred_at (the click, notify's clock) to the commit that"
+            " counted the signatures it confirmed.",
+            registry=registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+        )
 
     def _outbox(self, registry: CollectorRegistry) -> None:
         self.outbox_pending = Gauge(

@@ -12,7 +12,7 @@ from uuid import uuid4
 import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from tally.counter_store import PostgresCounterStore
+from tally.counter_store import LogRun, PostgresCounterStore, log_segments
 from tally.counting import InMemoryTally, SignatureLogRecord
 from tally.expiry import PendingExpiry
 from tally.metrics import TallyMetrics
@@ -264,3 +264,75 @@ def test_the_in_memory_fold_follows_the_same_rules() -> None:
         ("c", "action", "signature"): 1,
     }
     assert not any(key.supporter_key == supporter_key("ada@example.org") for key in tally.counted)
+
+
+def _interleaved(case_id: str, now: datetime) -> list[SignatureLogRecord]:
+    """A batch as the bench makes it: signatures and the confirmations of earlier signers mixed,
+    with the rare orders a run must not reorder."""
+    records: list[SignatureLogRecord] = []
+    for n in range(300):
+        records.append(signature(case_id, f"s{n}@example.org", country="MA", awaits_confirmation=True))
+        if n >= 10 and n % 3:
+            records.append(_confirmed(case_id, f"s{n - 10}@example.org"))
+    # A supporter confirmed, then another action of theirs in the same batch: counted at once.
+    records.append(_confirmed(case_id, "s299@example.org"))
+    records.append(signature(case_id, "s299@example.org", action=Action.LETTER, awaits_confirmation=True))
+    # Confirmed twice, the later one first in the log: the earlier one's expiry window counts.
+    records.append(
+        signature(
+            case_id,
+            "old@example.org",
+            awaits_confirmation=True,
+            received_at=now - timedelta(days=30, hours=12),
+        )
+    )
+    records.append(_confirmed(case_id, "old@example.org", now))
+    records.append(_confirmed(case_id, "old@example.org", now - timedelta(days=1)))
+    # Confirmed first, then a signature received long before: log order counts it (the insert
+    # finds the supporter confirmed); confirming after it would not (it is past the expiry).
+    records.append(_confirmed(case_id, "early@example.org", now))
+    records.append(
+        signature(
+            case_id, "early@example.org", awaits_confirmation=True, received_at=now - timedelta(days=40)
+        )
+    )
+    return records
+
+
+async def test_a_batch_of_signatures_and_confirmations_mixed_counts_as_the_log_says(
+    tally: _Tally, case_id: str
+) -> None:
+    now = datetime.now(UTC)
+    records = _interleaved(case_id, now)
+    reference = InMemoryTally(expiry=_EXPIRY)
+    reference.apply(records)
+    await tally.apply(*records)
+    await tally.apply(*records)  # a replay of the whole batch adds nothing
+    expected = {(key.dimension, key.key): count for key, count in reference.as_mapping().items()}
+    expected[("pending", "")] = sum(len(waiting) for waiting in reference.pending.values())
+    # Proof the rare orders happened: s299's letter, old's and early's signatures counted.
+    assert expected[("action", "letter")] == 1
+    assert expected[("country", "FR")] == 3
+    assert await tally.counters(case_id) == expected
+    assert tally.confirmed() == expected[("total", "")] - 2  # early and s299's letter counted at insert
+    # Each signature a confirmation counted has its latency from the click.
+    assert tally.metric("clameur_tally_confirmation_to_counted_seconds_count") == tally.confirmed()
+    await tally.no_drift(case_id)
+
+
+def test_confirmations_among_signatures_do_not_split_the_batch() -> None:
+    now = datetime.now(UTC)
+    records = _interleaved("c", now)
+    _, segments = log_segments(records)
+    # One statement per run, not one per confirmation: the batch is three runs (s299's letter
+    # and early's signature each follow a confirmation of their supporter, so start a run).
+    assert [type(segment) for segment in segments] == [LogRun] * 3
+    runs = [segment for segment in segments if isinstance(segment, LogRun)]
+    assert sum(len(run.confirmations) for run in runs) == sum(
+        1 for record in records if isinstance(record, SignatureConfirmed)
+    )
+    assert [(run.first, run.end) for run in runs] == [
+        (0, runs[1].first),
+        (runs[1].first, runs[2].first),
+        (runs[2].first, len(records)),
+    ]
