@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what in ("topics", "all"):
         created = asyncio.run(
             ensure_topics(
-                settings.kafka,
+                settings.kafka_access,
                 settings.topics,
                 signature_partitions=args.partitions,
                 replication=args.replication,

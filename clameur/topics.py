@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from clameur.kafka import kafka_admin
+from clameur.kafka import Kafka, kafka_admin
 
 DAY_S = 24 * 3600.0
 
@@ -103,7 +103,7 @@ class Topics:
 
 
 async def ensure_topics(
-    bootstrap: str,
+    bootstrap: Kafka,
     topics: Topics,
     *,
     signature_partitions: int = 6,

@@ -43,7 +43,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from clameur.events import SupporterErased, Suppression, utc_now
-from clameur.kafka import partitions_of
+from clameur.kafka import Kafka, partitions_of
 from clameur.topics import Topics
 from clameur.web import Problem, bearer_guard
 from notify.contacts import ContactCipher
@@ -133,7 +133,7 @@ class Eraser:
         self,
         pool: Pool,
         producer: AIOKafkaProducer,
-        bootstrap: str,
+        bootstrap: Kafka,
         topics: Topics,
         secret: str,
         erasure_bound_s: float,
