@@ -56,7 +56,10 @@ def client_kwargs(kafka: Kafka) -> dict[str, Any]:
     if kafka.security_protocol == "PLAINTEXT":
         return {"bootstrap_servers": kafka.bootstrap}
     if kafka.username is None or kafka.password is None:
-        raise ValueError("SASL_SSL needs CLAMEUR_KAFKA_USERNAME and CLAMEUR_KAFKA_PASSWORD")
+        raise ValueError(
+            "CLAMEUR_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs this service's CLAMEUR_KAFKA_USERNAME "
+            "and CLAMEUR_KAFKA_PASSWORD (docs/operations.md, 'Kafka users and ACLs')"
+        )
     return {
         "bootstrap_servers": kafka.bootstrap,
         "security_protocol": kafka.security_protocol,
