@@ -15,7 +15,7 @@ from enum import IntEnum
 
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import for_code
-from aiokafka.protocol.admin import CreateAclsRequest
+from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest
 
 from clameur.kafka import Kafka, client_kwargs
 from clameur.topics import Topics
@@ -108,26 +108,45 @@ async def create_acls(admin: Kafka, grants: Mapping[str, Iterable[Grant]]) -> in
     ``admin`` must log in as a user that may alter the cluster's ACLs (a super user).
     Raises :class:`AclRefused` with the broker's reason when one is refused.
     """
+    return await _each(admin, grants, CreateAclsRequest, "creation_responses")
+
+
+async def delete_acls(admin: Kafka, grants: Mapping[str, Iterable[Grant]]) -> int:
+    """Delete the ACLs :func:`create_acls` made for these grants (a user retired, a test's
+    topics deleted); deleting one that is not there is no error."""
+    return await _each(admin, grants, DeleteAclsRequest, "filter_responses")
+
+
+async def _each(
+    admin: Kafka,
+    grants: Mapping[str, Iterable[Grant]],
+    request: type[CreateAclsRequest | DeleteAclsRequest],
+    answers: str,
+) -> int:
     client = AIOKafkaClient(**client_kwargs(admin), client_id="clameur-provision")
     await client.bootstrap()
-    created = 0
+    done = 0
     try:
         for user, user_grants in grants.items():
             for grant in user_grants:
-                await _create(client, f"User:{user}", grant)
-                created += 1
+                principal = f"User:{user}"
+                response = await client.send(
+                    client.get_random_node(),
+                    request(
+                        grant.resource,
+                        grant.name,
+                        grant.pattern,
+                        principal,
+                        _ANY_HOST,
+                        grant.operation,
+                        _ALLOW,
+                    ),
+                )
+                for error_code, message, *_ in getattr(response, answers):
+                    if error_code:
+                        name = for_code(error_code).__name__
+                        raise AclRefused(f"{principal} {grant.describe()}: {name} {message or ''}")
+                done += 1
     finally:
         await client.close()
-    return created
-
-
-async def _create(client: AIOKafkaClient, principal: str, grant: Grant) -> None:
-    request = CreateAclsRequest(
-        grant.resource, grant.name, grant.pattern, principal, _ANY_HOST, grant.operation, _ALLOW
-    )
-    response = await client.send(client.get_random_node(), request)
-    for error_code, message in response.creation_responses:
-        if error_code:
-            raise AclRefused(
-                f"{principal} {grant.describe()}: {for_code(error_code).__name__} {message or ''}"
-            )
+    return done

@@ -24,7 +24,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from clameur.acls import create_acls, service_grants
+from clameur.acls import create_acls, delete_acls, service_grants
 from clameur.kafka import KafkaAccess, client_kwargs, create_producer
 from clameur.topics import Topics, ensure_topics
 from devstack.kafka_security import BrokerSecurity
@@ -80,11 +80,11 @@ async def secure_topics(secure_kafka: SecureKafka) -> AsyncIterator[Topics]:
     mine = Topics(prefix=f"s{uuid.uuid4().hex[:10]}.")
     admin = secure_kafka.access("admin")
     await ensure_topics(admin, mine, signature_partitions=3, erasure_bound_s=TEST_ERASURE_BOUND_S)
-    await create_acls(
-        admin, service_grants(mine, tally_group=f"{mine.prefix}tally", notify_groups=f"{mine.prefix}notify-")
-    )
+    grants = service_grants(mine, tally_group=f"{mine.prefix}tally", notify_groups=f"{mine.prefix}notify-")
+    await create_acls(admin, grants)
     yield mine
     await delete_topics(admin, mine)
+    await delete_acls(admin, grants)
 
 
 @pytest.fixture
