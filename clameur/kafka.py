@@ -30,7 +30,7 @@ class KafkaAccess:
 
     ``PLAINTEXT`` is a local broker on loopback; ``SASL_SSL`` encrypts the link (the
     broker's certificate checked against ``ca_file``) and logs in as ``username`` with
-    SCRAM, so the broker's ACLs apply to that user (docs/operations.md, "Kafka users").
+    SCRAM, so the broker's ACLs apply to that user (docs/operations.md, "Kafka users and ACLs").
     """
 
     bootstrap: str
