@@ -32,7 +32,8 @@ mail: $(STAMP)
 ## test: the whole suite against a real Kafka and Postgres (see tests/conftest.py for where they come from)
 test: $(STAMP) test-widget
 	@status=0; $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
-	if [ -z "$$CLAMEUR_TEST_KEEP_STACK" ]; then $(PY) -m devstack down --profile test >/dev/null || true; fi; \
+	if [ -z "$$CLAMEUR_TEST_KEEP_STACK" ]; then $(PY) -m devstack down --profile test >/dev/null || true; \
+	  $(PY) -m devstack down --profile secure >/dev/null || true; fi; \
 	exit $$status
 
 ## check: lint, format and types

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from clameur.events import CaseState, decode_case_state
-from clameur.kafka import partitions_of
+from clameur.kafka import Kafka, client_kwargs, partitions_of
 from clameur.retry import RetryPolicy, Sleep, retry
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class _Interrupted(Exception):
 
 
 async def follow_cases_forever(
-    bootstrap: str,
+    bootstrap: Kafka,
     topic: str,
     registry: CaseRegistry,
     *,
@@ -86,10 +86,10 @@ async def follow_cases_forever(
     await retry(f"following {topic}", follow_once, policy, sleep=sleep)
 
 
-async def follow_cases(bootstrap: str, topic: str, registry: CaseRegistry, *, client_id: str) -> None:
+async def follow_cases(bootstrap: Kafka, topic: str, registry: CaseRegistry, *, client_id: str) -> None:
     """Read ``topic`` from the beginning into ``registry``, set ``registry.ready`` once caught
     up with the end offsets seen at start, then keep following new states."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id=client_id, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), client_id=client_id, enable_auto_commit=False)
     await consumer.start()
     try:
         partitions = [

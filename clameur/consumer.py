@@ -48,7 +48,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from clameur.kafka import send_to_dlq
+from clameur.kafka import Kafka, client_kwargs, send_to_dlq
 from clameur.logs import describe_error
 from clameur.retry import RetryPolicy, retry
 
@@ -595,7 +595,7 @@ class LagReport:
 class BatchConsumer(Generic[T]):
     """Reads ``topic`` in a consumer group and hands decoded batches to ``applier``."""
 
-    bootstrap: str
+    bootstrap: Kafka
     topic: str
     group_id: str
     decode: Callable[[bytes], T]
@@ -664,7 +664,7 @@ class BatchConsumer(Generic[T]):
         self.metrics.dlq.labels(self.metrics.service, self.topic)
         self.metrics.records.labels(self.metrics.service, self.topic)
         return AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **client_kwargs(self.bootstrap),
             group_id=self.group_id,
             client_id=self.client_id,
             enable_auto_commit=False,

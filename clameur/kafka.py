@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
+from pydantic import SecretStr
 
 from clameur.logs import error_locations
 
@@ -16,8 +21,58 @@ class UnknownTopic(LookupError):
     """The cluster does not know the topic: it was never provisioned."""
 
 
+SecurityProtocol = Literal["PLAINTEXT", "SASL_SSL"]
+
+
+@dataclass(frozen=True)
+class KafkaAccess:
+    """Where the brokers are and how a client proves who it is to them.
+
+    ``PLAINTEXT`` is a local broker on loopback; ``SASL_SSL`` encrypts the link (the
+    broker's certificate checked against ``ca_file``) and logs in as ``username`` with
+    SCRAM, so the broker's ACLs apply to that user (docs/operations.md, "Kafka users and ACLs").
+    """
+
+    bootstrap: str
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: str = "SCRAM-SHA-512"
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = None
+
+
+Kafka = str | KafkaAccess
+"""A plaintext broker's bootstrap address, or how to reach a secured cluster."""
+
+
+def client_kwargs(kafka: Kafka) -> dict[str, Any]:
+    """The connection arguments of every aiokafka producer, consumer and admin client.
+
+    The one place a client learns the cluster's address, TLS and SASL settings: a client
+    built without it would talk plaintext to a cluster that refuses it.
+    """
+    if isinstance(kafka, str):
+        return {"bootstrap_servers": kafka}
+    if kafka.security_protocol == "PLAINTEXT":
+        return {"bootstrap_servers": kafka.bootstrap}
+    if kafka.username is None or kafka.password is None:
+        raise ValueError(
+            "CLAMEUR_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs this service's CLAMEUR_KAFKA_USERNAME "
+            "and CLAMEUR_KAFKA_PASSWORD (docs/operations.md, 'Kafka users and ACLs')"
+        )
+    return {
+        "bootstrap_servers": kafka.bootstrap,
+        "security_protocol": kafka.security_protocol,
+        # None: the system's trust store (a cluster with a publicly signed certificate).
+        "ssl_context": create_ssl_context(cafile=str(kafka.ca_file) if kafka.ca_file else None),
+        "sasl_mechanism": kafka.sasl_mechanism,
+        "sasl_plain_username": kafka.username,
+        "sasl_plain_password": kafka.password.get_secret_value(),
+    }
+
+
 def create_producer(
-    bootstrap: str,
+    bootstrap: Kafka,
     *,
     linger_ms: int = 5,
     request_timeout_ms: int = 30_000,
@@ -29,7 +84,7 @@ def create_producer(
     round trip per record.  Start it with ``await producer.start()``.
     """
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **client_kwargs(bootstrap),
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
@@ -69,9 +124,9 @@ async def send_to_dlq(
 
 
 @asynccontextmanager
-async def kafka_admin(bootstrap: str, *, client_id: str = "clameur") -> AsyncIterator[AIOKafkaAdminClient]:
+async def kafka_admin(bootstrap: Kafka, *, client_id: str = "clameur") -> AsyncIterator[AIOKafkaAdminClient]:
     """An admin client, started for the block and closed when it ends, whatever happens in it."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id)
+    admin = AIOKafkaAdminClient(**client_kwargs(bootstrap), client_id=client_id)
     await admin.start()
     try:
         yield admin
@@ -79,7 +134,7 @@ async def kafka_admin(bootstrap: str, *, client_id: str = "clameur") -> AsyncIte
         await admin.close()
 
 
-async def partitions_of(bootstrap: str, topic: str, *, client_id: str = "clameur") -> list[int]:
+async def partitions_of(bootstrap: Kafka, topic: str, *, client_id: str = "clameur") -> list[int]:
     """The partition numbers of ``topic``, sorted, as the cluster's metadata says now.
 
     The one way we list a topic's partitions: asked with the admin client's public

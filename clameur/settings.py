@@ -6,12 +6,14 @@ configures the whole stack.  Build settings in ``main()`` and pass them down.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, PositiveInt, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clameur.exposure import refuse_dev_values_off_loopback, refuse_postgres_without_verified_tls
+from clameur.kafka import KafkaAccess, SecurityProtocol
 from clameur.topics import Topics
 
 DEV_SECRET = "dev-secret-not-for-production"  # noqa: S105 - refused outside dev
@@ -27,6 +29,16 @@ class ClameurSettings(BaseSettings):
 
     env: Literal["dev", "test", "production"] = "dev"
     kafka: str = "127.0.0.1:9092"
+    # -- how the services log in to Kafka (docs/operations.md, "Kafka users and ACLs") --
+    kafka_security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT", description="SASL_SSL: TLS and a SCRAM login (required in production)"
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
+    kafka_username: str | None = Field(default=None, description="this service's own Kafka user")
+    kafka_password: SecretStr | None = None
+    kafka_ca_file: Path | None = Field(
+        default=None, description="the CA that signed the brokers' certificates (else the system's)"
+    )
     database_url: str = "postgresql://clameur@127.0.0.1:5433/clameur"
     topic_prefix: str = Field(
         default="", description="prepended to every topic name (tests isolate themselves with it)"
@@ -83,6 +95,29 @@ class ClameurSettings(BaseSettings):
                     "outside CLAMEUR_ENV=dev"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _refuse_plaintext_kafka_in_production(self) -> Self:
+        if self.env == "production" and self.kafka_security_protocol == "PLAINTEXT":
+            raise ValueError(
+                "CLAMEUR_KAFKA_SECURITY_PROTOCOL is PLAINTEXT: production talks to Kafka over "
+                "SASL_SSL, with this service's CLAMEUR_KAFKA_USERNAME and CLAMEUR_KAFKA_PASSWORD"
+            )
+        # A missing user is refused when a client is built (clameur.kafka.client_kwargs), so
+        # a one-shot job that never talks to Kafka (the migrations) needs no Kafka login.
+        return self
+
+    @property
+    def kafka_access(self) -> KafkaAccess:
+        """How this service's clients reach and log in to Kafka (clameur.kafka.client_kwargs)."""
+        return KafkaAccess(
+            self.kafka,
+            self.kafka_security_protocol,
+            self.kafka_sasl_mechanism,
+            self.kafka_username,
+            self.kafka_password,
+            self.kafka_ca_file,
+        )
 
     @property
     def topics(self) -> Topics:

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from clameur.kafka import kafka_admin
+from clameur.kafka import Kafka, kafka_admin
 
 DAY_S = 24 * 3600.0
 
@@ -128,7 +128,7 @@ class Topics:
 
 
 async def ensure_topics(
-    bootstrap: str,
+    bootstrap: Kafka,
     topics: Topics,
     *,
     signature_partitions: int = 6,

@@ -12,6 +12,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from devstack.kafka_security import BrokerSecurity
 from devstack.layout import CACHE, KAFKA_LIBS, ROOT
 from devstack.processes import Managed, StackError, port_open, refuse_taken_port, run, wait_for
 
@@ -71,6 +72,9 @@ class LocalKafka:
 
     None keeps Kafka's default (5 min: a DLQ record outlives the erasure bound by at most
     that); the test profile sets 1 s, so a DLQ is empty on disk within seconds of its bound."""
+    security: BrokerSecurity | None = None
+    """None: one PLAINTEXT listener for clients.  Else SASL_SSL only, SCRAM users and ACLs
+    (the ``secure`` profile, devstack.kafka_security)."""
 
     @property
     def bootstrap(self) -> str:
@@ -93,11 +97,8 @@ class LocalKafka:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
                     "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                    "inter.broker.listener.name=PLAINTEXT",
+                    *self._listeners(),
                     f"log.dirs={logs}",
                     "num.partitions=1",
                     "auto.create.topics.enable=false",
@@ -123,6 +124,16 @@ class LocalKafka:
             )
         )
 
+    def _listeners(self) -> list[str]:
+        if self.security is not None:
+            return self.security.properties(self.port, self.controller_port)
+        return [
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name=PLAINTEXT",
+        ]
+
     def _java(self, main: str, *args: str) -> list[str]:
         return [
             "java",
@@ -142,6 +153,8 @@ class LocalKafka:
         return (self.data_dir / "logs" / "meta.properties").exists()
 
     def format(self) -> None:
+        if self.security is not None:
+            self.security.ensure()
         self._write_properties()
         cluster_id = run(self._java("kafka.tools.StorageTool", "random-uuid"), what="kafka random-uuid")
         run(
@@ -153,6 +166,7 @@ class LocalKafka:
                 "-c",
                 str(self.properties),
                 "--standalone",
+                *(self.security.scram_arguments() if self.security is not None else []),
             ),
             what="formatting Kafka's log directory",
         )
@@ -165,6 +179,11 @@ class LocalKafka:
         if self.running():
             return
         refuse_taken_port(self.port, instead="point CLAMEUR_KAFKA at it")
+        if self.security is not None and self.formatted() and not self.security.passwords_file.exists():
+            raise StackError(
+                f"{self.security.passwords_file} is gone but the broker's users were made with it: "
+                "run `python -m devstack reset --profile secure`"
+            )
         if not self.formatted():
             self.format()
         self._write_properties()

@@ -2,7 +2,8 @@
 
 ``dev`` is what ``make up`` runs; ``test`` is what ``make test`` starts when no
 existing Kafka/Postgres is given and no Docker engine answers: other ports, other
-data, so a test run never touches the dev stack.
+data, so a test run never touches the dev stack.  ``secure`` runs the broker with TLS,
+SCRAM users and ACLs, on ports and data of its own.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class Profile:
     """The broker's ``log.cleaner.backoff.ms``; None is Kafka's default (see devstack.kafka)."""
     kafka_retention_check_interval_ms: int | None = None
     """The broker's ``log.retention.check.interval.ms``; None is Kafka's default."""
+    kafka_secure: bool = False
+    """The broker listens with SASL_SSL only, with SCRAM users and ACLs (devstack.kafka_security)."""
 
     @property
     def home(self) -> Path:
@@ -55,6 +58,8 @@ class Profile:
     demo_cases = _InHome("demo-cases.json")
     """The case ids of the last ``make demo``, which the demo page shows."""
     prometheus_data = _InHome("prometheus")
+    kafka_security = _InHome("kafka-security")
+    """The secure profile's CA, broker keystore and users' passwords."""
 
 
 DEV = Profile(
@@ -72,4 +77,20 @@ TEST = Profile(
     kafka_cleaner_backoff_ms=1000,
     kafka_retention_check_interval_ms=1000,
 )
-PROFILES = {profile.name: profile for profile in (DEV, TEST)}
+SECURE = Profile(
+    "secure",
+    kafka_port=29092,
+    controller_port=29093,
+    postgres_port=25433,
+    smtp_port=21025,
+    prometheus_port=29090,
+    intake_port=28001,
+    tally_port=28002,
+    notify_port=28003,
+    demo_page_port=28080,
+    kafka_cleaner_backoff_ms=1000,
+    kafka_retention_check_interval_ms=1000,
+    kafka_secure=True,
+)
+"""Kafka over SASL_SSL, one user per service, least-privilege ACLs (tests/e2e/test_kafka_security.py)."""
+PROFILES = {profile.name: profile for profile in (DEV, TEST, SECURE)}

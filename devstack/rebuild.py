@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from clameur.database import migrate
-from clameur.kafka import partitions_of
+from clameur.kafka import Kafka, client_kwargs, partitions_of
 from clameur.topics import Topics
 from devstack.databases import create_database, drop_database
 from devstack.mailsink import SmtpSink, on_loopback
@@ -145,7 +145,7 @@ def _start(run: RebuildRun, env: Mapping[str, str], ports: Mapping[str, int]) ->
         )
 
 
-async def end_offsets(bootstrap: str, topics: Topics) -> Ends:
+async def end_offsets(bootstrap: Kafka, topics: Topics) -> Ends:
     """Where every topic (DLQs aside) ends now: what the rebuild must have read."""
     names = [spec.name for spec in topics.specs() if not spec.name.endswith(".dlq")]
     partitions = [
@@ -153,7 +153,7 @@ async def end_offsets(bootstrap: str, topics: Topics) -> Ends:
         for name in names
         for partition in await partitions_of(bootstrap, name)
     ]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), enable_auto_commit=False)
     await consumer.start()
     try:
         ends = await consumer.end_offsets(partitions)

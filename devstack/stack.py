@@ -15,10 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from clameur.acls import create_acls, service_grants
 from clameur.database import migrate
+from clameur.kafka import Kafka
 from clameur.topics import Topics, ensure_topics
 from devstack import demo_page
 from devstack.kafka import LocalKafka
+from devstack.kafka_security import BrokerSecurity
 from devstack.layout import ROOT, Profile
 from devstack.postgres import LocalPostgres, apt_install
 from devstack.processes import Managed, StackError, port_open, refuse_taken_port, wait_for
@@ -55,6 +58,7 @@ class Stack:
             p.log_dir,
             cleaner_backoff_ms=p.kafka_cleaner_backoff_ms,
             retention_check_interval_ms=p.kafka_retention_check_interval_ms,
+            security=BrokerSecurity(p.kafka_security) if p.kafka_secure else None,
         )
 
     @property
@@ -142,13 +146,23 @@ class Stack:
 
     # --- infrastructure -------------------------------------------------------------------------
 
+    def kafka_access(self, user: str = "admin") -> Kafka:
+        """How ``user`` reaches this stack's Kafka: the bare address, unless the broker is secure."""
+        security = self.kafka.security
+        if security is None or self.external_kafka:
+            return self.kafka_bootstrap
+        return security.access(self.kafka_bootstrap, user)
+
     def start_infrastructure(self) -> None:
-        """Kafka and Postgres (unless given), topics created, schemas migrated."""
+        """Kafka and Postgres (unless given), topics created (and ACLs, when secure), schemas migrated."""
         if not self.external_kafka:
             self.kafka.start()
         if not self.external_database:
             self.postgres.start()
-        asyncio.run(ensure_topics(self.kafka_bootstrap, Topics()))
+        asyncio.run(ensure_topics(self.kafka_access(), Topics()))
+        if self.kafka.security is not None and not self.external_kafka:
+            grants = service_grants(Topics(), tally_group="tally", notify_groups="notify-")
+            asyncio.run(create_acls(self.kafka_access(), grants))
         for schema in SCHEMAS:
             if (ROOT / "services" / schema / "migrations").is_dir():
                 migrate(schema, self.database_url)
@@ -187,12 +201,12 @@ class Stack:
     # --- services -------------------------------------------------------------------------------
 
     def start_services(self, *, timeout: float = 120.0) -> None:
-        env = self.service_env()
         for name in SERVICES:
             if not (ROOT / "services" / name / "__main__.py").exists():
                 print(f"{name}: not built yet, skipped", flush=True)
                 continue
             if not self.service(name).running():
+                env = {**self.service_env(), **kafka_login_env(self.kafka_access(name))}
                 self.service(name).start([sys.executable, "-m", name], env=env, cwd=ROOT)
         for name in SERVICES:
             if (ROOT / "services" / name / "__main__.py").exists():
@@ -288,6 +302,19 @@ class Stack:
             checks.append((name, http_ok(f"http://127.0.0.1:{self.service_port(name)}/readyz")))
         for name, ok in checks:
             print(f"  {name:<11}{'up' if ok else 'down'}")
+
+
+def kafka_login_env(access: Kafka) -> dict[str, str]:
+    """The CLAMEUR_KAFKA_* variables a service logs in to Kafka with (none on a plaintext broker)."""
+    if isinstance(access, str) or access.username is None or access.password is None:
+        return {}
+    return {
+        "CLAMEUR_KAFKA_SECURITY_PROTOCOL": access.security_protocol,
+        "CLAMEUR_KAFKA_SASL_MECHANISM": access.sasl_mechanism,
+        "CLAMEUR_KAFKA_USERNAME": access.username,
+        "CLAMEUR_KAFKA_PASSWORD": access.password.get_secret_value(),
+        **({"CLAMEUR_KAFKA_CA_FILE": str(access.ca_file)} if access.ca_file else {}),
+    }
 
 
 def start_listening(

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic_settings import BaseSettings
 
-from clameur.kafka import kafka_admin
+from clameur.kafka import Kafka, kafka_admin
 from clameur.topics import Topics
 from devstack.processes import free_port as free_port  # the tests import it from here
 from devstack.processes import poll
@@ -194,7 +194,7 @@ async def read_topic(bootstrap: str, topic: str, *, at_least: int = 0, within: f
         await consumer.stop()
 
 
-async def delete_topics(bootstrap: str, topics: Topics) -> None:
+async def delete_topics(bootstrap: Kafka, topics: Topics) -> None:
     """Delete a test's topics, best effort: a topic already gone, or a broker that refuses, is no failure."""
     async with kafka_admin(bootstrap) as admin:
         with suppress(Exception):

@@ -103,7 +103,7 @@ def _publisher(settings: IntakeSettings, metrics: PublishMetrics) -> KafkaSignat
         topic=settings.topics.signatures,
         contacts_topic=settings.topics.contacts,
         producer_factory=lambda: create_producer(
-            settings.kafka,
+            settings.kafka_access,
             linger_ms=settings.producer_linger_ms,
             request_timeout_ms=settings.producer_request_timeout_ms,
             client_id="intake",
@@ -171,7 +171,7 @@ def _desk(
 async def _following(settings: IntakeSettings, cases: CaseRegistry) -> AsyncIterator[None]:
     """``cases`` follows cases.v1 (in the background) until the block ends."""
     follower = asyncio.create_task(
-        follow_cases_forever(settings.kafka, settings.topics.cases, cases, client_id="intake-cases"),
+        follow_cases_forever(settings.kafka_access, settings.topics.cases, cases, client_id="intake-cases"),
         name="intake-cases-follower",
     )
     try:

@@ -19,13 +19,13 @@ import logging
 
 from aiokafka import AIOKafkaProducer
 
-from clameur.kafka import partitions_of
+from clameur.kafka import Kafka, partitions_of
 from clameur.topics import CONTACTS_TICK_KEY
 
 logger = logging.getLogger(__name__)
 
 
-async def tick(producer: AIOKafkaProducer, bootstrap: str, topic: str) -> int:
+async def tick(producer: AIOKafkaProducer, bootstrap: Kafka, topic: str) -> int:
     """Append one tick to every partition of ``topic``; returns how many, acks awaited."""
     partitions = await partitions_of(bootstrap, topic, client_id="clameur-notify")
     sends = [await producer.send(topic, None, key=CONTACTS_TICK_KEY, partition=p) for p in partitions]
@@ -40,7 +40,7 @@ def tick_interval_s(erasure_bound_s: float) -> float:
 
 
 async def keep_ticking(
-    producer: AIOKafkaProducer, bootstrap: str, topic: str, erasure_bound_s: float
+    producer: AIOKafkaProducer, bootstrap: Kafka, topic: str, erasure_bound_s: float
 ) -> None:
     """Tick every quarter bound until cancelled; a failed tick is logged and tried at the next one."""
     every_s = tick_interval_s(erasure_bound_s)

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clameur.admin import AdminDoor
 from clameur.events import SupporterErased, Suppression, utc_now
-from clameur.kafka import partitions_of
+from clameur.kafka import Kafka, partitions_of
 from clameur.topics import Topics, send_contact_record
 from clameur.web import Problem
 from notify.contacts import ContactCipher
@@ -134,7 +134,7 @@ class Eraser:
         self,
         pool: Pool,
         producer: AIOKafkaProducer,
-        bootstrap: str,
+        bootstrap: Kafka,
         topics: Topics,
         secret: str,
         erasure_bound_s: float,

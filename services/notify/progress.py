@@ -14,20 +14,20 @@ from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from clameur.kafka import partitions_of
+from clameur.kafka import Kafka, client_kwargs, partitions_of
 from notify.ledger import SupporterListApplier
 
 
 class TopicEnds:
     """Where a topic ends now, per partition, read with a group-less consumer."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: Kafka, topic: str) -> None:
         self.topic = topic
         self._bootstrap = bootstrap
         self._partitions: list[TopicPartition] = []
         self._partitions_learnt_at = 0.0
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, client_id="clameur-notify-ends", enable_auto_commit=False
+            **client_kwargs(bootstrap), client_id="clameur-notify-ends", enable_auto_commit=False
         )
 
     async def start(self) -> None:

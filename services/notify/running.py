@@ -106,16 +106,16 @@ async def open_connections(settings: NotifySettings) -> AsyncIterator[Connection
             local_hostname=settings.public_domain,
         )
         opened.push_async_callback(transport.close)
-        producer = create_producer(settings.kafka, client_id=CLIENT_ID)
+        producer = create_producer(settings.kafka_access, client_id=CLIENT_ID)
         await producer.start()
         opened.push_async_callback(producer.stop)
-        ends = TopicEnds(settings.kafka, settings.topics.signatures)
+        ends = TopicEnds(settings.kafka_access, settings.topics.signatures)
         await ends.start()
         opened.push_async_callback(ends.stop)
-        contact_ends = TopicEnds(settings.kafka, settings.topics.contacts)
+        contact_ends = TopicEnds(settings.kafka_access, settings.topics.contacts)
         await contact_ends.start()
         opened.push_async_callback(contact_ends.stop)
-        suppression_ends = TopicEnds(settings.kafka, settings.topics.suppressions)
+        suppression_ends = TopicEnds(settings.kafka_access, settings.topics.suppressions)
         await suppression_ends.start()
         opened.push_async_callback(suppression_ends.stop)
         yield Connections(pool, producer, ends, transport, contact_ends, suppression_ends)
@@ -193,7 +193,7 @@ class Loops:
         self.ticks = functools.partial(
             keep_ticking,
             connections.producer,
-            settings.kafka,
+            settings.kafka_access,
             settings.topics.contacts,
             settings.erasure_bound_s,
         )
@@ -271,7 +271,7 @@ def _consumer(
 ) -> BatchConsumer[E]:
     """A consumer of ``topic`` in the applier's group; poison goes to the DLQ through notify's producer."""
     return BatchConsumer(
-        bootstrap=parts.settings.kafka,
+        bootstrap=parts.settings.kafka_access,
         topic=topic,
         group_id=applier.group_id,
         decode=decode,
@@ -288,7 +288,7 @@ def _contacts_consumer(
 ) -> BatchConsumer[ContactRecord]:
     """contacts.v1 is read record by record with its key (a tombstone has no value)."""
     return BatchConsumer(
-        bootstrap=parts.settings.kafka,
+        bootstrap=parts.settings.kafka_access,
         topic=parts.settings.topics.contacts,
         group_id=contacts.group_id,
         decode=_never,
@@ -385,7 +385,7 @@ class NotifyLifespan:
             eraser = Eraser(
                 connections.pool,
                 connections.producer,
-                settings.kafka,
+                settings.kafka_access,
                 settings.topics,
                 settings.secret.get_secret_value(),
                 settings.erasure_bound_s,

@@ -159,7 +159,7 @@ async def started_tally(
     async with AsyncExitStack() as stack:
         pool = await create_pool(settings.database_url, min_size=2, max_size=10)
         stack.push_async_callback(pool.close)
-        producer = create_producer(settings.kafka, client_id="tally")
+        producer = create_producer(settings.kafka_access, client_id="tally")
         await producer.start()
         stack.push_async_callback(producer.stop)
         relay = OutboxRelay(
@@ -208,7 +208,7 @@ def signature_consumer(
 ) -> BatchConsumer[SignatureLogRecord]:
     """The consumer of signatures.v2 that counts into ``counter_store``; poison goes out by ``producer``."""
     return BatchConsumer(
-        bootstrap=settings.kafka,
+        bootstrap=settings.kafka_access,
         topic=settings.topics.signatures,
         group_id=settings.tally_group_id,
         decode=decode_log_record,

@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from clameur.database import create_pool
+from clameur.kafka import Kafka, client_kwargs
 from tally.counter_store import OFFSETS
 from tally.counting import (
     ACTION,
@@ -119,7 +120,7 @@ class Rebuild:
 
 async def rebuild_counters(
     pool: asyncpg.Pool[Any],
-    bootstrap: str,
+    bootstrap: Kafka,
     topic: str,
     *,
     cases: list[str] | None = None,
@@ -135,12 +136,12 @@ async def rebuild_counters(
 
 
 async def _replay(
-    bootstrap: str, topic: str, until: Mapping[int, int], cases: list[str] | None, tally: InMemoryTally
+    bootstrap: Kafka, topic: str, until: Mapping[int, int], cases: list[str] | None, tally: InMemoryTally
 ) -> tuple[InMemoryTally, int, int]:
     records = poisoned = 0
     wanted = set(cases) if cases is not None else None
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **client_kwargs(bootstrap),
         enable_auto_commit=False,
         client_id="tally-reconcile",
         isolation_level="read_committed",
@@ -195,7 +196,7 @@ async def _main(args: argparse.Namespace, settings: TallySettings) -> int:
         if args.rebuild:
             rebuilt = await rebuild_counters(
                 pool,
-                settings.kafka,
+                settings.kafka_access,
                 settings.topics.signatures,
                 cases=args.case,
                 expiry=timedelta(seconds=settings.confirmation_expiry_s),

@@ -261,3 +261,15 @@ def test_provisioning_commands_exist() -> None:
     assert shown.returncode == 0, shown.stderr
     for command in PROVISION_JOBS.values():
         assert command[-1] in shown.stdout, f"clameur.provision does not offer {command[-1]!r}"
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_each_deployment_logs_in_to_kafka_as_its_own_user(name: str) -> None:
+    config = _one("ConfigMap", "clameur-config")["data"]
+    assert config["CLAMEUR_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", "production refuses PLAINTEXT"
+    env = {entry["name"]: entry for entry in _container(_one("Deployment", name)).get("env", [])}
+    assert env["CLAMEUR_KAFKA_USERNAME"]["value"] == name
+    reference = env["CLAMEUR_KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert (reference["name"], reference["key"]) == ("clameur-kafka-users", name), "its own password only"
+    users = _one("Secret", "clameur-kafka-users")["stringData"]
+    assert set(users) == {"admin", *SERVICES} and all(v == "REPLACE-ME" for v in users.values())

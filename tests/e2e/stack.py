@@ -30,9 +30,15 @@ ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
 
 @contextmanager
 def running_stack(
-    service_env: Mapping[str, str], smtp_port: int, log_dir: Path
+    service_env: Mapping[str, str],
+    smtp_port: int,
+    log_dir: Path,
+    env_of: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Iterator[dict[str, ServiceProcess]]:
-    """Tally, intake and notify started (and ready), mailing through ``smtp_port``; stopped on exit."""
+    """Tally, intake and notify started (and ready), mailing through ``smtp_port``; stopped on exit.
+
+    ``env_of`` adds variables of one service's own (``{"intake": {...}}``: its Kafka login).
+    """
     notify_port = free_port()
     env = {
         **service_env,
@@ -42,10 +48,11 @@ def running_stack(
         # As behind a load balancer: supporters are told apart by X-Forwarded-For.
         "CLAMEUR_TRUSTED_PROXIES": '["127.0.0.1/32"]',
     }
+    own = env_of or {}
     services = {
-        "tally": ServiceProcess("tally", env, log_dir),
-        "intake": ServiceProcess("intake", env, log_dir),
-        "notify": ServiceProcess("notify", env, log_dir, port=notify_port),
+        "tally": ServiceProcess("tally", {**env, **own.get("tally", {})}, log_dir),
+        "intake": ServiceProcess("intake", {**env, **own.get("intake", {})}, log_dir),
+        "notify": ServiceProcess("notify", {**env, **own.get("notify", {})}, log_dir, port=notify_port),
     }
     try:
         for service in services.values():
