@@ -44,6 +44,21 @@ async def send_contact_record(
     await producer.send_and_wait(topic, value, key=key, partition=contact_partition(key, partitions))
 
 
+async def tombstone_contact(producer: AIOKafkaProducer, topic: str, key: bytes) -> None:
+    """The tombstone of the contact keyed ``key``, on every partition of ``topic``; each acked.
+
+    Every partition, not only :func:`contact_partition`'s: a contact written before that
+    placement (aiokafka's default partitioner, before 2026-12-08), or before the topic
+    gained partitions, sits elsewhere, and compaction erases it only by a later record
+    with its key in its own partition.  An erasure is rare; a tombstone where the key
+    never was costs a record until ``delete.retention.ms``.
+    """
+    partitions = sorted(await producer.partitions_for(topic))
+    sent = [await producer.send(topic, None, key=key, partition=p) for p in partitions]
+    for acked in sent:
+        await acked
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str

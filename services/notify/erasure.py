@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from clameur.admin import AdminDoor
 from clameur.events import SupporterErased, Suppression, utc_now
 from clameur.kafka import Kafka, partitions_of
-from clameur.topics import Topics, send_contact_record
+from clameur.topics import Topics, tombstone_contact
 from clameur.web import Problem
 from notify.contacts import ContactCipher
 from notify.ledger import _SUPPORTER_LIST_LOCK
@@ -163,7 +163,7 @@ class Eraser:
         erasure_id = uuid4()
         if suppression is not None:
             await publish_suppression(self._producer, self._topics.suppressions, suppression)
-        await send_contact_record(self._producer, self._topics.contacts, supporter_key.encode(), None)
+        await tombstone_contact(self._producer, self._topics.contacts, supporter_key.encode())
         if reason in ("erased", "rejected"):
             await self._announce(SupporterErased(erasure_id=erasure_id, supporter_key=supporter_key))
         async with self.pool.acquire() as connection, connection.transaction():
