@@ -27,6 +27,20 @@ from devstack.processes import poll
 ROOT = Path(__file__).resolve().parent.parent
 
 
+PRODUCTION: dict[str, Any] = {
+    "env": "production",
+    "secret": "s" * 64,
+    "admin_token": "a" * 48,
+    "database_url": "postgresql://clameur@db.example.org:5432/clameur?sslmode=verify-full",
+    "kafka_security_protocol": "SASL_SSL",
+    "kafka_username": "intake",
+    "kafka_password": "p" * 32,
+    "public_url": "https://petitions.example.org",
+}
+"""Settings (keyword arguments) that pass every production check: a test of one check
+overrides only the value it is about, so another check cannot answer in its place."""
+
+
 def wait_until(
     predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1, what: str = ""
 ) -> None:

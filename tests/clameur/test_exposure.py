@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from clameur.exposure import is_loopback
 from clameur.settings import DEV_ADMIN_TOKEN, DEV_SECRET, ClameurSettings
 from tests.conftest import TEST_ADMIN_TOKEN, TEST_SECRET
+from tests.support import PRODUCTION
 
 
 def _settings(**fields: Any) -> ClameurSettings:
@@ -45,14 +46,6 @@ def test_the_dev_values_still_serve_a_developer_on_loopback() -> None:
 
 def test_real_values_listen_anywhere() -> None:
     assert _settings(env="dev", host="0.0.0.0").host == "0.0.0.0"  # noqa: S104 - as in a container
-
-
-PRODUCTION: dict[str, Any] = {
-    "env": "production",
-    "secret": "s" * 64,
-    "admin_token": "a" * 48,
-    "database_url": "postgresql://clameur@db.example.org:5432/clameur?sslmode=verify-full",
-}
 
 
 def test_production_starts_with_a_verified_tls_connection_to_postgres() -> None:

@@ -15,12 +15,14 @@ from clameur.acls import Grant, Operation, Pattern, Resource, service_grants
 from clameur.kafka import KafkaAccess, client_kwargs
 from clameur.settings import ClameurSettings
 from clameur.topics import Topics
+from tests.support import PRODUCTION as PRODUCTION_SETTINGS
 from tests.support import settings_from
 
 PRODUCTION = {
     "CLAMEUR_ENV": "production",
     "CLAMEUR_SECRET": "s" * 40,
     "CLAMEUR_ADMIN_TOKEN": "a" * 40,
+    "CLAMEUR_DATABASE_URL": PRODUCTION_SETTINGS["database_url"],
 }
 
 

@@ -146,7 +146,11 @@ def test_the_committed_placeholders_stop_every_service(monkeypatch: pytest.Monke
         **_one("Secret", "clameur-secrets")["stringData"],
     }
     for variable in _container(_one("Deployment", name)).get("env", []):
-        environment[variable["name"]] = variable["value"]
+        if "value" in variable:
+            environment[variable["name"]] = variable["value"]
+        else:  # the service's own Kafka password, from its Secret
+            ref = variable["valueFrom"]["secretKeyRef"]
+            environment[variable["name"]] = _one("Secret", ref["name"])["stringData"][ref["key"]]
     for variable, value in environment.items():
         monkeypatch.setenv(variable, str(value))
     with pytest.raises(ValidationError, match=r"CLAMEUR_(SECRET|ADMIN_TOKEN|DATABASE_URL)"):

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from notify.settings import NotifySettings, parse_smtp_url
 from pydantic import ValidationError
 
-PRODUCTION: dict[str, Any] = {
-    "env": "production",
-    "secret": "s" * 64,
-    "admin_token": "a" * 48,
-    "database_url": "postgresql://clameur@db.example.org:5432/clameur?sslmode=verify-full",
-    "public_url": "https://petitions.example.org",
-}
+from tests.support import PRODUCTION
 
 
 @pytest.mark.parametrize(

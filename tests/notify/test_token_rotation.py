@@ -20,8 +20,7 @@ from pydantic import ValidationError
 from tests.conftest import TEST_SECRET
 from tests.notify.conftest import RunningNotify, scrape
 from tests.notify.forgetting import seed_supporter
-from tests.notify.test_smtp_tls import PRODUCTION
-from tests.support import metric
+from tests.support import PRODUCTION, metric
 
 NEWEST = "token-secret-newest-0123456789abcdef0123456789"
 PREVIOUS = "token-secret-previous-0123456789abcdef01234567"
