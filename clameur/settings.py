@@ -60,7 +60,10 @@ class ClameurSettings(BaseSettings):
     admission_max_wait_s: float = Field(
         default=0.02,
         ge=0,
-        description="refuse while the event loop runs later than this (a new request's wait); 0: off",
+        description=(
+            "while the event loop runs later than this (a new request's wait),"
+            " each lane holds a quarter of its bound; 0: off"
+        ),
     )
     admission_retry_after_s: tuple[PositiveInt, PositiveInt] = Field(
         default=(1, 5), description="Retry-After of a refusal: whole seconds drawn from this range (JSON)"

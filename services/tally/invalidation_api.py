@@ -48,9 +48,6 @@ from clameur.supporters import SupporterKeys
 from clameur.web import Problem
 from tally import invalidations
 
-"""Who an invalidation is requested by: the name of the token that asked.  There is one
-admin token today; a token per operator will name its holder here."""
-
 _POLL_S = 0.05
 
 _Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
