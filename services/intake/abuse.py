@@ -12,18 +12,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from clameur.buckets import Clock, RateLimit, TokenBuckets, retry_after
-
-__all__ = [
-    "ClientAddresses",
-    "Clock",
-    "DomainLimits",
-    "ForwardedForJoined",
-    "RateLimit",
-    "TokenBuckets",
-    "joined_forwarded_for",
-    "retry_after",
-]
+from clameur.buckets import TokenBuckets
 
 
 class ClientAddresses:

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client import CollectorRegistry
 
+from clameur.buckets import RateLimit, TokenBuckets
 from clameur.case_registry import CaseRegistry, follow_cases_forever
 from clameur.events import utc_now
 from clameur.kafka import create_producer
 from clameur.serving import Started
 from clameur.supporters import SupporterKeys
 from clameur.web import ReadinessCheck
-from intake.abuse import ClientAddresses, DomainLimits, RateLimit, TokenBuckets
+from intake.abuse import ClientAddresses, DomainLimits
 from intake.human_check import HumanCheck, TurnstileCheck
 from intake.idempotency import IdempotencyWindow
 from intake.metrics import IntakeMetrics

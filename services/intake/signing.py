@@ -23,11 +23,12 @@ import orjson
 from pydantic import ValidationError
 from starlette.requests import Request
 
+from clameur.buckets import TokenBuckets, retry_after
 from clameur.case_registry import CaseRegistry
 from clameur.events import CaseState, Contact, SignatureAccepted
 from clameur.supporters import SupporterKeys, email_domain
 from clameur.web import PROBLEM_JSON, Problem, bearer_token, field_errors, token_matches
-from intake.abuse import ClientAddresses, DomainLimits, TokenBuckets, retry_after
+from intake.abuse import ClientAddresses, DomainLimits
 from intake.cases import refusal
 from intake.human_check import HumanCheck
 from intake.idempotency import MAX_KEY_LENGTH, IdempotencyWindow, StoredAnswer

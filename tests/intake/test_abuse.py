@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from intake.abuse import ClientAddresses, DomainLimits, RateLimit, TokenBuckets, joined_forwarded_for
+from intake.abuse import ClientAddresses, DomainLimits, joined_forwarded_for
 
+from clameur.buckets import RateLimit, TokenBuckets
 from tests.clameur.test_buckets import Clock
 
 
